@@ -1,0 +1,105 @@
+# refscope — plain Makefile, out-of-tree build in $(BUILD).
+#
+#   make            build build/librefscope.so and build/refscope
+#   make deps       install missing Debian build dependencies (root) or print the command
+#   make demo       deps + build + trace samples/demo.py + print reports
+#   make check      deps + build + every test (Check unit tests, integration tests)
+#   make bench      benchmarks: traced/untraced wall ratio, events/s, bytes/event
+#
+# New .c files in common/, preload/, analyzer/, tests/unit/ and tests/progs/
+# are picked up automatically.
+
+BUILD    ?= build
+CC       ?= cc
+PYTHON   ?= python3
+PKGS      = libunwind libdw jansson check libzstd zlib
+DEB_PKGS  = gcc make pkg-config libunwind-dev libdw-dev libelf-dev libjansson-dev \
+            check libzstd-dev zlib1g-dev python3
+
+WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
+CFLAGS   ?= -O2 -g
+CPPFLAGS += -Iinclude -D_GNU_SOURCE
+DEPFLAGS  = -MMD -MP
+
+# pkg-config is only consulted when building (not for `make deps`).
+pc = $(shell pkg-config $(1) $(2) 2>/dev/null)
+
+COMMON_SRC   := $(wildcard common/*.c)
+PRELOAD_SRC  := $(wildcard preload/*.c)
+ANALYZER_SRC := $(wildcard analyzer/*.c)
+UNIT_SRC     := $(wildcard tests/unit/check_*.c)
+PROG_SRC     := $(wildcard tests/progs/*.c)
+
+PRELOAD_OBJ  := $(PRELOAD_SRC:%.c=$(BUILD)/pic/%.o) $(COMMON_SRC:%.c=$(BUILD)/pic/%.o)
+ANALYZER_OBJ := $(ANALYZER_SRC:%.c=$(BUILD)/obj/%.o) $(COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+ANALYZER_LIB_OBJ := $(filter-out $(BUILD)/obj/analyzer/main.o,$(ANALYZER_OBJ))
+UNIT_BIN     := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+PROG_BIN     := $(PROG_SRC:tests/progs/%.c=$(BUILD)/tests/progs/%)
+
+SHIM     := $(BUILD)/librefscope.so
+CLI      := $(BUILD)/refscope
+
+PRELOAD_CFLAGS := -fPIC -fvisibility=hidden -ftls-model=initial-exec -fno-builtin-malloc \
+                  -fno-builtin-free -fno-builtin-calloc -fno-builtin-realloc -fno-omit-frame-pointer
+PRELOAD_LIBS   := -ldl -lpthread $(call pc,--libs,libunwind)
+ANALYZER_LIBS  := $(call pc,--libs,jansson libzstd libdw zlib) -lelf -lpthread -lm
+CHECK_LIBS     := $(call pc,--libs,check)
+
+.PHONY: all deps demo check unit integration bench clean
+all: $(SHIM) $(CLI) $(PROG_BIN)
+
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(PRELOAD_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ianalyzer $(CFLAGS) $(WARN) $(call pc,--cflags,jansson libzstd libdw) $(DEPFLAGS) -c $< -o $@
+
+$(SHIM): $(PRELOAD_OBJ)
+	$(CC) -shared -Wl,-z,nodelete -Wl,--version-script=preload/exports.map -o $@ $^ $(PRELOAD_LIBS)
+
+$(CLI): $(ANALYZER_OBJ)
+	$(CC) -o $@ $^ $(ANALYZER_LIBS)
+
+$(BUILD)/tests/check_%: tests/unit/check_%.c $(ANALYZER_LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ianalyzer -Ipreload $(CFLAGS) $(WARN) $(call pc,--cflags,check) -o $@ $^ $(CHECK_LIBS) $(ANALYZER_LIBS)
+
+$(BUILD)/tests/progs/%: tests/progs/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -O1 -g $(WARN) -o $@ $< -lpthread -ldl
+
+# ---- set-up ---------------------------------------------------------------------
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "deps: all build dependencies present"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
+	  || { echo "deps: apt-get install failed for:$$missing" >&2; exit 1; }; \
+	else echo "deps: missing packages; run as root: apt-get install -y$$missing" >&2; exit 1; fi
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(CLI) run -f -o $(BUILD)/demo.rfs -- $(PYTHON) samples/demo.py
+	$(CLI) summary $(BUILD)/demo.rfs
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t; done
+
+integration: all
+	$(PYTHON) tests/integration/run.py --build $(BUILD)
+
+check: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	$(PYTHON) bench/run.py --build $(BUILD)
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,31 @@
+/*
+ * Safe points: where the shim may run code that uses the Python C API
+ * (registering gc callbacks, atexit handlers, the ref tracer, taking heap
+ * snapshots). Hooks never do that themselves; they ask for a safe point.
+ *
+ * A safe point is a pending call (Py_AddPendingCall): main thread, GIL held,
+ * at a bytecode boundary, only once the interpreter is initialized. The first
+ * one is requested by the allocation hooks as soon as Py_IsInitialized()
+ * turns 1. Features register what they want done there at constructor time.
+ */
+#ifndef REFSCOPE_PYSAFE_H
+#define REFSCOPE_PYSAFE_H
+
+typedef void (*rs_safe_fn)(void *arg);
+
+/* Run fn(arg) once, at the first safe point after interpreter start-up.
+ * Call from constructors only (not thread-safe). Up to 16 functions; they run
+ * in registration order. Returns 0 or -ENOSPC. */
+int rs_pysafe_on_init(rs_safe_fn fn, void *arg);
+
+/* Ask for fn(arg) at the next safe point. Usable from any thread and from a
+ * signal handler once the interpreter is initialized; returns 0, -EAGAIN
+ * when not yet initialized or the interpreter's queue is full (the caller
+ * retries later), -ENOSYS when the process is not Python. */
+int rs_pysafe_schedule(rs_safe_fn fn, void *arg);
+
+/* Called by the allocation hooks (cheap; checks Py_IsInitialized at most
+ * every few thousand calls) to notice start-up and schedule the init safe point. */
+void rs_pysafe_poll(void);
+
+#endif
