@@ -1,0 +1,26 @@
+/*
+ * Call-stack capture for allocation records. A stack id names a
+ * deduplicated stack defined once in the trace by an RS_EV_PY_STACK record
+ * (Python frames, innermost first, plus an optional native stack id that an
+ * RS_EV_NATIVE_STACK record defines). The hooks call rs_stack_current() with
+ * the recursion guard held; it never allocates and never calls the Python C API.
+ */
+#ifndef REFSCOPE_STACK_H
+#define REFSCOPE_STACK_H
+
+#include <stdint.h>
+
+/* Stack id for an allocation happening now on this thread; 0 = no stack
+ * (stacks off, not Python and not --native, or capture impossible here). */
+uint32_t rs_stack_current(void);
+
+/* A block freed in the OBJ domain: lets the stack layer forget a dead code
+ * object at that address (code objects are reused by address). Cheap. */
+void rs_stack_note_obj_free(uint64_t addr);
+
+/* Native capture (preload/unwind.c): id of the deduplicated native stack of
+ * the caller, emitting RS_EV_NATIVE_STACK on first sight; 0 when --native is
+ * off or unwinding failed. `skip` frames of the shim itself are dropped. */
+uint32_t rs_native_stack_current(int skip);
+
+#endif
