@@ -17,5 +17,6 @@ int cmd_lifetimes(int argc, char **argv);  /* issue 4                       */
 int cmd_leaks(int argc, char **argv);      /* issue 5                       */
 int cmd_cycles(int argc, char **argv);     /* issue 5                       */
 int cmd_diff(int argc, char **argv);       /* issue 5: snapshot diff        */
+int cmd_dump(int argc, char **argv);       /* every record, one per line    */
 
 #endif

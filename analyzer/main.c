@@ -18,6 +18,7 @@
 #pragma weak cmd_leaks
 #pragma weak cmd_cycles
 #pragma weak cmd_diff
+#pragma weak cmd_dump
 
 struct command {
     const char *name;
@@ -35,6 +36,7 @@ static const struct command commands[] = {
     {"leaks", cmd_leaks, "leaks [--json] TRACE                        leak candidates, why-alive chains"},
     {"cycles", cmd_cycles, "cycles [--json] [--dot OUT] TRACE           unreachable/uncollectable cycles"},
     {"diff", cmd_diff, "diff [--json] TRACE [SNAP_A SNAP_B]         growth between snapshots"},
+    {"dump", cmd_dump, "dump [--json] TRACE                         every record, one per line"},
     {"record", cmd_record, "record --serve SOCK -o OUT                  recorder (used by the shim)"},
 };
 

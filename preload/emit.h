@@ -17,6 +17,12 @@ int rs_emit_active(void);
 /* This thread's index (assigns one and emits RS_EV_THREAD on first use). */
 uint16_t rs_emit_thread(void);
 
+/* Increments each time this process starts a new trace (a fork child gets
+ * its own ring and file). Every dedup table (code objects, stacks, types,
+ * native stacks, module maps) must forget what it emitted when this changes,
+ * so that each trace defines everything it uses. */
+uint32_t rs_emit_epoch(void);
+
 /* Current tick count of the event clock. */
 uint64_t rs_emit_now(void);
 

@@ -1,0 +1,58 @@
+/*
+ * The control channel between a traced process (shim) and the recorder: a
+ * unix stream socket at $REFSCOPE_SOCK (in a 0700 directory the recorder
+ * made). The ring itself travels as a file descriptor; the socket only says
+ * hello, bye, and — by closing — that the process is gone.
+ *
+ *   shim → recorder  struct rs_hello, with SCM_RIGHTS carrying the ring memfd
+ *   recorder → shim  struct rs_reply {RS_MSG_ACK, status}: 0 = mapped and
+ *                    being drained; negative errno = refused (shim runs
+ *                    untraced, one line on stderr)
+ *   ...process runs; records flow through the ring...
+ *   shim → recorder  struct rs_reply {RS_MSG_BYE} after writing RS_EV_END
+ *                    (destructor, or just before exec)
+ *   recorder → shim  struct rs_reply {RS_MSG_DONE, status} once every record
+ *                    is drained and the trace file is complete on disk.
+ *                    The shim waits for it at most REFSCOPE_EXIT_WAIT_MS
+ *                    (default 30000) ms.
+ *   EOF on the socket without BYE = the process died (all its fds closed):
+ *   the recorder drains with RS_RING_PRODUCER_DEAD and finishes the file.
+ *
+ * Both fds are close-on-exec; a fork child closes the inherited socket and
+ * unmaps the parent's ring before making its own (pthread_atfork handler).
+ */
+#ifndef REFSCOPE_TRANSPORT_H
+#define REFSCOPE_TRANSPORT_H
+
+#include <stdint.h>
+
+#define RS_HELLO_MAGIC   0x4f4c454853464552ull /* "REFSHELO" */
+#define RS_PROTO_VERSION 1u
+
+enum rs_msg { RS_MSG_ACK = 1, RS_MSG_BYE = 2, RS_MSG_DONE = 3 };
+
+struct rs_hello {
+    uint64_t magic;       /* RS_HELLO_MAGIC */
+    uint32_t version;     /* RS_PROTO_VERSION */
+    uint32_t pid;
+    uint32_t ppid;
+    uint32_t flags;       /* RS_PROC_* as known at hello time */
+    uint64_t map_bytes;   /* size of the memfd mapping (header + slots) */
+};
+
+struct rs_reply {
+    uint32_t msg;         /* enum rs_msg */
+    int32_t  status;      /* 0 or negative errno */
+};
+
+/* Environment the shim reads (set by `refscope run`, or by hand): */
+#define RS_ENV_SOCK      "REFSCOPE_SOCK"       /* recorder socket path                 */
+#define RS_ENV_OUTPUT    "REFSCOPE_OUTPUT"     /* direct form: trace path (default refscope-<pid>.rfs) */
+#define RS_ENV_RECORDER  "REFSCOPE_RECORDER"   /* direct form: refscope binary (default: next to the .so) */
+#define RS_ENV_RING_MB   "REFSCOPE_RING_MB"    /* ring size in MiB (default 64)        */
+#define RS_ENV_LOSSY     "REFSCOPE_LOSSY"      /* 1 = drop and count instead of waiting */
+#define RS_ENV_NATIVE    "REFSCOPE_NATIVE"     /* 1 = native stacks (run --native)      */
+#define RS_ENV_PYSTACKS  "REFSCOPE_PYSTACKS"   /* 0 = no Python stacks                  */
+#define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
+
+#endif
