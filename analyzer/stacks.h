@@ -35,6 +35,12 @@ int rs_stacks_feed(struct rs_stacks *s, const struct rs_event *ev);
  * unknown ids); *frames stays valid until rs_stacks_free. */
 int rs_stacks_resolve(struct rs_stacks *s, uint32_t id, const struct rs_frame **frames);
 
+/* Added by the stacks feature (backward compatible): native = 1 (the
+ * default) resolves native frames and splices Python frames into them;
+ * native = 0 returns Python frames only without symbolizing anything (fast).
+ * Call before the first rs_stacks_resolve. */
+void rs_stacks_set_native(struct rs_stacks *s, int native);
+
 /* Warnings to print once in reports (e.g. "libfoo.so changed since the
  * trace was taken (build-id differs): its frames are not symbolized"), or NULL. */
 const char *rs_stacks_warnings(const struct rs_stacks *s);

@@ -21,4 +21,9 @@ int rs_types_feed(struct rs_types *t, const struct rs_event *ev);
 /* NULL for unknown ids */
 const struct rs_type_info *rs_types_get(const struct rs_types *t, uint32_t id);
 
+/* The name a report shows: "module.Name" for heap types whose module is known
+ * (and not builtins), tp_name otherwise, "?" for unknown ids. Valid until
+ * rs_types_free. */
+const char *rs_types_display(const struct rs_types *t, uint32_t id);
+
 #endif

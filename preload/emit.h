@@ -52,4 +52,28 @@ void rs_buf_u64(struct rs_buf *b, uint64_t v);
 void rs_buf_bytes(struct rs_buf *b, const void *p, uint32_t n);
 void rs_buf_str(struct rs_buf *b, const char *s, uint32_t n); /* u16 length + bytes */
 
+/* ---- core set-up: shim.c, forkexec.c and hooks_libc.c only -------------------- */
+#include "refscope/ring.h"
+
+/* Hot-path copy of rs_emit_active() for the libc hooks. */
+extern int rs_emit_on;
+
+/* Thread index of records made by a thread after its RS_EV_THREAD_EXIT (late
+ * frees during thread teardown); never bound by an RS_EV_THREAD record. */
+#define RS_THREAD_NONE 0xffffu
+
+/* Create the thread-exit key. Constructor only. Returns 0 or -errno. */
+int rs_emit_init(void);
+
+/* Start writing into `ring` (formatted, PROCESS record already in it) with
+ * clock `clock_kind`; from now on rs_emit_active() is 1. */
+void rs_emit_start(const struct rs_ring *ring, uint32_t clock_kind);
+
+/* Stop writing: every emit returns at once from now on. */
+void rs_emit_stop(void);
+
+/* Fork child: forget every thread index (only the caller survives a fork)
+ * and start a new epoch. Call before rs_emit_start on the child's ring. */
+void rs_emit_fork_child(void);
+
 #endif

@@ -14,4 +14,13 @@
  * on first sight in this trace; 0 when it cannot be read. */
 uint32_t rs_pytype_id(const void *type);
 
+/* Same, for callers at a safe point (GIL held, `type` known alive, C API
+ * usable): also fills in the module of heap types (their `__module__`, not
+ * readable from a hook) and re-emits the definition once with RS_TYPE_MODULE.
+ * Never raises: a failing lookup leaves the module unknown. */
+uint32_t rs_pytype_id_safe(const void *type);
+
+/* Id of the type of object `obj` (rs_pytype_id of its ob_type); 0 if unknown. */
+uint32_t rs_pytype_of(const void *obj);
+
 #endif

@@ -16,4 +16,25 @@
 /* Print "refscope: <msg>\n" on stderr with write(2): no stdio, no malloc. */
 void rs_warn(const char *msg);
 
+/* ---- core (shim.c, forkexec.c, hooks_libc.c, transport.c) ---------------------- */
+
+/* Resolve the real libc allocator functions (hooks_libc.c). Returns 1 when
+ * resolved; while resolving, hooks serve memory from a static pool. */
+int rs_libc_resolve(void);
+
+/* Register the pthread_atfork handlers (forkexec.c). Constructor only. */
+int rs_forkexec_init(void);
+
+/* Set up tracing for this process (shim.c): ring, recorder connection,
+ * RS_EV_PROCESS. `fork_child` = called from the atfork child handler.
+ * On failure prints one rs_warn line and leaves tracing off. */
+int rs_shim_start(int fork_child);
+
+/* Nonzero when this process is (or tried to be) traced, so a fork child
+ * should set up its own trace; 0 after a set-up failure. */
+int rs_shim_traced(void);
+
+/* Atfork child side: forget the parent's ring and connection (shim.c). */
+void rs_shim_forget_parent(void);
+
 #endif

@@ -127,12 +127,257 @@ struct rs_end_info {
  * documents its payloads here, next to its kinds, before using them. */
 
 /* ---- issue 3: python and native stacks (preload/pystack.c, preload/unwind.c) ----- */
-/* (layouts documented by the stack feature) */
+/*
+ * Python stacks (preload/pystack.c). An ALLOC record's `stack` names a stack
+ * id defined earlier in the same trace by exactly one RS_EV_PY_STACK record;
+ * each code id a stack uses is defined earlier by one RS_EV_PY_CODE record.
+ * Ids are nonzero, unique within one trace (a fork child's trace defines its
+ * own), and never reused within a trace: when a code object dies and another
+ * one is created at the same address, the new one gets a new code id.
+ * Offsets below are from the start of the payload (the first 16 payload
+ * bytes travel in the slot's addr/size fields, see the top of this file;
+ * rs_event.payload always starts at offset 0). The fixed part's `flags` is 0.
+ *
+ * RS_EV_PY_CODE payload (one code object):
+ *   0   u32  code id
+ *   4   u32  first line (co_firstlineno)
+ *   8   u64  address of the code object in the traced process (informational)
+ *   16  str  file name (co_filename): u16 length + UTF-8 bytes
+ *   ..  str  function name: co_qualname on 3.11+ ("Cls.method", "f.<locals>.g"),
+ *            co_name before 3.11 ("method")
+ *
+ * RS_EV_PY_STACK payload (one deduplicated stack):
+ *   0   u32  stack id
+ *   4   u32  native stack id (RS_EV_NATIVE_STACK), 0 = none (--native off)
+ *   8   u16  frame count n (0: no Python frame, e.g. before the interpreter
+ *            runs bytecode or on a thread not running Python; the native
+ *            stack id may still be set)
+ *   10  u16  stack flags: RS_PYSTACK_TRUNCATED = outer frames beyond
+ *            RS_PYSTACK_MAX_FRAMES were dropped
+ *   12  n * 12 bytes, innermost (the allocating frame) first:
+ *         +0 u32 code id  (RS_EV_PY_CODE)
+ *         +4 u32 line     (exact line being executed, resolved in the shim
+ *                          from the code object's line table; 0 = unknown)
+ *         +8 u32 frame flags (RS_PYFRAME_*)
+ * Total length = 12 + 12 * n.
+ */
+#define RS_PYSTACK_MAX_FRAMES 128
+#define RS_PYSTACK_TRUNCATED  0x0001u
+#define RS_PYFRAME_ENTRY      0x01u /* first frame run by one C-level call of the eval
+                                       loop (Python called from C here); native-stack
+                                       splicing maps one eval-loop C frame to the run of
+                                       Python frames ending at an ENTRY frame; on
+                                       3.9/3.10 every frame is an ENTRY frame          */
+#define RS_PYFRAME_GENERATOR  0x02u /* frame of a generator/coroutine (owned by it)   */
+
+/* -- native stacks and module map (preload/unwind.c; analyzer/stacks.c) --
+ * RS_EV_NATIVE_STACK: one deduplicated native call stack, defined once per
+ * trace before (in reservation order) any record that references it. Only
+ * written when REFSCOPE_NATIVE=1 (RS_PROC_NATIVE_STACKS). Payload:
+ *   u32 id          native stack id (nonzero; its own namespace, referenced
+ *                   from RS_EV_PY_STACK)
+ *   u16 nframes     number of return addresses that follow (<= 128)
+ *   u16 flags       RS_NSTACK_TRUNCATED when the stack was deeper
+ *   u64 ip[nframes] return addresses, innermost first, the shim's own frames
+ *                   dropped; readers symbolize ip - 1 (the call instruction)
+ * The fixed part's addr repeats the id; readers use the payload.
+ *
+ * RS_EV_MODULE_MAP: an object mapped into (or unmapped from) the process.
+ * Written for every object at trace start (dl_iterate_phdr), then for objects
+ * that appeared (dlopen, RS_MODULE_DLOPEN) or went away (RS_MODULE_DLCLOSE),
+ * noticed through the loader's counters before the next native capture and
+ * after every dlclose. A DLCLOSE record repeats the object's fields. Payload:
+ *   u8  event       RS_MODULE_INITIAL, RS_MODULE_DLOPEN or RS_MODULE_DLCLOSE
+ *   u8  build_id_len  0..64 (0: the object has no NT_GNU_BUILD_ID note)
+ *   u16 reserved
+ *   u32 reserved
+ *   u64 bias        load bias (dlpi_addr): runtime address = ELF vaddr + bias
+ *   u64 start       lowest runtime address of its PT_LOAD segments
+ *   u64 size        span of its PT_LOAD segments in bytes
+ *   build_id[build_id_len] bytes
+ *   str path        absolute file path ("" when it has none, e.g. the vDSO
+ *                   is written as "[vdso]")
+ * An address belongs to the module whose [start, start + size) holds it at
+ * the time of the stack definition (objects loaded by a dlopen may allocate
+ * from their constructors just before their MODULE_MAP record: readers look
+ * forward too). */
+#define RS_NSTACK_MAX_FRAMES 128
+#define RS_NSTACK_TRUNCATED  0x1u
+enum rs_module_event { RS_MODULE_INITIAL = 0, RS_MODULE_DLOPEN = 1, RS_MODULE_DLCLOSE = 2 };
 
 /* ---- issue 4: objects and gc (preload/objtrace.c, preload/gcwatch.c) ------------- */
-/* (layouts documented by the gc feature) */
+/*
+ * Type table (preload/pytypes.c). RS_EV_PY_TYPE (VAR) defines a type id once
+ * per trace; a later record with the same id replaces the definition (used to
+ * add the module of a heap type, which is only readable at a safe point).
+ *   payload  u64 type address (PyTypeObject *)   [= slot addr]
+ *            u32 type id (1..)                   [= low half of slot size]
+ *            u32 RS_TYPE_* flags                 [= high half of slot size]
+ *            u64 tp_basicsize
+ *            str name    tp_name as the interpreter has it ("dict", "mod.Cls")
+ *            str module  "" when unknown
+ */
+#define RS_TYPE_GC       0x01u /* Py_TPFLAGS_HAVE_GC: instances can be GC-tracked  */
+#define RS_TYPE_HEAP     0x02u /* Py_TPFLAGS_HEAPTYPE (classes, PyType_FromSpec)    */
+#define RS_TYPE_METATYPE 0x04u /* Py_TPFLAGS_TYPE_SUBCLASS: instances are types     */
+#define RS_TYPE_MODULE   0x08u /* the module string is final (else "" = not yet known) */
+
+/*
+ * Object events (3.13+, PyRefTracer; preload/objtrace.c). Fixed records.
+ *   RS_EV_OBJ_CREATE   addr = object (PyObject *), size = type id, stack = stack
+ *                      id of the creating code (0 = none). Fired by
+ *                      _Py_NewReference (freelist reuse included).
+ *   RS_EV_OBJ_DESTROY  addr = object, size = 0. Fired at the start of
+ *                      _Py_Dealloc, i.e. before the FREE of the object's block.
+ * Objects are identified by address; their OBJ-domain block starts 0, 16 or
+ * 32 bytes before it (GC header, managed dict/weakref pre-header).
+ *
+ * GC collections (all versions; preload/gcwatch.c, from a gc.callbacks entry).
+ *   RS_EV_GC_START  flags = generation (RS_GC_GEN_MASK) | RS_GC_F_*;
+ *                   addr = generation-0 count at start (gc.get_count()[0]);
+ *                   size = count[1] | count[2] << 32 (each saturated to u32);
+ *                   stack = collection sequence number (1, 2, ... per trace);
+ *                   time = end of the start callback (after the census), so
+ *                   the pause below excludes refscope's own census work.
+ *   RS_EV_GC_STOP   flags as START; addr = objects collected; size =
+ *                   uncollectable; stack = pause in CLOCK_MONOTONIC ns (end of
+ *                   the start callback to the stop callback), UINT32_MAX when
+ *                   longer than 4.29 s (then use the record times).
+ * Thresholds and enabled state in force at a START are the latest GC_INFO
+ * CONFIG before it (gcwatch emits one whenever they differ from the last).
+ */
+#define RS_GC_GEN_MASK    0x0fu /* generation; 0x0f = unknown                          */
+#define RS_GC_F_SHUTDOWN  0x80u /* collection during finalization (Py_IsInitialized()=0):
+                                   after the program's last chance to call gc.get_stats() */
+#define RS_GC_F_WHOLEHEAP 0x40u /* free-threaded build: whole heap, no generations     */
+
+/*
+ * RS_EV_GC_INFO (VAR): payload starts with u8 info kind (enum rs_gc_info).
+ *  RS_GC_INFO_BASELINE  (once, at registration) the interpreter's own
+ *      gc.get_stats(), so collections before refscope registered are counted:
+ *      u8 kind, u8 ngen, u16 0, u32 0, then per generation
+ *      u64 collections, u64 collected, u64 uncollectable.
+ *  RS_GC_INFO_CONFIG    thresholds / enabled / frozen changed, or first seen:
+ *      u8 kind, u8 reason (enum rs_gc_cfg_reason), u8 enabled, u8 nthresh,
+ *      u32 0, then nthresh x u64 threshold, then u64 gc.get_freeze_count()
+ *      (UINT64_MAX when the interpreter has none), then str function name
+ *      ("set_threshold", ...; "" when noticed rather than called).
+ *  RS_GC_INFO_CENSUS    objects in a generation at a collection boundary:
+ *      u8 kind, u8 phase (0 = at START, before the collection: the objects of
+ *      one of the generations being collected; 1 = at STOP: the objects of
+ *      generation+1, taken only after generation-0 collections),
+ *      u8 generation listed, u8 flags (RS_GC_CENSUS_LAST on the last record
+ *      of this census), u32 count, then count x { u64 object, u32 type id }.
+ *      A census is split over records of at most RS_GC_CENSUS_MAX entries; a
+ *      START census precedes its RS_EV_GC_START, a STOP census follows its
+ *      RS_EV_GC_STOP. Objects = gc.get_objects(generation=g): tracked objects
+ *      only (untracked tuples/dicts are not listed).
+ *  RS_GC_INFO_MODE      u8 kind, u8 census (1 on, 0 off), u8 generations
+ *      (3; 0 = free-threaded whole heap), u8 incremental (3.14.0-3.14.4).
+ */
+enum rs_gc_info {
+    RS_GC_INFO_BASELINE = 1,
+    RS_GC_INFO_CONFIG   = 2,
+    RS_GC_INFO_CENSUS   = 3,
+    RS_GC_INFO_MODE     = 4,
+};
+enum rs_gc_cfg_reason {
+    RS_GC_CFG_INITIAL  = 0, /* at registration                                  */
+    RS_GC_CFG_CALL     = 1, /* the program called a wrapped gc function          */
+    RS_GC_CFG_NOTICED  = 2, /* differs at a collection start (C API, or a
+                               reference to the gc function taken before wrap)   */
+    RS_GC_CFG_EXIT     = 3, /* differs at exit                                   */
+};
+#define RS_GC_CENSUS_LAST 0x01u
+#define RS_GC_CENSUS_MAX  4096u
+
+/* RS_EV_NOTE codes of the gc/object feature (payload: u16 code, str text). */
+enum rs_note_gc {
+    RS_NOTE_REFTRACER_TAKEN   = 0x0401, /* another tool (tracemalloc) took the ref
+                                           tracer slot: object events stop here  */
+    RS_NOTE_REFTRACER_BACK    = 0x0402, /* slot free again; object events resume  */
+    RS_NOTE_DESTROY_MISSED    = 0x0403, /* 3.13.0-3.13.2: DESTROY missed in the
+                                           eval loop (CPython gh-130382)          */
+    RS_NOTE_NO_REFTRACER      = 0x0404, /* < 3.13: no object events (block lifetimes used) */
+    RS_NOTE_GC_INCREMENTAL    = 0x0405, /* 3.14.0-3.14.4 incremental GC: generation
+                                           numbers are not generational, no census */
+    RS_NOTE_GC_FREETHREADED   = 0x0406, /* free-threaded: whole-heap collections  */
+    RS_NOTE_GC_UNAVAILABLE    = 0x0407, /* gc callbacks could not be registered   */
+    RS_NOTE_GC_CENSUS_OFF     = 0x0408, /* REFSCOPE_GC_CENSUS=off                 */
+};
 
 /* ---- issue 5: snapshots (preload/snapshot.c) -------------------------------------- */
-/* (layouts documented by the snapshot feature) */
+/*
+ * A heap snapshot is a run of RS_EV_SNAPSHOT records from one thread (the
+ * Python main thread, GIL held): BEGIN, then TYPE / OBJECTS / MORE_REFS /
+ * LABELS records in any order, then END. A snapshot without END was cut
+ * short (process died): readers drop it. Every payload starts with the same
+ * 8 bytes; the slot's flags repeat the subkind.
+ *   0  u8  subkind (enum rs_snap_subkind)
+ *   1  u8  reserved, 2 u16 reserved
+ *   4  u32 snapshot number (1, 2, ... per process)
+ *   8  ... subkind body:
+ *
+ * BEGIN     u8 reason (enum rs_snap_reason), u8 gc enabled (0/1, 255 unknown),
+ *           u8 free-threaded build (0/1), u8 reserved, u32 PY_VERSION_HEX.
+ * TYPE      one type used by this snapshot's objects (defined before its first
+ *           use): u32 type ref (the snapshot's own small number, used by
+ *           OBJECTS), u32 type id (RS_EV_PY_TYPE, 0 = not in the type table),
+ *           u64 type object address, u32 tp_flags (low 32 bits), str tp_name.
+ * OBJECTS   repeated to the end of the payload, one entry per object:
+ *             +0  u64 object address (PyObject *)
+ *             +8  u32 type ref (TYPE)
+ *             +12 u32 size in bytes as sys.getsizeof reports it (GC header
+ *                 and pre-header included; saturated)
+ *             +16 u64 refcount (0 when RS_SNAP_OBJ_IMMORTAL)
+ *             +24 u8  RS_SNAP_OBJ_* flags (generation in bits 6-7)
+ *             +25 u8  pre-header bytes: its memory block starts this many
+ *                 bytes before the object (GC header, managed dict/weakref)
+ *             +26 u16 reserved
+ *             +28 u32 n, then n u64 addresses of referenced objects, in
+ *                 tp_traverse order; list and tuple: item order (edge i is
+ *                 "index i"); dict: key0, value0, key1, value1, ...
+ *           Total entry size: RS_SNAP_OBJ_FIXED + 8 n.
+ * MORE_REFS u64 object address, u32 n, n u64 addresses: further references
+ *           of an entry flagged RS_SNAP_OBJ_MORE_REFS (records stay < 64 KiB).
+ * LABELS    repeated: u64 object address, u8 kind (enum rs_snap_label), u32
+ *           edge index (KEY: index of the labelled reference of that object;
+ *           0 otherwise), str text (at most RS_SNAP_LABEL_MAX bytes, UTF-8,
+ *           may be cut mid-character).
+ * END       u32 status (bit 0: the walk failed, out of memory; bit 1: some
+ *           objects could not be read), u64 objects, u64 references,
+ *           u64 duration in ns (the walk, as the program saw it).
+ * References point at objects recorded in the same snapshot (every
+ * GC-tracked object and everything they reference is recorded).
+ */
+enum rs_snap_subkind {
+    RS_SNAP_BEGIN = 0, RS_SNAP_TYPE = 1, RS_SNAP_OBJECTS = 2,
+    RS_SNAP_MORE_REFS = 3, RS_SNAP_LABELS = 4, RS_SNAP_END = 5
+};
+enum rs_snap_reason {
+    RS_SNAP_REASON_EXIT = 0,     /* atexit, after the program's own handlers */
+    RS_SNAP_REASON_SIGNAL = 1,   /* SIGUSR2                                   */
+    RS_SNAP_REASON_INTERVAL = 2  /* REFSCOPE_SNAPSHOT_INTERVAL / --snapshot-interval */
+};
+#define RS_SNAP_OBJ_TRACKED   0x01u /* GC-tracked (else: only referenced)          */
+#define RS_SNAP_OBJ_IMMORTAL  0x02u /* immortal (3.12+): refcount not meaningful   */
+#define RS_SNAP_OBJ_GARBAGE   0x04u /* in gc.garbage                               */
+#define RS_SNAP_OBJ_FROZEN    0x08u /* in the permanent generation (gc.freeze())   */
+#define RS_SNAP_OBJ_MORE_REFS 0x10u /* references continue in MORE_REFS records    */
+#define RS_SNAP_OBJ_NOREFS    0x20u /* references could not be read                */
+#define RS_SNAP_OBJ_GEN_SHIFT 6     /* generation 0..2 of a tracked, unfrozen object
+                                       (always 0 on free-threaded builds)          */
+#define RS_SNAP_OBJ_FIXED     32u   /* bytes of an OBJECTS entry before its refs   */
+#define RS_SNAP_LABEL_MAX     64u
+enum rs_snap_label {
+    RS_SNAP_LABEL_MODULE = 1, /* a module object: its __name__                  */
+    RS_SNAP_LABEL_STR = 2,    /* a str object: its first characters             */
+    RS_SNAP_LABEL_TYPE = 3,   /* a type object: its tp_name                     */
+    RS_SNAP_LABEL_NAME = 4,   /* a function or code object: its qualified name  */
+    RS_SNAP_LABEL_KEY = 5     /* reference `edge` of a dict is the value of the
+                                 str key `text`                                 */
+};
+/* Environment: REFSCOPE_SNAPSHOT_INTERVAL=N (seconds) adds a snapshot every N
+ * seconds; REFSCOPE_SNAPSHOTS=0 turns snapshots (atexit, SIGUSR2) off. */
 
 #endif

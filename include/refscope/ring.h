@@ -69,6 +69,13 @@ struct rs_ring {
     struct rs_slot *slots;
     uint64_t mask;        /* capacity - 1 */
     size_t map_bytes;     /* header + slots */
+    /* Producer-process only (set to 0/NULL by rs_ring_format/attach): */
+    uint64_t tail_cache;  /* last tail a producer read; avoids a shared load per reserve */
+    /* Lossless waits call this about every 100 ms while the ring stays full;
+     * a nonzero return gives up (the record is dropped and counted), e.g.
+     * when the recorder is gone. NULL = wait forever. */
+    int (*stalled)(void *ctx);
+    void *stall_ctx;
 };
 
 /* Number of slots a VAR record with `len` payload bytes takes. */

@@ -81,6 +81,48 @@ struct rs_trailer {
 
 /* ---- chunk body ----------------------------------------------------------------
  * (specified by the codec: analyzer/codec.c implements exactly this section)
+ *
+ * The raw body (after zstd decompression for RS_CODEC_ZSTD) is columnar:
+ *
+ *   offset 0  u8   body version (1)
+ *          1  u8   time_shift: low bits of `time` the writer dropped (0 = exact)
+ *          2  u16  reserved, 0
+ *          4  u32  records (equals the chunk header's count)
+ *          8  u32  stream_len[8]: byte length of streams S0..S7
+ *         40  S0 S1 ... S7, back to back; 40 + sum(stream_len) == raw_len
+ *
+ * Record i is field i of every stream it uses, in order:
+ *   S0 kind    u8 per record (enum rs_event_kind; never EMPTY or CONT)
+ *   S1 flags   u8 per record
+ *   S2 thread  varint(thread) per record
+ *   S3 time    varint(zigzag(q - prev_q)) per record, q = time >> time_shift,
+ *              prev_q = q of the previous record (0 at chunk start). A reader
+ *              sees time = q << time_shift.
+ *   S4 addr    fixed kinds only: for the address kinds ALLOC, FREE, OBJ_CREATE
+ *              and OBJ_DESTROY an address code (below); for the other fixed
+ *              kinds varint(addr)
+ *   S5 size    fixed kinds only: varint(size)
+ *   S6 stack   varint(stack) per record (VAR kinds: the payload length)
+ *   S7 payload VAR kinds only: the payload bytes, `stack` of them. A VAR
+ *              record's addr and size are not stored: as in the ring, they
+ *              are its first 16 payload bytes (little-endian, zero-padded).
+ *
+ * varint = unsigned LEB128 (7 bits per byte, low group first, high bit =
+ * more, at most 10 bytes); zigzag(n) = (n << 1) ^ (n >> 63) on int64, all
+ * differences taken modulo 2^64.
+ *
+ * Address model. Allocators walk pools of one size class and reuse what was
+ * just freed; programs free what they allocated a few records ago. So an
+ * address is coded as a small difference from one of the last 16 addresses
+ * of address kinds, h[0] (most recent) .. h[15], all 0 at chunk start:
+ *   code = varint of an unsigned integer of up to 69 bits:
+ *     bit 0      aligned: 1 when the difference is a multiple of 16
+ *     bits 1..4  i, the history entry the difference is taken from
+ *     bits 5..   zigzag(addr - h[i]), divided by 16 (arithmetic shift of
+ *                the difference) when aligned
+ *   Then h shifts down one place (h[15] is dropped) and h[0] = addr.
+ * Writers pick the i with the smallest |addr - h[i]|, the lowest i on ties
+ * (any i decodes; this choice compresses best).
  */
 
 #endif

@@ -83,10 +83,10 @@ def interpreters():
     for origin, path in candidates:
         if not os.path.exists(path):
             continue
-        real = os.path.realpath(path)
-        if real in seen:
+        st = os.stat(path)  # hard links (python3.13 / python3.13t) are one interpreter
+        if (st.st_dev, st.st_ino) in seen:
             continue
-        seen.add(real)
+        seen.add((st.st_dev, st.st_ino))
         probed = _probe(path)
         if probed is None:
             continue

@@ -1,0 +1,150 @@
+/*
+ * `refscope dump [--json] [--kind alloc,free,...] TRACE`: every record, one
+ * line each, in trace order — for debugging the shim and the format. JSON
+ * output is one object per line (kind, ordinal, time_ns, thread, domain,
+ * addr, size, stack, flags; payload_len for variable records).
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "commands.h"
+#include "trace_read.h"
+
+static const char *const kind_names[RS_EV_KIND_MAX + 1] = {
+    [RS_EV_ALLOC] = "alloc", [RS_EV_FREE] = "free", [RS_EV_THREAD_EXIT] = "thread_exit",
+    [RS_EV_CLOCK] = "clock", [RS_EV_ALLOCATOR_WRAPPED] = "allocator_wrapped",
+    [RS_EV_OBJ_CREATE] = "obj_create", [RS_EV_OBJ_DESTROY] = "obj_destroy",
+    [RS_EV_GC_START] = "gc_start", [RS_EV_GC_STOP] = "gc_stop", [RS_EV_LOST] = "lost",
+    [RS_EV_PROCESS] = "process", [RS_EV_THREAD] = "thread", [RS_EV_END] = "end",
+    [RS_EV_PY_CODE] = "py_code", [RS_EV_PY_STACK] = "py_stack", [RS_EV_NATIVE_STACK] = "native_stack",
+    [RS_EV_MODULE_MAP] = "module_map", [RS_EV_PY_TYPE] = "py_type", [RS_EV_GC_INFO] = "gc_info",
+    [RS_EV_SNAPSHOT] = "snapshot", [RS_EV_NOTE] = "note",
+};
+static const char *const domain_names[RS_DOMAIN_COUNT] = {"libc", "raw", "mem", "obj", "arena"};
+
+static const char *kind_name(uint8_t kind, char *buf, size_t len)
+{
+    if (kind <= RS_EV_KIND_MAX && kind_names[kind])
+        return kind_names[kind];
+    snprintf(buf, len, "kind_0x%02x", kind);
+    return buf;
+}
+
+/* "alloc,free" -> mask of kinds. Returns 0 or -EINVAL (unknown name in *bad). */
+static int parse_kinds(char *list, uint8_t *want, const char **bad)
+{
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int found = 0;
+        for (int k = 0; k <= RS_EV_KIND_MAX; k++)
+            if (kind_names[k] && !strcmp(kind_names[k], tok))
+                want[k] = found = 1;
+        if (!found) {
+            *bad = tok;
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int has_domain(uint8_t kind) { return kind == RS_EV_ALLOC || kind == RS_EV_FREE; }
+
+static int print_json(const struct rs_event *ev)
+{
+    char kb[16];
+    json_t *o = json_pack("{s:s, s:I, s:I, s:i, s:I, s:I, s:i, s:i}", "kind", kind_name(ev->kind, kb, sizeof(kb)),
+                          "ordinal", (json_int_t)ev->ordinal, "time_ns", (json_int_t)ev->time_ns,
+                          "thread", (int)ev->thread, "addr", (json_int_t)ev->addr, "size", (json_int_t)ev->size,
+                          "stack", (int)ev->stack, "flags", (int)ev->flags);
+    if (!o)
+        return -ENOMEM;
+    json_object_set_new(o, "domain", has_domain(ev->kind) ? json_string(domain_names[(ev->flags & 7) % 5])
+                                                          : json_null());
+    if (RS_EV_IS_VAR(ev->kind))
+        json_object_set_new(o, "payload_len", json_integer(ev->payload_len));
+    int r = json_dumpf(o, stdout, JSON_COMPACT);
+    json_decref(o);
+    putchar('\n');
+    return r < 0 ? -EIO : 0;
+}
+
+static void print_text(const struct rs_event *ev)
+{
+    char kb[16];
+    printf("%llu %.9f %-12s t%-3u", (unsigned long long)ev->ordinal, (double)ev->time_ns / 1e9,
+           kind_name(ev->kind, kb, sizeof(kb)), ev->thread);
+    if (has_domain(ev->kind))
+        printf(" %-5s 0x%llx size=%llu stack=%u flags=0x%02x", domain_names[(ev->flags & 7) % 5],
+               (unsigned long long)ev->addr, (unsigned long long)ev->size, ev->stack, ev->flags);
+    else if (RS_EV_IS_VAR(ev->kind))
+        printf(" payload=%u flags=0x%02x", ev->payload_len, ev->flags);
+    else
+        printf(" addr=0x%llx size=%llu flags=0x%02x", (unsigned long long)ev->addr,
+               (unsigned long long)ev->size, ev->flags);
+    putchar('\n');
+}
+
+int cmd_dump(int argc, char **argv)
+{
+    const char *path = NULL, *bad = NULL;
+    int json = 0, filter = 0, status = 1, r;
+    uint8_t want[RS_EV_KIND_MAX + 1] = {0};
+    char err[512];
+    struct rs_trace *t = NULL;
+    struct rs_event ev;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (!strcmp(argv[i], "--kind")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "refscope dump: --kind needs a list (e.g. alloc,free)\n");
+                return 2;
+            }
+            filter = 1;
+            if (parse_kinds(argv[++i], want, &bad) < 0) {
+                fprintf(stderr, "refscope dump: unknown record kind: %s\n", bad);
+                return 2;
+            }
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "refscope dump: unknown option: %s (see 'refscope --help')\n", argv[i]);
+            return 2;
+        } else if (path) {
+            fprintf(stderr, "refscope dump: one trace at a time\n");
+            return 2;
+        } else {
+            path = argv[i];
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "refscope dump: no trace given (usage: refscope dump [--json] [--kind K,...] TRACE)\n");
+        return 2;
+    }
+    if (rs_trace_open(path, &t, err, sizeof(err)) < 0) {
+        fprintf(stderr, "refscope dump: %s\n", err);
+        return 1;
+    }
+    while ((r = rs_trace_next(t, &ev, err, sizeof(err))) == 1) {
+        if (filter && !want[ev.kind & RS_EV_KIND_MAX])
+            continue;
+        if (json) {
+            if (print_json(&ev) < 0)
+                goto out;
+        } else {
+            print_text(&ev);
+        }
+    }
+    if (r < 0) {
+        fflush(stdout);
+        fprintf(stderr, "refscope dump: %s\n", err);
+        goto out;
+    }
+    if (rs_trace_info(t)->truncated)
+        fprintf(stderr, "refscope dump: warning: %s is truncated; its damaged last chunk was dropped\n", path);
+    status = 0;
+out:
+    fflush(stdout);
+    rs_trace_close(t);
+    return status;
+}

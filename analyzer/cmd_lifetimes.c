@@ -1,0 +1,364 @@
+/*
+ * `refscope lifetimes [--json] TRACE`: how long objects live, in log2-scale
+ * buckets, by type and by allocation site, and "tenured garbage": objects
+ * promoted to the oldest generation that later died (what a different
+ * threshold could have collected young), by type and site.
+ *
+ * On 3.13+ an object's lifetime runs from OBJ_CREATE to OBJ_DESTROY. Before
+ * 3.13 (no object events) it is the lifetime of the PyObject-domain block,
+ * with the block's stack; the type is attached when a gc census listed the
+ * object. Deaths during interpreter shutdown are counted apart: they end
+ * with the process, not with the program. Deaths come from gcmodel.c.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "commands.h"
+#include "gcmodel.h"
+#include "stacks.h"
+#include "trace_read.h"
+#include "types.h"
+
+#define BUCKETS 64 /* bucket b holds lifetimes in [2^(b-1), 2^b) ns; bucket 0 = 0 ns */
+
+struct group {
+    uint64_t key;  /* type id or stack id, +1 (0 = empty slot) */
+    uint64_t count, tenured, total_ns, min_ns, max_ns;
+    uint64_t hist[BUCKETS];
+};
+
+struct group_table {
+    struct group *g;
+    uint64_t mask, n;
+};
+
+struct agg {
+    struct group_table by_type[2], by_site[2]; /* [0] object events, [1] blocks */
+    uint64_t deaths[2], tenured[2], at_shutdown[2], unknown_birth[2];
+    int oom;
+};
+
+static struct group *group_get(struct group_table *t, uint64_t key)
+{
+    key += 1;
+    if (!t->g || (t->n + 1) * 2 > t->mask + 1) {
+        uint64_t cap = t->g ? (t->mask + 1) * 2 : 256;
+        struct group *n = calloc(cap, sizeof(*n));
+        if (!n)
+            return NULL;
+        for (uint64_t i = 0; t->g && i <= t->mask; i++) {
+            if (!t->g[i].key)
+                continue;
+            uint64_t j = (t->g[i].key * 0x9e3779b97f4a7c15ull) & (cap - 1);
+            while (n[j].key)
+                j = (j + 1) & (cap - 1);
+            n[j] = t->g[i];
+        }
+        free(t->g);
+        t->g = n;
+        t->mask = cap - 1;
+    }
+    uint64_t j = (key * 0x9e3779b97f4a7c15ull) & t->mask;
+    while (t->g[j].key && t->g[j].key != key)
+        j = (j + 1) & t->mask;
+    if (!t->g[j].key) {
+        t->g[j].key = key;
+        t->g[j].min_ns = UINT64_MAX;
+        t->n++;
+    }
+    return &t->g[j];
+}
+
+static int bucket_of(uint64_t ns)
+{
+    return ns ? 64 - __builtin_clzll(ns) : 0;
+}
+
+static void group_add(struct agg *a, struct group_table *t, uint64_t key, uint64_t life, int tenured)
+{
+    struct group *g = group_get(t, key);
+    if (!g) {
+        a->oom = 1;
+        return;
+    }
+    g->count++;
+    g->tenured += tenured;
+    g->total_ns += life;
+    if (life < g->min_ns)
+        g->min_ns = life;
+    if (life > g->max_ns)
+        g->max_ns = life;
+    g->hist[bucket_of(life) < BUCKETS ? bucket_of(life) : BUCKETS - 1]++;
+}
+
+static void on_death(void *arg, const struct rs_gc_death *d)
+{
+    struct agg *a = arg;
+    int k = d->from_block ? 1 : 0;
+    uint64_t life;
+
+    a->deaths[k]++;
+    if (d->at_shutdown) {
+        a->at_shutdown[k]++;
+        return;
+    }
+    if (d->born_ns == RS_GC_UNKNOWN || d->died_ns < d->born_ns) {
+        a->unknown_birth[k]++;
+        return;
+    }
+    life = d->died_ns - d->born_ns;
+    a->tenured[k] += d->tenured;
+    group_add(a, &a->by_type[k], d->type, life, d->tenured);
+    group_add(a, &a->by_site[k], d->stack, life, d->tenured);
+}
+
+static int cmp_count(const void *x, const void *y)
+{
+    const struct group *a = x, *b = y;
+    return a->count < b->count ? 1 : a->count > b->count ? -1 : (a->key > b->key) - (a->key < b->key);
+}
+
+static int cmp_tenured(const void *x, const void *y)
+{
+    const struct group *a = x, *b = y;
+    return a->tenured < b->tenured ? 1 : a->tenured > b->tenured ? -1 : (a->key > b->key) - (a->key < b->key);
+}
+
+/* Dense, sorted copy of a table (caller frees). */
+static struct group *sorted(const struct group_table *t, uint64_t *n,
+                            int (*cmp)(const void *, const void *))
+{
+    struct group *out = malloc((t->n + 1) * sizeof(*out));
+    *n = 0;
+    if (!out)
+        return NULL;
+    for (uint64_t i = 0; t->g && i <= t->mask; i++)
+        if (t->g[i].key)
+            out[(*n)++] = t->g[i];
+    qsort(out, *n, sizeof(*out), cmp);
+    return out;
+}
+
+static void site_name(struct rs_stacks *st, uint32_t id, char *buf, size_t len)
+{
+    const struct rs_frame *f;
+    int n = id ? rs_stacks_resolve(st, id, &f) : 0;
+    if (n <= 0) {
+        snprintf(buf, len, id ? "stack %u" : "(no stack)", id);
+        return;
+    }
+    if (f[0].file)
+        snprintf(buf, len, "%s (%s:%u)", f[0].function ? f[0].function : "?", f[0].file, f[0].line);
+    else
+        snprintf(buf, len, "%s", f[0].function ? f[0].function : "?");
+}
+
+static void fmt_ns(char *buf, size_t n, double ns)
+{
+    if (ns >= 1e9)
+        snprintf(buf, n, "%.2fs", ns / 1e9);
+    else if (ns >= 1e6)
+        snprintf(buf, n, "%.2fms", ns / 1e6);
+    else if (ns >= 1e3)
+        snprintf(buf, n, "%.1fus", ns / 1e3);
+    else
+        snprintf(buf, n, "%.0fns", ns);
+}
+
+static json_t *group_json(const struct group *g, const char *label_key, const char *label)
+{
+    json_t *o = json_object(), *h = json_array();
+    json_object_set_new(o, label_key, json_string(label));
+    json_object_set_new(o, "count", json_integer((json_int_t)g->count));
+    json_object_set_new(o, "tenured", json_integer((json_int_t)g->tenured));
+    json_object_set_new(o, "mean_ns", json_real(g->count ? (double)g->total_ns / (double)g->count : 0));
+    json_object_set_new(o, "min_ns", json_integer((json_int_t)g->min_ns));
+    json_object_set_new(o, "max_ns", json_integer((json_int_t)g->max_ns));
+    for (int b = 0; b < BUCKETS; b++) {
+        if (!g->hist[b])
+            continue;
+        /* upper bound of bucket b: lifetimes < 2^b ns */
+        json_array_append_new(h, json_pack("{s:I,s:I}", "lt_ns", (json_int_t)(b >= 63 ? INT64_MAX : (1ll << b)),
+                                           "count", (json_int_t)g->hist[b]));
+    }
+    json_object_set_new(o, "histogram", h);
+    return o;
+}
+
+#define TOP_TEXT 20
+
+static void print_hist(const struct group *g)
+{
+    char lo[32], hi[32];
+    for (int b = 0; b < BUCKETS; b++) {
+        if (!g->hist[b])
+            continue;
+        fmt_ns(lo, sizeof(lo), b ? (double)(1ull << (b - 1)) : 0);
+        fmt_ns(hi, sizeof(hi), (double)(b >= 63 ? UINT64_MAX : (1ull << b)));
+        printf("      [%8s, %8s) %llu\n", lo, hi, (unsigned long long)g->hist[b]);
+    }
+}
+
+int cmd_lifetimes(int argc, char **argv)
+{
+    int json = 0, rc = 1, r, k;
+    const char *path = NULL;
+    char err[256], label[512], a1[32], a2[32], a3[32];
+    struct rs_trace *t = NULL;
+    struct rs_event ev;
+    struct rs_gc_model m;
+    struct rs_types *types = NULL;
+    struct rs_stacks *stacks = NULL;
+    struct agg agg;
+    struct group *bt = NULL, *bs = NULL, *tt = NULL, *ts = NULL;
+    uint64_t nbt = 0, nbs = 0, ntt = 0, nts = 0;
+    json_t *root = NULL, *warn;
+
+    memset(&agg, 0, sizeof(agg));
+    memset(&m, 0, sizeof(m));
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "refscope lifetimes: unknown option '%s' (usage: refscope lifetimes [--json] TRACE)\n", argv[i]);
+            return 2;
+        } else if (!path)
+            path = argv[i];
+    }
+    if (!path) {
+        fprintf(stderr, "refscope lifetimes: usage: refscope lifetimes [--json] TRACE\n");
+        return 2;
+    }
+    if (rs_trace_open(path, &t, err, sizeof(err)) < 0) {
+        fprintf(stderr, "refscope lifetimes: %s\n", err);
+        return 1;
+    }
+    types = rs_types_new();
+    stacks = rs_stacks_new();
+    if (!types || !stacks || rs_gcmodel_init(&m, on_death, &agg) < 0) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    while ((r = rs_trace_next(t, &ev, err, sizeof(err))) == 1) {
+        if (rs_gcmodel_feed(&m, &ev) < 0 || rs_types_feed(types, &ev) < 0 ||
+            rs_stacks_feed(stacks, &ev) < 0 || agg.oom) {
+            snprintf(err, sizeof(err), "out of memory");
+            goto fail;
+        }
+    }
+    if (r < 0 || rs_gcmodel_finish(&m, rs_trace_info(t)->end_ns) < 0)
+        goto fail;
+
+    k = m.object_creates ? 0 : 1; /* object events when the trace has them */
+    bt = sorted(&agg.by_type[k], &nbt, cmp_count);
+    bs = sorted(&agg.by_site[k], &nbs, cmp_count);
+    tt = sorted(&agg.by_type[k], &ntt, cmp_tenured);
+    ts = sorted(&agg.by_site[k], &nts, cmp_tenured);
+    if (!bt || !bs || !tt || !ts) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+
+    root = json_object();
+    warn = json_array();
+    for (uint32_t i = 0; i < m.nnotes; i++)
+        json_array_append_new(warn, json_string(m.notes[i]));
+    if (k == 1)
+        json_array_append_new(warn, json_string("no object events (CPython < 3.13 or tracer unavailable): "
+                                                "lifetimes are PyObject-domain block lifetimes; types only "
+                                                "for objects a gc census listed"));
+    if (!m.census)
+        json_array_append_new(warn, json_string("no gc census: tenured garbage unknown"));
+    if (!rs_trace_info(t)->has_trailer || rs_trace_info(t)->truncated)
+        json_array_append_new(warn, json_string("trace is truncated"));
+    if (rs_stacks_warnings(stacks))
+        json_array_append_new(warn, json_string(rs_stacks_warnings(stacks)));
+
+    if (json) {
+        json_t *jt = json_array(), *js = json_array(), *tg = json_object(), *tgt = json_array(),
+               *tgs = json_array();
+        json_object_set_new(root, "trace", json_string(path));
+        json_object_set_new(root, "mode", json_string(k ? "blocks" : "objects"));
+        json_object_set_new(root, "deaths", json_integer((json_int_t)agg.deaths[k]));
+        json_object_set_new(root, "died_at_shutdown", json_integer((json_int_t)agg.at_shutdown[k]));
+        json_object_set_new(root, "born_before_tracing", json_integer((json_int_t)agg.unknown_birth[k]));
+        for (uint64_t i = 0; i < nbt; i++)
+            json_array_append_new(jt, group_json(&bt[i], "type", rs_types_display(types, (uint32_t)(bt[i].key - 1))));
+        for (uint64_t i = 0; i < nbs; i++) {
+            site_name(stacks, (uint32_t)(bs[i].key - 1), label, sizeof(label));
+            json_t *o = group_json(&bs[i], "site", label);
+            json_object_set_new(o, "stack", json_integer((json_int_t)(bs[i].key - 1)));
+            json_array_append_new(js, o);
+        }
+        json_object_set_new(root, "by_type", jt);
+        json_object_set_new(root, "by_site", js);
+        json_object_set_new(tg, "total", json_integer((json_int_t)agg.tenured[k]));
+        for (uint64_t i = 0; i < ntt && tt[i].tenured; i++)
+            json_array_append_new(tgt, json_pack("{s:s,s:I}", "type", rs_types_display(types, (uint32_t)(tt[i].key - 1)),
+                                                 "count", (json_int_t)tt[i].tenured));
+        for (uint64_t i = 0; i < nts && ts[i].tenured; i++) {
+            site_name(stacks, (uint32_t)(ts[i].key - 1), label, sizeof(label));
+            json_array_append_new(tgs, json_pack("{s:s,s:I,s:I}", "site", label, "stack",
+                                                 (json_int_t)(ts[i].key - 1), "count", (json_int_t)ts[i].tenured));
+        }
+        json_object_set_new(tg, "by_type", tgt);
+        json_object_set_new(tg, "by_site", tgs);
+        json_object_set_new(root, "tenured_garbage", tg);
+        json_object_set_new(root, "warnings", warn);
+        json_dumpf(root, stdout, JSON_INDENT(1));
+        putchar('\n');
+    } else {
+        printf("lifetimes (%s): %llu deaths, %llu during shutdown, %llu born before tracing\n\n",
+               k ? "PyObject-domain blocks" : "object events", (unsigned long long)agg.deaths[k],
+               (unsigned long long)agg.at_shutdown[k], (unsigned long long)agg.unknown_birth[k]);
+        printf("by type (top %d):\n", TOP_TEXT);
+        for (uint64_t i = 0; i < nbt && i < TOP_TEXT; i++) {
+            fmt_ns(a1, sizeof(a1), (double)bt[i].total_ns / (double)bt[i].count);
+            fmt_ns(a2, sizeof(a2), (double)bt[i].min_ns);
+            fmt_ns(a3, sizeof(a3), (double)bt[i].max_ns);
+            printf("  %-40s %10llu  mean %9s  min %9s  max %9s\n",
+                   rs_types_display(types, (uint32_t)(bt[i].key - 1)), (unsigned long long)bt[i].count, a1, a2, a3);
+            if (i < 5)
+                print_hist(&bt[i]);
+        }
+        printf("\nby allocation site (top %d):\n", TOP_TEXT);
+        for (uint64_t i = 0; i < nbs && i < TOP_TEXT; i++) {
+            site_name(stacks, (uint32_t)(bs[i].key - 1), label, sizeof(label));
+            fmt_ns(a1, sizeof(a1), (double)bs[i].total_ns / (double)bs[i].count);
+            printf("  %-60s %10llu  mean %9s\n", label, (unsigned long long)bs[i].count, a1);
+        }
+        printf("\ntenured garbage: %llu objects promoted to the oldest generation died later\n",
+               (unsigned long long)agg.tenured[k]);
+        for (uint64_t i = 0; i < ntt && tt[i].tenured && i < TOP_TEXT; i++)
+            printf("  %-40s %10llu\n", rs_types_display(types, (uint32_t)(tt[i].key - 1)),
+                   (unsigned long long)tt[i].tenured);
+        for (uint64_t i = 0; i < nts && ts[i].tenured && i < TOP_TEXT; i++) {
+            site_name(stacks, (uint32_t)(ts[i].key - 1), label, sizeof(label));
+            printf("  at %-60s %10llu\n", label, (unsigned long long)ts[i].tenured);
+        }
+        for (size_t i = 0; i < json_array_size(warn); i++)
+            printf("warning: %s\n", json_string_value(json_array_get(warn, i)));
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "refscope lifetimes: %s\n", err);
+out:
+    json_decref(root);
+    free(bt);
+    free(bs);
+    free(tt);
+    free(ts);
+    for (int i = 0; i < 2; i++) {
+        free(agg.by_type[i].g);
+        free(agg.by_site[i].g);
+    }
+    rs_gcmodel_free(&m);
+    rs_types_free(types);
+    if (stacks)
+        rs_stacks_free(stacks);
+    rs_trace_close(t);
+    return rc;
+}

@@ -1,0 +1,308 @@
+/*
+ * `refscope run` and `refscope record`: the two ways a recorder is started.
+ *
+ *   run [-o OUT] [-f] [--native] [--lossy] [--ring-mb N] [--snapshot-interval N] [--] CMD ARGS...
+ *       recorder on a background thread, CMD spawned with the shim preloaded
+ *       and REFSCOPE_SOCK set; waits for CMD and every traced descendant,
+ *       then exits with CMD's status (128+signal when CMD was killed).
+ *   record --serve SOCK -o OUT [-f]
+ *       the same recorder for the shim's direct form: listens on SOCK and
+ *       exits once its last process is gone and no new one came for ~1 s.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "commands.h"
+#include "recorder.h"
+#include "refscope/transport.h"
+
+#define RUN_IDLE_MS 150      /* after CMD exits: wait for late descendants  */
+#define SERVE_IDLE_MS 1000
+#define SERVE_FIRST_WAIT_MS 30000
+
+static int usage_error(const char *cmd, const char *msg, const char *arg)
+{
+    fprintf(stderr, "refscope %s: %s%s%s (see 'refscope --help')\n", cmd, msg, arg ? ": " : "", arg ? arg : "");
+    return 2;
+}
+
+/* Path of librefscope.so next to this executable. */
+static int shim_path(char *out, size_t len)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return -errno;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return -ENOENT;
+    *slash = 0;
+    if ((size_t)snprintf(out, len, "%s/librefscope.so", exe) >= len)
+        return -ENAMETOOLONG;
+    return access(out, R_OK) == 0 ? 0 : -errno;
+}
+
+/* The directory that will hold `path` exists and is writable. */
+static int check_writable_dir(const char *path)
+{
+    char dir[PATH_MAX];
+    struct stat st;
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    if (stat(dir, &st) < 0)
+        return -errno;
+    if (!S_ISDIR(st.st_mode))
+        return -ENOTDIR;
+    return access(dir, W_OK) == 0 ? 0 : -errno;
+}
+
+static void print_files(struct rs_recorder *r)
+{
+    const struct rs_recorder_file *f;
+    size_t n = rs_recorder_files(r, &f);
+    if (n == 0) {
+        fprintf(stderr, "refscope: no traced process connected; no trace written\n");
+        return;
+    }
+    fprintf(stderr, "refscope: wrote");
+    for (size_t i = 0; i < n; i++)
+        fprintf(stderr, "%s %s (pid %u, %llu records, %llu bytes%s)", i ? "," : "", f[i].path, f[i].pid,
+                (unsigned long long)f[i].records, (unsigned long long)f[i].bytes,
+                f[i].complete ? "" : ", incomplete");
+    fprintf(stderr, "; recorder CPU %.2f s\n", rs_recorder_cpu_seconds(r));
+}
+
+static int env_set_int(const char *name, long v)
+{
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%ld", v);
+    return setenv(name, buf, 1);
+}
+
+/* The child: wait for the go byte, then exec. Never returns. */
+static void child_exec(int gate, char **argv)
+{
+    char go;
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    if (read(gate, &go, 1) != 1)
+        _exit(127);
+    close(gate);
+    execvp(argv[0], argv);
+    fprintf(stderr, "refscope run: cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+}
+
+/* SIGTERM/SIGHUP sent to refscope go to the command; we stay to finish
+ * its traces and report its status. */
+static volatile sig_atomic_t child_pid;
+
+static void forward_signal(int sig)
+{
+    if (child_pid > 0)
+        kill((pid_t)child_pid, sig);
+}
+
+static int wait_child(pid_t pid)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return 1;
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return 1;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    const char *output = NULL;
+    int force = 0, native = 0, lossy = 0, i;
+    long ring_mb = 0;
+    char shim[PATH_MAX], out_buf[64], err[512];
+    char *preload = NULL;
+    struct rs_recorder *r = NULL;
+    int gate[2] = {-1, -1}, status = 1, ret;
+    pid_t pid = -1;
+
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) {
+            i++;
+            break;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            if (++i >= argc)
+                return usage_error("run", "option needs a value", a);
+            output = argv[i];
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--force")) {
+            force = 1;
+        } else if (!strcmp(a, "--native")) {
+            native = 1;
+        } else if (!strcmp(a, "--lossy")) {
+            lossy = 1;
+        } else if (!strcmp(a, "--ring-mb")) {
+            char *end;
+            if (++i >= argc)
+                return usage_error("run", "option needs a value", a);
+            ring_mb = strtol(argv[i], &end, 10);
+            if (*end || ring_mb < 1 || ring_mb > 65536)
+                return usage_error("run", "--ring-mb wants a size in MiB (1-65536)", argv[i]);
+        } else if (!strncmp(a, "--gc-census=", 12)) { /* issue 4 (gc): census of collected generations */
+            if (strcmp(a + 12, "on") && strcmp(a + 12, "off"))
+                return usage_error("run", "--gc-census wants on or off", a);
+            if (setenv("REFSCOPE_GC_CENSUS", a + 12, 1))
+                return usage_error("run", "cannot set the environment", a);
+        } else if (!strcmp(a, "--snapshot-interval")) { /* issue 5 (snapshots): heap snapshot every N s */
+            char *end;
+            if (++i >= argc)
+                return usage_error("run", "option needs a value", a);
+            long secs = strtol(argv[i], &end, 10);
+            if (*end || secs < 1 || secs > 86399)
+                return usage_error("run", "--snapshot-interval wants seconds (1-86399)", argv[i]);
+            if (setenv("REFSCOPE_SNAPSHOT_INTERVAL", argv[i], 1))
+                return usage_error("run", "cannot set the environment", a);
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("run", "unknown option", a);
+        } else {
+            break;
+        }
+    }
+    if (i >= argc)
+        return usage_error("run", "no command to run", NULL);
+    if (output && !force && access(output, F_OK) == 0) {
+        fprintf(stderr, "refscope run: %s exists (use -f to overwrite)\n", output);
+        return 1;
+    }
+    if (output && (ret = check_writable_dir(output)) < 0) {
+        fprintf(stderr, "refscope run: cannot write %s: %s\n", output, strerror(-ret));
+        return 1;
+    }
+    if ((ret = shim_path(shim, sizeof(shim))) < 0) {
+        fprintf(stderr, "refscope run: cannot find librefscope.so next to refscope: %s\n", strerror(-ret));
+        return 1;
+    }
+    /* The recorder learns the default output name (it has the command's pid)
+     * before the command runs: the gate pipe holds the child until then. */
+    struct rs_recorder_config cfg = {
+        .output = output, .force = force,
+    };
+    if (rs_recorder_start(&cfg, &r, err, sizeof(err)) < 0) {
+        fprintf(stderr, "refscope run: %s\n", err);
+        return 1;
+    }
+    const char *old = getenv("LD_PRELOAD");
+    if (!(preload = malloc(strlen(shim) + (old ? strlen(old) : 0) + 2)))
+        goto out;
+    sprintf(preload, "%s%s%s", shim, old && *old ? ":" : "", old && *old ? old : "");
+    if (setenv("LD_PRELOAD", preload, 1) || setenv(RS_ENV_SOCK, rs_recorder_socket(r), 1) ||
+        (ring_mb && env_set_int(RS_ENV_RING_MB, ring_mb)) ||
+        (lossy && setenv(RS_ENV_LOSSY, "1", 1)) || (native && setenv(RS_ENV_NATIVE, "1", 1))) {
+        fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+        goto out;
+    }
+    if (pipe2(gate, O_CLOEXEC) < 0) {
+        fprintf(stderr, "refscope run: pipe: %s\n", strerror(errno));
+        goto out;
+    }
+    signal(SIGINT, SIG_IGN); /* the terminal's ^C reaches CMD; we stay to finish the traces */
+    signal(SIGQUIT, SIG_IGN);
+    pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "refscope run: fork: %s\n", strerror(errno));
+        goto out;
+    }
+    if (pid == 0) {
+        close(gate[1]);
+        child_exec(gate[0], argv + i);
+    }
+    close(gate[0]);
+    gate[0] = -1;
+    child_pid = pid;
+    struct sigaction sa = {.sa_handler = forward_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    if (!output) {
+        snprintf(out_buf, sizeof(out_buf), "refscope-%d.rfs", (int)pid);
+        if (!force && access(out_buf, F_OK) == 0) {
+            fprintf(stderr, "refscope run: %s exists (use -f to overwrite)\n", out_buf);
+            goto out; /* closing the gate makes the child exit unrun */
+        }
+        if (rs_recorder_set_output(r, out_buf) < 0)
+            goto out;
+    }
+    if (write(gate[1], "g", 1) != 1) {
+        fprintf(stderr, "refscope run: cannot start %s\n", argv[i]);
+        goto out;
+    }
+    close(gate[1]);
+    gate[1] = -1;
+    status = wait_child(pid);
+    pid = -1;
+    if (rs_recorder_finish(r, RUN_IDLE_MS, RUN_IDLE_MS) < 0)
+        fprintf(stderr, "refscope run: some trace data could not be written (see above)\n");
+    print_files(r);
+out:
+    if (gate[1] >= 0)
+        close(gate[1]);
+    if (pid > 0)
+        wait_child(pid);
+    free(preload);
+    rs_recorder_free(r);
+    return status;
+}
+
+int cmd_record(int argc, char **argv)
+{
+    const char *sock = NULL, *output = NULL;
+    int force = 0;
+    char err[512];
+    struct rs_recorder *r = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--serve") || !strcmp(a, "-o")) {
+            if (i + 1 >= argc)
+                return usage_error("record", "option needs a value", a);
+            if (!strcmp(a, "--serve"))
+                sock = argv[++i];
+            else
+                output = argv[++i];
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--force")) {
+            force = 1;
+        } else {
+            return usage_error("record", "unknown argument", a);
+        }
+    }
+    if (!sock || !output)
+        return usage_error("record", "needs --serve SOCK and -o OUT", NULL);
+    struct rs_recorder_config cfg = {
+        .output = output, .force = force, .socket_path = sock,
+    };
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    if (rs_recorder_start(&cfg, &r, err, sizeof(err)) < 0) {
+        fprintf(stderr, "refscope record: %s\n", err);
+        return 1;
+    }
+    int ret = rs_recorder_finish(r, SERVE_IDLE_MS, SERVE_FIRST_WAIT_MS);
+    rs_recorder_free(r);
+    return ret < 0 ? 1 : 0;
+}

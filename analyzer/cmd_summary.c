@@ -1,0 +1,191 @@
+/*
+ * `refscope summary [--json] TRACE`: one replay of the trace through the
+ * live heap (heap.c) gives the per-domain totals, the peak and the live
+ * bytes at the end; the same model is printed as text or as JSON.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "commands.h"
+#include "heap.h"
+#include "recorder.h"
+#include "trace_read.h"
+
+static const char *const domain_names[RS_DOMAIN_COUNT] = {"libc", "raw", "mem", "obj", "arena"};
+
+struct summary {
+    const struct rs_trace_info *info;
+    const struct rs_heap_stats *st;
+    uint64_t records;
+    uint64_t threads;
+    uint64_t allocations, frees, alloc_bytes, live_end; /* leaf domains */
+};
+
+static void python_version(uint32_t hex, char *buf, size_t len)
+{
+    if (!hex)
+        snprintf(buf, len, "-");
+    else
+        snprintf(buf, len, "%u.%u.%u", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
+}
+
+static void human_bytes(uint64_t b, char *buf, size_t len)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+static void print_text(const struct summary *s)
+{
+    const struct rs_trace_info *in = s->info;
+    const struct rs_heap_stats *st = s->st;
+    char pyv[32], b1[32], b2[32];
+    python_version(in->py_version, pyv, sizeof(pyv));
+    printf("process       %u (parent %u)  %s\n", in->pid, in->ppid, in->exe);
+    printf("command       %s\n", in->cmdline);
+    printf("python        %s\n", pyv);
+    printf("duration      %.3f s\n", (double)in->end_ns / 1e9);
+    printf("records       %llu\n\n", (unsigned long long)s->records);
+    printf("%-8s %14s %14s %14s %14s\n", "domain", "allocations", "frees", "bytes", "live at end");
+    for (int d = 0; d < RS_DOMAIN_COUNT; d++) {
+        human_bytes(st->alloc_bytes[d], b1, sizeof(b1));
+        human_bytes(st->live_bytes[d], b2, sizeof(b2));
+        printf("%-8s %14llu %14llu %14s %14s\n", domain_names[d], (unsigned long long)st->allocations[d],
+               (unsigned long long)st->frees[d], b1, b2);
+    }
+    human_bytes(s->alloc_bytes, b1, sizeof(b1));
+    human_bytes(s->live_end, b2, sizeof(b2));
+    printf("%-8s %14llu %14llu %14s %14s\n\n", "total", (unsigned long long)s->allocations,
+           (unsigned long long)s->frees, b1, b2);
+    human_bytes(st->peak_live_bytes, b1, sizeof(b1));
+    printf("peak live     %s at %.3f s (arena blocks not included)\n", b1, (double)st->peak_ns / 1e9);
+    human_bytes(s->live_end, b1, sizeof(b1));
+    printf("live at end   %s\n", b1);
+    printf("threads       %llu\n", (unsigned long long)s->threads);
+    printf("lost events   %llu\n", (unsigned long long)in->lost_events);
+    printf("producer waits %llu\n", (unsigned long long)in->producer_waits);
+    if (st->unknown_frees)
+        printf("frees of blocks allocated before tracing: %llu\n", (unsigned long long)st->unknown_frees);
+    if (in->truncated)
+        printf("warning: the trace is truncated: its damaged or incomplete last chunk was dropped\n");
+    else if (!in->has_trailer)
+        printf("warning: the recorder did not finish this trace; it may end early\n");
+}
+
+static json_t *to_json(const struct summary *s)
+{
+    const struct rs_trace_info *in = s->info;
+    const struct rs_heap_stats *st = s->st;
+    char pyv[32];
+    json_t *domains = json_object();
+    for (int d = 0; d < RS_DOMAIN_COUNT; d++)
+        json_object_set_new(domains, domain_names[d],
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "allocations", (json_int_t)st->allocations[d],
+                                      "frees", (json_int_t)st->frees[d], "bytes", (json_int_t)st->alloc_bytes[d],
+                                      "live_bytes_end", (json_int_t)st->live_bytes[d],
+                                      "live_blocks_end", (json_int_t)st->live_blocks[d]));
+    python_version(in->py_version, pyv, sizeof(pyv));
+    json_t *root = json_pack(
+        "{s:I, s:I, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:b, s:b}",
+        "pid", (json_int_t)in->pid, "ppid", (json_int_t)in->ppid, "exe", in->exe, "command", in->cmdline,
+        "python_version", in->py_version ? json_string(pyv) : json_null(),
+        "duration_ns", (json_int_t)in->end_ns, "records", (json_int_t)s->records,
+        "allocations", (json_int_t)s->allocations, "frees", (json_int_t)s->frees,
+        "bytes", (json_int_t)s->alloc_bytes, "peak_bytes", (json_int_t)st->peak_live_bytes,
+        "peak_ns", (json_int_t)st->peak_ns, "live_bytes_end", (json_int_t)s->live_end,
+        "unknown_frees", (json_int_t)st->unknown_frees, "domains", domains,
+        "threads", (json_int_t)s->threads, "lost_events", (json_int_t)in->lost_events,
+        "producer_waits", (json_int_t)in->producer_waits, "truncated", in->truncated,
+        "complete", in->has_trailer);
+    return root;
+}
+
+int cmd_summary(int argc, char **argv)
+{
+    const char *path = NULL;
+    int json = 0, status = 1, r;
+    char err[512];
+    struct rs_trace *t = NULL;
+    struct rs_heap *h = NULL;
+    uint8_t *seen = NULL;
+    struct summary s = {0};
+    struct rs_event ev;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "refscope summary: unknown option: %s (see 'refscope --help')\n", argv[i]);
+            return 2;
+        } else if (path) {
+            fprintf(stderr, "refscope summary: one trace at a time\n");
+            return 2;
+        } else {
+            path = argv[i];
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "refscope summary: no trace given (usage: refscope summary [--json] TRACE)\n");
+        return 2;
+    }
+    if (rs_trace_open(path, &t, err, sizeof(err)) < 0) {
+        fprintf(stderr, "refscope summary: %s\n", err);
+        return 1;
+    }
+    h = rs_heap_new();
+    seen = calloc(65536 / 8, 1);
+    if (!h || !seen) {
+        fprintf(stderr, "refscope summary: out of memory\n");
+        goto out;
+    }
+    while ((r = rs_trace_next(t, &ev, err, sizeof(err))) == 1) {
+        s.records++;
+        if (ev.kind != RS_EV_CLOCK && ev.thread != RS_RECORDER_THREAD &&
+            !(seen[ev.thread / 8] & (1u << (ev.thread % 8)))) {
+            seen[ev.thread / 8] |= (uint8_t)(1u << (ev.thread % 8));
+            s.threads++;
+        }
+        if (rs_heap_apply(h, &ev, NULL) < 0) {
+            fprintf(stderr, "refscope summary: out of memory\n");
+            goto out;
+        }
+    }
+    if (r < 0) {
+        fprintf(stderr, "refscope summary: %s\n", err);
+        goto out;
+    }
+    s.info = rs_trace_info(t);
+    s.st = rs_heap_stats(h);
+    for (int d = 0; d < RS_DOMAIN_ARENA; d++) {
+        s.allocations += s.st->allocations[d];
+        s.frees += s.st->frees[d];
+        s.alloc_bytes += s.st->alloc_bytes[d];
+        s.live_end += s.st->live_bytes[d];
+    }
+    if (json) {
+        json_t *root = to_json(&s);
+        if (!root || json_dumpf(root, stdout, JSON_INDENT(2)) < 0) {
+            json_decref(root);
+            fprintf(stderr, "refscope summary: cannot render JSON\n");
+            goto out;
+        }
+        json_decref(root);
+        putchar('\n');
+    } else {
+        print_text(&s);
+    }
+    status = 0;
+out:
+    free(seen);
+    rs_heap_free(h);
+    rs_trace_close(t);
+    return status;
+}

@@ -1,0 +1,645 @@
+/*
+ * Recorder (analyzer/recorder.h): one thread polls the listening socket and
+ * every connection, drains every mapped ring into its trace writer, and
+ * sleeps a few hundred microseconds only when all rings are empty. A process
+ * that says BYE is drained to the last record and answered DONE; a process
+ * whose socket reaches EOF (dead, even by SIGKILL) is drained with
+ * RS_RING_PRODUCER_DEAD from the mapping we still hold. About once a second
+ * each open trace gets an RS_EV_CLOCK pair so readers can convert ticks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include "recorder.h"
+#include "refscope/clock.h"
+#include "refscope/ring.h"
+#include "refscope/transport.h"
+#include "trace_write.h"
+
+#define MAX_CONNS 256
+#define PAYLOAD_CAP (1u << 20)
+#define DRAIN_BUDGET 65536u          /* records per ring per loop turn (fairness) */
+#define IDLE_SLEEP_NS 300000L        /* when the rings gave (almost) nothing      */
+#define BUSY_SLEEP_NS 100000L        /* when they gave a medium batch             */
+#define CLOCK_EVERY_NS 1000000000ull
+#define BYE_DRAIN_LIMIT_NS 2000000000ull /* a BYE'd ring still not empty: stop waiting */
+
+enum conn_state { CONN_HELLO, CONN_ACTIVE, CONN_BYE };
+
+struct conn {
+    int fd;
+    int memfd;
+    enum conn_state state;
+    uint8_t in[64];
+    size_t in_len;
+    struct rs_hello hello;
+    void *map;
+    size_t map_bytes;
+    struct rs_ring ring;
+    struct rs_trace_writer *w;
+    size_t file;             /* index in r->files once the file exists */
+    int failed;              /* write error: keep draining, discard */
+    int seen_end;
+    uint32_t end_reason;
+    uint32_t clock_kind;
+    uint64_t last_clock_ns;
+    uint64_t bye_ns;
+};
+
+struct rs_recorder {
+    struct rs_recorder_config cfg;
+    char *output;
+    char dir[64];            /* private temp dir ("" when the caller gave the socket) */
+    char sock[108];
+    int listen_fd;
+    pthread_t thread;
+    int thread_started;
+    struct conn *conns[MAX_CONNS];
+    size_t nconns;
+    struct rs_recorder_file *files;
+    size_t nfiles, files_cap;
+    int first_file_done;
+    int error;
+    uint8_t *payload;
+    /* control, written by the caller thread */
+    int stop;                /* atomic */
+    unsigned idle_ms, first_wait_ms;
+    uint64_t start_ns, last_activity_ns;
+    int ever_connected;
+    double cpu_seconds;      /* of the recorder thread, set when it ends */
+    double tsc_per_ns;       /* measured at start; 0 when unknown */
+};
+
+/* TSC ticks per ns, measured over ~2 ms (the processes' clocks are the same
+ * invariant TSC; their exact conversion comes from RS_EV_CLOCK pairs). */
+static double measure_tsc_rate(void)
+{
+    uint64_t t0 = rs_clock_ticks(RS_CLOCK_TSC), m0 = rs_clock_mono_ns(), m1;
+    while ((m1 = rs_clock_mono_ns()) - m0 < 2000000)
+        ;
+    uint64_t t1 = rs_clock_ticks(RS_CLOCK_TSC);
+    return t1 > t0 ? (double)(t1 - t0) / (double)(m1 - m0) : 0;
+}
+
+static void warnf(struct rs_recorder *r, const char *fmt, const char *a, const char *b)
+{
+    if (r->cfg.quiet)
+        return;
+    fprintf(stderr, "refscope: ");
+    fprintf(stderr, fmt, a, b);
+    fputc('\n', stderr);
+}
+
+/* ---- files ----------------------------------------------------------------------- */
+
+static int add_file(struct rs_recorder *r, const char *path, uint32_t pid, size_t *index)
+{
+    if (r->nfiles == r->files_cap) {
+        size_t cap = r->files_cap ? 2 * r->files_cap : 8;
+        struct rs_recorder_file *f = realloc(r->files, cap * sizeof(*f));
+        if (!f)
+            return -ENOMEM;
+        r->files = f;
+        r->files_cap = cap;
+    }
+    struct rs_recorder_file *f = &r->files[r->nfiles];
+    memset(f, 0, sizeof(*f));
+    if (!(f->path = strdup(path)))
+        return -ENOMEM;
+    f->pid = pid;
+    *index = r->nfiles++;
+    return 0;
+}
+
+/* Create the trace for a process: the first one gets the output name, later
+ * ones <stem>.<pid>.rfs, never overwriting (-N suffix when taken). */
+/* The codec's time_shift for a process: the coarsest power of two of ticks
+ * that still resolves RS_RECORDER_TIME_RES_NS. The tick rate comes from the
+ * process's start pair and now (TSC), or is 1 per ns (CLOCK_MONOTONIC). */
+static unsigned pick_time_shift(const struct rs_recorder *r, const struct rs_process_info *pi)
+{
+    double ticks_per_ns = 1.0;
+    unsigned shift = 0;
+    if (r->cfg.exact_times)
+        return 0;
+    if (pi && pi->clock_kind == RS_CLOCK_TSC) {
+        if (r->tsc_per_ns <= 0)
+            return 0; /* rate unknown: keep every tick */
+        ticks_per_ns = r->tsc_per_ns;
+    }
+    while (shift < 16 && (double)(2u << shift) <= ticks_per_ns * RS_RECORDER_TIME_RES_NS)
+        shift++;
+    return shift;
+}
+
+static int open_trace(struct rs_recorder *r, struct conn *c, const void *meta, uint32_t meta_len)
+{
+    struct rs_process_info pi;
+    memcpy(&pi, meta, sizeof(pi));
+    struct rs_writer_opts opts = {
+        .force = 0, .zstd_level = r->cfg.zstd_level, .time_shift = pick_time_shift(r, &pi),
+    };
+    char path[4096], fallback[64];
+    int ret = -EEXIST;
+    if (!r->output) {
+        snprintf(fallback, sizeof(fallback), "refscope-%u.rfs", c->hello.pid);
+        if (!(r->output = strdup(fallback)))
+            return -ENOMEM;
+    }
+    size_t stem_len = strlen(r->output);
+    if (stem_len > 4 && !strcmp(r->output + stem_len - 4, ".rfs"))
+        stem_len -= 4;
+    if (!r->first_file_done) {
+        r->first_file_done = 1;
+        opts.force = r->cfg.force;
+        ret = rs_trace_create(r->output, &opts, meta, meta_len, &c->w);
+        snprintf(path, sizeof(path), "%s", r->output);
+        opts.force = 0;
+    }
+    for (int n = 0; ret == -EEXIST && n < 1000; n++) {
+        if (n == 0)
+            snprintf(path, sizeof(path), "%.*s.%u.rfs", (int)stem_len, r->output, c->hello.pid);
+        else
+            snprintf(path, sizeof(path), "%.*s.%u-%d.rfs", (int)stem_len, r->output, c->hello.pid, n);
+        ret = rs_trace_create(path, &opts, meta, meta_len, &c->w);
+    }
+    if (ret < 0) {
+        warnf(r, "cannot create trace %s: %s", path, strerror(-ret));
+        return ret;
+    }
+    ret = add_file(r, path, c->hello.pid, &c->file);
+    if (ret < 0) {
+        rs_trace_abandon(c->w);
+        c->w = NULL;
+    }
+    return ret;
+}
+
+/* A process whose first record is not RS_EV_PROCESS (or that died before
+ * writing one) still gets a file, with what its hello said. */
+static int open_trace_from_hello(struct rs_recorder *r, struct conn *c)
+{
+    uint8_t meta[sizeof(struct rs_process_info) + 4] = {0};
+    struct rs_process_info pi = {
+        .pid = c->hello.pid, .ppid = c->hello.ppid, .flags = c->hello.flags,
+        .clock_kind = RS_CLOCK_MONOTONIC_NS, .start_mono_ns = rs_clock_mono_ns(),
+        .start_real_ns = rs_clock_real_ns(), .ring_bytes = c->map_bytes,
+    };
+    pi.start_ticks = pi.start_mono_ns;
+    memcpy(meta, &pi, sizeof(pi));
+    return open_trace(r, c, meta, sizeof(meta));
+}
+
+static void conn_fail(struct rs_recorder *r, struct conn *c, int err)
+{
+    if (!c->failed && c->w) {
+        warnf(r, "writing %s failed: %s", r->files[c->file].path, strerror(-err));
+        rs_trace_abandon(c->w);
+        c->w = NULL;
+    }
+    if (!r->error)
+        r->error = err;
+    c->failed = 1;
+}
+
+static void write_clock(struct rs_recorder *r, struct conn *c, uint64_t now)
+{
+    struct rs_slot rec = {
+        .kind = RS_EV_CLOCK, .thread = RS_RECORDER_THREAD,
+        .time = rs_clock_ticks(c->clock_kind), .addr = rs_clock_mono_ns(), .size = rs_clock_real_ns(),
+    };
+    int ret;
+    c->last_clock_ns = now;
+    if (c->w && !c->failed && (ret = rs_trace_append(c->w, &rec, NULL, 0)) < 0)
+        conn_fail(r, c, ret);
+}
+
+static void finish_trace(struct rs_recorder *r, struct conn *c)
+{
+    if (!c->w && !c->failed) {
+        if (open_trace_from_hello(r, c) < 0)
+            c->failed = 1;
+    }
+    if (!c->w)
+        return;
+    write_clock(r, c, rs_clock_mono_ns());
+    if (!c->w)
+        return;
+    struct rs_trailer t = {
+        .producer_waits = __atomic_load_n(&c->ring.hdr->waits, __ATOMIC_RELAXED),
+        .lost_events = __atomic_load_n(&c->ring.hdr->dropped, __ATOMIC_RELAXED),
+        .end_reason = c->seen_end ? c->end_reason : 2,
+    };
+    struct rs_recorder_file *f = &r->files[c->file];
+    f->records = rs_trace_writer_records(c->w);
+    int ret = rs_trace_finish(c->w, &t);
+    c->w = NULL;
+    if (ret < 0) {
+        c->failed = 0;
+        warnf(r, "writing %s failed: %s", f->path, strerror(-ret));
+        if (!r->error)
+            r->error = ret;
+        return;
+    }
+    struct stat st;
+    if (stat(f->path, &st) == 0)
+        f->bytes = (uint64_t)st.st_size;
+    f->complete = 1;
+}
+
+/* ---- draining ---------------------------------------------------------------------- */
+
+static int handle_record(struct rs_recorder *r, struct conn *c, const struct rs_slot *rec, uint32_t len)
+{
+    int ret;
+    if (len > PAYLOAD_CAP)
+        len = PAYLOAD_CAP; /* longer than any record we know: keep its head */
+    if (!c->w && !c->failed) {
+        if (rec->kind == RS_EV_PROCESS && len >= sizeof(struct rs_process_info)) {
+            struct rs_process_info pi;
+            memcpy(&pi, r->payload, sizeof(pi));
+            c->clock_kind = pi.clock_kind;
+            ret = open_trace(r, c, r->payload, len);
+        } else {
+            ret = open_trace_from_hello(r, c);
+        }
+        if (ret < 0) {
+            c->failed = 1;
+            if (!r->error)
+                r->error = ret;
+            return 0;
+        }
+    }
+    if (rec->kind == RS_EV_END && len >= sizeof(struct rs_end_info)) {
+        struct rs_end_info e;
+        memcpy(&e, r->payload, sizeof(e));
+        c->seen_end = 1;
+        c->end_reason = e.reason;
+    }
+    if (c->failed)
+        return 0;
+    ret = rs_trace_append(c->w, rec, RS_EV_IS_VAR(rec->kind) ? r->payload : NULL,
+                          RS_EV_IS_VAR(rec->kind) ? len : 0);
+    if (ret < 0)
+        conn_fail(r, c, ret);
+    else if (rec->kind == RS_EV_PROCESS)
+        write_clock(r, c, rs_clock_mono_ns());
+    return 0;
+}
+
+/* Returns records drained, or -EPROTO for a corrupt ring. */
+static long drain(struct rs_recorder *r, struct conn *c, unsigned flags, unsigned budget)
+{
+    struct rs_slot rec;
+    uint32_t len;
+    long n = 0;
+    while ((unsigned long)n < budget) {
+        int got = rs_ring_consume(&c->ring, &rec, r->payload, PAYLOAD_CAP, &len, flags);
+        if (got < 0)
+            return got;
+        if (got == 0)
+            break;
+        if (rec.kind == RS_EV_CONT || rec.kind == RS_EV_EMPTY)
+            continue;
+        handle_record(r, c, &rec, RS_EV_IS_VAR(rec.kind) ? len : 0);
+        n++;
+    }
+    return n;
+}
+
+static int ring_empty(const struct conn *c)
+{
+    return __atomic_load_n(&c->ring.hdr->tail, __ATOMIC_ACQUIRE) ==
+           __atomic_load_n(&c->ring.hdr->head, __ATOMIC_ACQUIRE);
+}
+
+/* ---- connections ---------------------------------------------------------------------- */
+
+static void conn_close(struct rs_recorder *r, size_t i)
+{
+    struct conn *c = r->conns[i];
+    if (c->map)
+        munmap(c->map, c->map_bytes);
+    if (c->memfd >= 0)
+        close(c->memfd);
+    if (c->fd >= 0)
+        close(c->fd);
+    rs_trace_abandon(c->w);
+    free(c);
+    r->conns[i] = r->conns[--r->nconns];
+    r->last_activity_ns = rs_clock_mono_ns();
+}
+
+static void send_reply(struct conn *c, uint32_t msg, int32_t status)
+{
+    struct rs_reply rep = {msg, status};
+    if (send(c->fd, &rep, sizeof(rep), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* the process is gone; EOF handling finishes its file */
+    }
+}
+
+static int conn_hello(struct rs_recorder *r, struct conn *c)
+{
+    struct stat st;
+    memcpy(&c->hello, c->in, sizeof(c->hello));
+    memmove(c->in, c->in + sizeof(c->hello), c->in_len - sizeof(c->hello));
+    c->in_len -= sizeof(c->hello);
+    int status = 0;
+    if (c->hello.magic != RS_HELLO_MAGIC || c->hello.version != RS_PROTO_VERSION)
+        status = -EPROTO;
+    else if (c->memfd < 0 || fstat(c->memfd, &st) < 0 || (uint64_t)st.st_size < c->hello.map_bytes ||
+             c->hello.map_bytes <= RS_RING_HEADER_BYTES)
+        status = -EBADF;
+    if (status == 0) {
+        c->map_bytes = (size_t)c->hello.map_bytes;
+        c->map = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, c->memfd, 0);
+        if (c->map == MAP_FAILED) {
+            c->map = NULL;
+            status = -errno;
+        } else if (rs_ring_attach(&c->ring, c->map, c->map_bytes) < 0) {
+            status = -EPROTO;
+        }
+    }
+    send_reply(c, RS_MSG_ACK, status);
+    if (status < 0)
+        return status;
+    close(c->memfd);
+    c->memfd = -1;
+    c->state = CONN_ACTIVE;
+    r->ever_connected = 1;
+    return 0;
+}
+
+/* Read what the peer sent. Returns 1 on EOF/error (the process is gone). */
+static int conn_read(struct rs_recorder *r, struct conn *c)
+{
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    for (;;) {
+        struct iovec iov = {c->in + c->in_len, sizeof(c->in) - c->in_len};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+        if (iov.iov_len == 0)
+            return 1; /* peer floods us with garbage */
+        ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : 1;
+        }
+        if (n == 0)
+            return 1;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(cm), sizeof(fd));
+                if (c->memfd < 0 && c->state == CONN_HELLO)
+                    c->memfd = fd;
+                else
+                    close(fd);
+            }
+        }
+        c->in_len += (size_t)n;
+        if (c->state == CONN_HELLO && c->in_len >= sizeof(struct rs_hello) && conn_hello(r, c) < 0)
+            return 1;
+        while (c->state != CONN_HELLO && c->in_len >= sizeof(struct rs_reply)) {
+            struct rs_reply m;
+            memcpy(&m, c->in, sizeof(m));
+            memmove(c->in, c->in + sizeof(m), c->in_len - sizeof(m));
+            c->in_len -= sizeof(m);
+            if (m.msg == RS_MSG_BYE && c->state == CONN_ACTIVE) {
+                c->state = CONN_BYE;
+                c->bye_ns = rs_clock_mono_ns();
+            }
+        }
+    }
+}
+
+static void accept_all(struct rs_recorder *r)
+{
+    for (;;) {
+        int fd = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+            return;
+        struct conn *c = r->nconns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->memfd = -1;
+        c->state = CONN_HELLO;
+        r->conns[r->nconns++] = c;
+        r->last_activity_ns = rs_clock_mono_ns();
+    }
+}
+
+/* The process is gone (EOF: drain_flags = RS_RING_PRODUCER_DEAD) or done
+ * (BYE and an empty ring): drain what is left, finish its file, answer DONE. */
+static void conn_finish(struct rs_recorder *r, size_t i, unsigned drain_flags, int reply)
+{
+    struct conn *c = r->conns[i];
+    if (c->state != CONN_HELLO) {
+        long n;
+        while ((n = drain(r, c, drain_flags, DRAIN_BUDGET)) > 0)
+            ;
+        if (n < 0 && c->w)
+            warnf(r, "the ring of %s is damaged; the trace ends early%s", r->files[c->file].path, "");
+        finish_trace(r, c);
+        if (reply)
+            send_reply(c, RS_MSG_DONE, c->failed ? -EIO : 0);
+    }
+    conn_close(r, i);
+}
+
+static void *recorder_loop(void *arg)
+{
+    struct rs_recorder *r = arg;
+    struct pollfd pfd[MAX_CONNS + 1];
+    for (;;) {
+        uint64_t now = rs_clock_mono_ns();
+        long work = 0;
+        for (size_t i = 0; i < r->nconns; i++) {
+            struct conn *c = r->conns[i];
+            if (c->state == CONN_HELLO)
+                continue;
+            long n = drain(r, c, 0, DRAIN_BUDGET);
+            if (n < 0) {
+                c->state = CONN_BYE; /* corrupt ring: finish with what we have */
+                c->bye_ns = 0;
+            } else {
+                work += n;
+            }
+            if (c->w && (int64_t)(now - c->last_clock_ns) >= (int64_t)CLOCK_EVERY_NS)
+                write_clock(r, c, now);
+        }
+        /* BYE'd processes whose ring is empty (or that stalled) are done */
+        for (size_t i = 0; i < r->nconns;) {
+            struct conn *c = r->conns[i];
+            if (c->state == CONN_BYE && (ring_empty(c) || now - c->bye_ns > BYE_DRAIN_LIMIT_NS))
+                conn_finish(r, i, ring_empty(c) ? 0 : RS_RING_PRODUCER_DEAD, 1);
+            else
+                i++;
+        }
+        pfd[0].fd = r->listen_fd;
+        pfd[0].events = POLLIN;
+        for (size_t i = 0; i < r->nconns; i++) {
+            pfd[i + 1].fd = r->conns[i]->fd;
+            pfd[i + 1].events = POLLIN;
+            pfd[i + 1].revents = 0;
+        }
+        /* Batches keep the per-record cost low: a ring that gave little gets
+         * time to fill (the ring holds seconds of records), a busy one none. */
+        struct timespec ts = {0, work >= DRAIN_BUDGET / 2 ? 0 : work >= 4096 ? BUSY_SLEEP_NS : IDLE_SLEEP_NS};
+        size_t npfd = r->nconns + 1;
+        int pr = ppoll(pfd, npfd, &ts, NULL);
+        if (pr > 0) {
+            /* connections first (indices shift when one closes), then accept */
+            for (size_t i = npfd - 1; i >= 1; i--) {
+                if (!pfd[i].revents)
+                    continue;
+                struct conn *c = r->conns[i - 1];
+                if (conn_read(r, c))
+                    conn_finish(r, i - 1, RS_RING_PRODUCER_DEAD, 0);
+            }
+            if (pfd[0].revents)
+                accept_all(r);
+        }
+        if (__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) && r->nconns == 0) {
+            uint64_t t = rs_clock_mono_ns();
+            if (r->ever_connected ? t - r->last_activity_ns >= r->idle_ms * 1000000ull
+                                  : t - r->start_ns >= r->first_wait_ms * 1000000ull)
+                break;
+        }
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0)
+        r->cpu_seconds = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+                         ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+    return NULL;
+}
+
+/* ---- API ------------------------------------------------------------------------------ */
+
+int rs_recorder_start(const struct rs_recorder_config *cfg, struct rs_recorder **out,
+                      char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int ret;
+    struct rs_recorder *r = calloc(1, sizeof(*r));
+    if (!r || (cfg->output && !(r->output = strdup(cfg->output))) || !(r->payload = malloc(PAYLOAD_CAP))) {
+        snprintf(err, errlen, "out of memory");
+        ret = -ENOMEM;
+        goto fail;
+    }
+    r->cfg = *cfg;
+    r->listen_fd = -1;
+    if (cfg->socket_path) {
+        if (strlen(cfg->socket_path) >= sizeof(r->sock)) {
+            snprintf(err, errlen, "socket path too long: %s", cfg->socket_path);
+            ret = -ENAMETOOLONG;
+            goto fail;
+        }
+        strcpy(r->sock, cfg->socket_path);
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        if (!tmp || strlen(tmp) > 30)
+            tmp = "/tmp";
+        snprintf(r->dir, sizeof(r->dir), "%s/refscope-XXXXXX", tmp);
+        if (!mkdtemp(r->dir)) { /* mkdtemp makes it 0700 */
+            ret = -errno;
+            snprintf(err, errlen, "cannot create a private directory in %s: %s", tmp, strerror(errno));
+            r->dir[0] = 0;
+            goto fail;
+        }
+        snprintf(r->sock, sizeof(r->sock), "%s/sock", r->dir);
+    }
+    strcpy(sa.sun_path, r->sock);
+    r->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (r->listen_fd < 0 || bind(r->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(r->listen_fd, 64) < 0) {
+        ret = -errno;
+        snprintf(err, errlen, "cannot listen on %s: %s", r->sock, strerror(errno));
+        goto fail;
+    }
+    r->tsc_per_ns = measure_tsc_rate();
+    r->start_ns = r->last_activity_ns = rs_clock_mono_ns();
+    if ((ret = -pthread_create(&r->thread, NULL, recorder_loop, r)) < 0) {
+        snprintf(err, errlen, "cannot start the recorder thread: %s", strerror(-ret));
+        goto fail;
+    }
+    r->thread_started = 1;
+    *out = r;
+    return 0;
+fail:
+    if (r && r->listen_fd >= 0)
+        unlink(r->sock);
+    rs_recorder_free(r);
+    return ret;
+}
+
+const char *rs_recorder_socket(const struct rs_recorder *r) { return r->sock; }
+
+int rs_recorder_set_output(struct rs_recorder *r, const char *output)
+{
+    char *copy = strdup(output);
+    if (!copy)
+        return -ENOMEM;
+    free(r->output);
+    r->output = copy; /* the recorder thread reads it only once a process connected */
+    return 0;
+}
+
+int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_wait_ms)
+{
+    if (!r->thread_started)
+        return r->error;
+    r->idle_ms = idle_ms;
+    r->first_wait_ms = first_wait_ms;
+    __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+    pthread_join(r->thread, NULL);
+    r->thread_started = 0;
+    return r->error;
+}
+
+double rs_recorder_cpu_seconds(const struct rs_recorder *r) { return r->cpu_seconds; }
+
+size_t rs_recorder_files(const struct rs_recorder *r, const struct rs_recorder_file **files)
+{
+    *files = r->files;
+    return r->nfiles;
+}
+
+void rs_recorder_free(struct rs_recorder *r)
+{
+    if (!r)
+        return;
+    if (r->thread_started)
+        rs_recorder_finish(r, 0, 0);
+    while (r->nconns)
+        conn_close(r, r->nconns - 1);
+    if (r->listen_fd >= 0) {
+        close(r->listen_fd);
+        unlink(r->sock);
+    }
+    if (r->dir[0])
+        rmdir(r->dir);
+    for (size_t i = 0; i < r->nfiles; i++)
+        free(r->files[i].path);
+    free(r->files);
+    free(r->payload);
+    free(r->output);
+    free(r);
+}

@@ -1,0 +1,714 @@
+/*
+ * Heap snapshots, rebuilt offline (see snapshot.h). Records of one snapshot
+ * arrive in any order between BEGIN and END (an object's MORE_REFS or labels
+ * may come before its entry), so everything is collected raw and resolved
+ * when END arrives: addresses become object indices, references a CSR graph,
+ * and each object gets its allocation site from the live heap at that moment.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "refscope/events.h"
+#include "snapshot.h"
+#include "stacks.h"
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static int grow(void *pp, size_t *cap, size_t need, size_t elsize)
+{
+    void **p = pp;
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 256;
+    while (c < need)
+        c *= 2;
+    void *n = realloc(*p, c * elsize);
+    if (!n)
+        return -ENOMEM;
+    *p = n;
+    *cap = c;
+    return 0;
+}
+
+static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+static inline size_t addr_hash(uint64_t a, size_t mask)
+{
+    a ^= a >> 33;
+    a *= 0xff51afd7ed558ccdull;
+    a ^= a >> 29;
+    return (size_t)a & mask;
+}
+
+/* ---- snapshot under construction ------------------------------------------------ */
+
+struct pending_label {
+    uint64_t addr;
+    uint32_t edge;
+    uint32_t text;
+    uint8_t kind;
+};
+
+struct builder {
+    int active;
+    struct rs_snapshot *snap;
+    size_t objs_cap, types_cap, strings_cap;
+    uint32_t *edge_src; uint64_t *edge_dst; size_t nedge, edge_cap, edge_src_cap;
+    uint64_t *more_src; uint64_t *more_dst; size_t nmore, more_cap, more_src_cap;
+    struct pending_label *labels; size_t nlabels, labels_cap;
+    uint32_t *typeref; size_t typeref_cap;   /* type ref -> index + 1 */
+    uint32_t *type_name_off;                  /* per type: offset of its name */
+    size_t type_name_cap;
+};
+
+/* Objects announced by RS_EV_OBJ_CREATE (3.13+ object events): creation
+ * site and time by address. Better than the memory block's allocation when
+ * a freelist hands out a recycled object (lists, tuples, dicts, floats). */
+struct obj_entry {
+    uint64_t addr; /* 0 = empty */
+    uint64_t ns;
+    uint32_t stack;
+};
+
+struct obj_map {
+    struct obj_entry *slot;
+    size_t cap, used;
+};
+
+struct rs_snapshots {
+    struct rs_snapshot **v;
+    size_t n, cap;
+    struct builder b;
+    struct obj_map objs;
+};
+
+static int objmap_put(struct obj_map *m, uint64_t addr, uint32_t stack, uint64_t ns)
+{
+    if ((m->used + 1) * 2 > m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 4096;
+        struct obj_entry *n = calloc(cap, sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        for (size_t i = 0; i < m->cap; i++) {
+            if (!m->slot[i].addr)
+                continue;
+            size_t j = addr_hash(m->slot[i].addr, cap - 1);
+            while (n[j].addr)
+                j = (j + 1) & (cap - 1);
+            n[j] = m->slot[i];
+        }
+        free(m->slot);
+        m->slot = n;
+        m->cap = cap;
+    }
+    size_t j = addr_hash(addr, m->cap - 1);
+    while (m->slot[j].addr && m->slot[j].addr != addr)
+        j = (j + 1) & (m->cap - 1);
+    if (!m->slot[j].addr)
+        m->used++;
+    m->slot[j] = (struct obj_entry){addr, ns, stack};
+    return 0;
+}
+
+static const struct obj_entry *objmap_get(const struct obj_map *m, uint64_t addr)
+{
+    if (!m->cap)
+        return NULL;
+    size_t j = addr_hash(addr, m->cap - 1);
+    while (m->slot[j].addr) {
+        if (m->slot[j].addr == addr)
+            return &m->slot[j];
+        j = (j + 1) & (m->cap - 1);
+    }
+    return NULL;
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones. */
+static void objmap_del(struct obj_map *m, uint64_t addr)
+{
+    if (!m->cap)
+        return;
+    size_t mask = m->cap - 1, j = addr_hash(addr, mask);
+    while (m->slot[j].addr && m->slot[j].addr != addr)
+        j = (j + 1) & mask;
+    if (!m->slot[j].addr)
+        return;
+    size_t hole = j;
+    for (size_t k = (hole + 1) & mask; m->slot[k].addr; k = (k + 1) & mask) {
+        size_t home = addr_hash(m->slot[k].addr, mask);
+        /* move k into the hole when its home is not in (hole, k] */
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            m->slot[hole] = m->slot[k];
+            hole = k;
+        }
+    }
+    m->slot[hole].addr = 0;
+    m->used--;
+}
+
+struct rs_snapshots *rs_snapshots_new(void)
+{
+    return calloc(1, sizeof(struct rs_snapshots));
+}
+
+static void snapshot_free(struct rs_snapshot *s)
+{
+    if (!s)
+        return;
+    free(s->objs);
+    free(s->edge_start);
+    free(s->edges);
+    free(s->types);
+    free(s->strings);
+    free(s->key_edge);
+    free(s->key_text);
+    free(s->map_addr);
+    free(s->map_idx);
+    free(s);
+}
+
+static void builder_reset(struct builder *b)
+{
+    snapshot_free(b->snap);
+    free(b->edge_src);
+    free(b->edge_dst);
+    free(b->more_src);
+    free(b->more_dst);
+    free(b->labels);
+    free(b->typeref);
+    free(b->type_name_off);
+    memset(b, 0, sizeof(*b));
+}
+
+void rs_snapshots_free(struct rs_snapshots *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n; i++)
+        snapshot_free(s->v[i]);
+    free(s->v);
+    builder_reset(&s->b);
+    free(s->objs.slot);
+    free(s);
+}
+
+size_t rs_snapshots_count(const struct rs_snapshots *s) { return s ? s->n : 0; }
+
+const struct rs_snapshot *rs_snapshots_get(const struct rs_snapshots *s, size_t i)
+{
+    return s && i < s->n ? s->v[i] : NULL;
+}
+
+const struct rs_snapshot *rs_snapshots_find(const struct rs_snapshots *s, uint32_t seq)
+{
+    for (size_t i = 0; s && i < s->n; i++)
+        if (s->v[i]->seq == seq)
+            return s->v[i];
+    return NULL;
+}
+
+static int add_string(struct builder *b, const uint8_t *p, uint32_t n, uint32_t *off)
+{
+    struct rs_snapshot *s = b->snap;
+    if (grow(&s->strings, &b->strings_cap, s->strings_len + n + 1, 1))
+        return -ENOMEM;
+    memcpy(s->strings + s->strings_len, p, n);
+    s->strings[s->strings_len + n] = 0;
+    *off = (uint32_t)s->strings_len;
+    s->strings_len += n + 1;
+    return 0;
+}
+
+static int map_build(struct rs_snapshot *s)
+{
+    size_t cap = 16;
+    while (cap < s->nobjs * 2 + 16)
+        cap *= 2;
+    s->map_addr = calloc(cap, sizeof(uint64_t));
+    s->map_idx = malloc(cap * sizeof(uint32_t));
+    if (!s->map_addr || !s->map_idx)
+        return -ENOMEM;
+    s->map_cap = cap;
+    for (size_t i = 0; i < s->nobjs; i++) {
+        size_t j = addr_hash(s->objs[i].addr, cap - 1);
+        while (s->map_addr[j] && s->map_addr[j] != s->objs[i].addr)
+            j = (j + 1) & (cap - 1);
+        s->map_addr[j] = s->objs[i].addr;
+        s->map_idx[j] = (uint32_t)i; /* a duplicate address: the later entry wins */
+    }
+    return 0;
+}
+
+uint32_t rs_snapshot_lookup(const struct rs_snapshot *s, uint64_t addr)
+{
+    if (!s->map_cap || !addr)
+        return RS_SNAP_NONE;
+    size_t j = addr_hash(addr, s->map_cap - 1);
+    while (s->map_addr[j]) {
+        if (s->map_addr[j] == addr)
+            return s->map_idx[j];
+        j = (j + 1) & (s->map_cap - 1);
+    }
+    return RS_SNAP_NONE;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* END: resolve everything and publish the snapshot. */
+static int builder_finish(struct rs_snapshots *ss, const struct rs_heap *heap, uint64_t time_ns)
+{
+    struct builder *b = &ss->b;
+    struct rs_snapshot *s = b->snap;
+    int rc = -ENOMEM;
+    s->time_ns = time_ns;
+    for (size_t i = 0; i < s->ntypes; i++)
+        s->types[i].name = s->strings ? s->strings + b->type_name_off[i] : "?";
+    if (map_build(s))
+        goto out;
+
+    /* MORE_REFS → edges */
+    for (size_t i = 0; i < b->nmore; i++) {
+        uint32_t src = rs_snapshot_lookup(s, b->more_src[i]);
+        if (src == RS_SNAP_NONE)
+            continue;
+        if (grow(&b->edge_src, &b->edge_src_cap, b->nedge + 1, sizeof(uint32_t)) ||
+            grow(&b->edge_dst, &b->edge_cap, b->nedge + 1, sizeof(uint64_t)))
+            goto out;
+        b->edge_src[b->nedge] = src;
+        b->edge_dst[b->nedge++] = b->more_dst[i];
+    }
+
+    /* CSR by counting sort (stable: keeps each object's edge order) */
+    s->edge_start = calloc(s->nobjs + 2, sizeof(uint64_t));
+    s->edges = malloc((b->nedge ? b->nedge : 1) * sizeof(uint32_t));
+    if (!s->edge_start || !s->edges)
+        goto out;
+    for (size_t e = 0; e < b->nedge; e++)
+        s->edge_start[b->edge_src[e] + 1]++;
+    for (size_t i = 0; i < s->nobjs; i++)
+        s->edge_start[i + 1] += s->edge_start[i];
+    uint64_t *fill = calloc(s->nobjs + 1, sizeof(uint64_t));
+    if (!fill)
+        goto out;
+    for (size_t e = 0; e < b->nedge; e++) {
+        uint32_t src = b->edge_src[e];
+        s->edges[s->edge_start[src] + fill[src]++] = rs_snapshot_lookup(s, b->edge_dst[e]);
+    }
+    free(fill);
+    s->nedges = b->nedge;
+
+    /* labels */
+    uint64_t *keys = malloc((b->nlabels ? b->nlabels : 1) * 2 * sizeof(uint64_t));
+    if (!keys)
+        goto out;
+    size_t nk = 0;
+    for (size_t i = 0; i < b->nlabels; i++) {
+        struct pending_label *l = &b->labels[i];
+        uint32_t o = rs_snapshot_lookup(s, l->addr);
+        if (o == RS_SNAP_NONE)
+            continue;
+        if (l->kind == RS_SNAP_LABEL_KEY) {
+            if (l->edge >= s->edge_start[o + 1] - s->edge_start[o])
+                continue;
+            keys[2 * nk] = s->edge_start[o] + l->edge;
+            keys[2 * nk + 1] = l->text;
+            nk++;
+        } else {
+            s->objs[o].label = l->text;
+        }
+    }
+    qsort(keys, nk, 2 * sizeof(uint64_t), cmp_key);
+    s->key_edge = malloc((nk ? nk : 1) * sizeof(uint64_t));
+    s->key_text = malloc((nk ? nk : 1) * sizeof(uint32_t));
+    if (!s->key_edge || !s->key_text) {
+        free(keys);
+        goto out;
+    }
+    for (size_t i = 0; i < nk; i++) {
+        s->key_edge[i] = keys[2 * i];
+        s->key_text[i] = (uint32_t)keys[2 * i + 1];
+    }
+    s->nkeys = nk;
+    free(keys);
+
+    /* allocation sites through the live heap */
+    for (size_t i = 0; i < s->nobjs; i++) {
+        struct rs_snap_object *o = &s->objs[i];
+        o->alloc_ns = UINT64_MAX;
+        const struct rs_block *blk = heap ? rs_heap_find(heap, o->addr - o->preheader) : NULL;
+        const struct obj_entry *created = objmap_get(&ss->objs, o->addr);
+        if (blk) {
+            o->stack = blk->stack;
+            o->alloc_ns = blk->alloc_ns;
+            o->has_block = 1;
+        }
+        if (created && (!blk || created->ns >= blk->alloc_ns)) {
+            o->stack = created->stack;
+            o->alloc_ns = created->ns;
+            o->has_block = 1;
+        }
+    }
+
+    if (grow(&ss->v, &ss->cap, ss->n + 1, sizeof(*ss->v)))
+        goto out;
+    ss->v[ss->n++] = s;
+    b->snap = NULL;
+    rc = 0;
+out:
+    builder_reset(b);
+    return rc;
+}
+
+static int feed_payload(struct rs_snapshots *ss, uint8_t sub, const uint8_t *p, const uint8_t *end)
+{
+    struct builder *b = &ss->b;
+    struct rs_snapshot *s = b->snap;
+    switch (sub) {
+    case RS_SNAP_TYPE: {
+        if (end - p < 22)
+            return 0;
+        uint32_t ref = rd32(p), id = rd32(p + 4), flags = rd32(p + 16);
+        uint64_t addr = rd64(p + 8);
+        uint16_t n = rd16(p + 20);
+        if (p + 22 + n > end || ref > (1u << 20))
+            return 0;
+        if (grow(&b->typeref, &b->typeref_cap, ref + 1, sizeof(uint32_t)))
+            return -ENOMEM;
+        if (grow(&s->types, &b->types_cap, s->ntypes + 1, sizeof(*s->types)) ||
+            grow(&b->type_name_off, &b->type_name_cap, s->ntypes + 1, sizeof(uint32_t)))
+            return -ENOMEM;
+        uint32_t off;
+        if (add_string(b, p + 22, n, &off))
+            return -ENOMEM;
+        s->types[s->ntypes] = (struct rs_snap_type){.addr = addr, .id = id, .flags = flags, .name = NULL};
+        b->type_name_off[s->ntypes] = off;
+        b->typeref[ref] = (uint32_t)++s->ntypes;
+        return 0;
+    }
+    case RS_SNAP_OBJECTS:
+        while (end - p >= RS_SNAP_OBJ_FIXED) {
+            uint32_t n = rd32(p + 28);
+            if ((uint64_t)(end - p - RS_SNAP_OBJ_FIXED) < (uint64_t)n * 8)
+                break;
+            if (grow(&s->objs, &b->objs_cap, s->nobjs + 1, sizeof(*s->objs)))
+                return -ENOMEM;
+            struct rs_snap_object *o = &s->objs[s->nobjs];
+            uint32_t ref = rd32(p + 8);
+            memset(o, 0, sizeof(*o));
+            o->addr = rd64(p);
+            o->type = ref < b->typeref_cap && b->typeref[ref] ? b->typeref[ref] - 1 : RS_SNAP_NONE;
+            o->size = rd32(p + 12);
+            o->refcnt = rd64(p + 16);
+            o->flags = p[24];
+            o->preheader = p[25];
+            o->label = RS_SNAP_NONE;
+            if (grow(&b->edge_src, &b->edge_src_cap, b->nedge + n, sizeof(uint32_t)) ||
+                grow(&b->edge_dst, &b->edge_cap, b->nedge + n, sizeof(uint64_t)))
+                return -ENOMEM;
+            for (uint32_t k = 0; k < n; k++) {
+                b->edge_src[b->nedge] = (uint32_t)s->nobjs;
+                b->edge_dst[b->nedge++] = rd64(p + RS_SNAP_OBJ_FIXED + 8 * k);
+            }
+            s->nobjs++;
+            p += RS_SNAP_OBJ_FIXED + 8 * (size_t)n;
+        }
+        return 0;
+    case RS_SNAP_MORE_REFS: {
+        if (end - p < 12)
+            return 0;
+        uint64_t src = rd64(p);
+        uint32_t n = rd32(p + 8);
+        if ((uint64_t)(end - p - 12) < (uint64_t)n * 8)
+            return 0;
+        if (grow(&b->more_src, &b->more_src_cap, b->nmore + n, sizeof(uint64_t)) ||
+            grow(&b->more_dst, &b->more_cap, b->nmore + n, sizeof(uint64_t)))
+            return -ENOMEM;
+        for (uint32_t k = 0; k < n; k++) {
+            b->more_src[b->nmore] = src;
+            b->more_dst[b->nmore++] = rd64(p + 12 + 8 * k);
+        }
+        return 0;
+    }
+    case RS_SNAP_LABELS:
+        while (end - p >= 15) {
+            uint16_t n = rd16(p + 13);
+            if (p + 15 + n > end)
+                break;
+            if (grow(&b->labels, &b->labels_cap, b->nlabels + 1, sizeof(*b->labels)))
+                return -ENOMEM;
+            struct pending_label *l = &b->labels[b->nlabels++];
+            l->addr = rd64(p);
+            l->kind = p[8];
+            l->edge = rd32(p + 9);
+            if (add_string(b, p + 15, n, &l->text))
+                return -ENOMEM;
+            p += 15 + n;
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+int rs_snapshots_feed(struct rs_snapshots *ss, const struct rs_event *ev, const struct rs_heap *heap)
+{
+    if (ev->kind == RS_EV_OBJ_CREATE)
+        return objmap_put(&ss->objs, ev->addr, ev->stack, ev->time_ns);
+    if (ev->kind == RS_EV_OBJ_DESTROY) {
+        objmap_del(&ss->objs, ev->addr);
+        return 0;
+    }
+    if (ev->kind != RS_EV_SNAPSHOT || ev->payload_len < 8)
+        return 0;
+    const uint8_t *p = ev->payload, *end = ev->payload + ev->payload_len;
+    uint8_t sub = p[0];
+    uint32_t seq = rd32(p + 4);
+    struct builder *b = &ss->b;
+    p += 8;
+    if (sub == RS_SNAP_BEGIN) {
+        builder_reset(b); /* a previous snapshot without END is dropped */
+        b->snap = calloc(1, sizeof(*b->snap));
+        if (!b->snap)
+            return -ENOMEM;
+        b->active = 1;
+        b->snap->seq = seq;
+        if (end - p >= 2) {
+            b->snap->reason = p[0];
+            b->snap->gc_enabled = p[1];
+        }
+        b->snap->record_bytes = ev->payload_len;
+        return 0;
+    }
+    if (!b->active || b->snap->seq != seq)
+        return 0;
+    b->snap->record_bytes += ev->payload_len;
+    if (sub == RS_SNAP_END) {
+        if (end - p >= 28) {
+            b->snap->status = rd32(p);
+            b->snap->duration_ns = rd64(p + 20);
+        }
+        return builder_finish(ss, heap, ev->time_ns);
+    }
+    int rc = feed_payload(ss, sub, p, end);
+    if (rc < 0)
+        builder_reset(b);
+    return rc;
+}
+
+/* ---- descriptions --------------------------------------------------------------- */
+
+const char *rs_snapshot_type_name(const struct rs_snapshot *s, uint32_t i)
+{
+    uint32_t t = s->objs[i].type;
+    return t < s->ntypes && s->types[t].name ? s->types[t].name : "?";
+}
+
+const char *rs_snapshot_label(const struct rs_snapshot *s, uint32_t i)
+{
+    return s->objs[i].label == RS_SNAP_NONE ? NULL : s->strings + s->objs[i].label;
+}
+
+const char *rs_snapshot_edge_key(const struct rs_snapshot *s, uint64_t e)
+{
+    size_t lo = 0, hi = s->nkeys;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->key_edge[mid] < e)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->nkeys && s->key_edge[lo] == e ? s->strings + s->key_text[lo] : NULL;
+}
+
+const char *rs_snapshot_describe(const struct rs_snapshot *s, uint32_t i, char *buf, size_t len)
+{
+    const char *type = rs_snapshot_type_name(s, i);
+    const char *label = rs_snapshot_label(s, i);
+    if (!label)
+        snprintf(buf, len, "%s", type);
+    else if (!strcmp(type, "module"))
+        snprintf(buf, len, "module %s", label);
+    else if (!strcmp(type, "str"))
+        snprintf(buf, len, "str '%.40s'", label);
+    else
+        snprintf(buf, len, "%s %s", type, label);
+    return buf;
+}
+
+const char *rs_snapshot_describe_edge(const struct rs_snapshot *s, uint32_t i, uint64_t e,
+                                      char *buf, size_t len)
+{
+    const char *type = rs_snapshot_type_name(s, i);
+    const char *key = rs_snapshot_edge_key(s, e);
+    buf[0] = 0;
+    if (key)
+        snprintf(buf, len, "key '%s'", key);
+    else if (!strcmp(type, "list") || !strcmp(type, "tuple"))
+        snprintf(buf, len, "index %llu", (unsigned long long)(e - s->edge_start[i]));
+    else if (!strcmp(type, "dict"))
+        snprintf(buf, len, (e - s->edge_start[i]) % 2 ? "value" : "key");
+    return buf;
+}
+
+/* ---- one-pass trace reading --------------------------------------------------------- */
+
+/* Start-up detection: import-time start-up ends with the first allocation
+ * whose Python stack runs no import machinery and no frozen start-up code
+ * (no frame in an importlib or "<frozen ...>" file), starts at module-level code
+ * ("<module>", the main script) and has a function frame above it: the
+ * program has finished importing and started calling its own code. */
+static int stack_after_startup(struct rs_stacks *st, uint32_t id)
+{
+    const struct rs_frame *f;
+    int n = rs_stacks_resolve(st, id, &f);
+    int python = 0, function = 0;
+    const struct rs_frame *outermost = NULL;
+    for (int i = 0; i < n; i++) {
+        if (f[i].native)
+            continue;
+        python++;
+        outermost = &f[i];
+        if (f[i].file && (strstr(f[i].file, "importlib") || !strncmp(f[i].file, "<frozen ", 8)))
+            return 0; /* import machinery, or start-up code such as <frozen getpath> (3.11+) */
+        if (f[i].function && strcmp(f[i].function, "<module>"))
+            function = 1;
+    }
+    /* the main script's module-level code calling into a function (C code
+     * calling Python during start-up, e.g. the codec search, has no
+     * <module> frame below it) */
+    return python >= 2 && function && outermost->function && !strcmp(outermost->function, "<module>");
+}
+
+int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *err, size_t errlen)
+{
+    memset(t, 0, sizeof(*t));
+    t->startup_end_ns = UINT64_MAX;
+    int rc = rs_trace_open(path, &t->trace, err, errlen);
+    if (rc < 0)
+        return rc;
+    t->heap = rs_heap_new();
+    t->stacks = rs_stacks_new();
+    t->snaps = rs_snapshots_new();
+    if (!t->heap || !t->stacks || !t->snaps) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        rc = -ENOMEM;
+        goto fail;
+    }
+    uint32_t checked_stack = 0;
+    struct rs_event ev;
+    while ((rc = rs_trace_next(t->trace, &ev, err, errlen)) > 0) {
+        if ((rc = rs_stacks_feed(t->stacks, &ev)) < 0 || (rc = rs_heap_apply(t->heap, &ev, NULL)) < 0 ||
+            (rc = rs_snapshots_feed(t->snaps, &ev, t->heap)) < 0) {
+            snprintf(err, errlen, "%s: out of memory", path);
+            goto fail;
+        }
+        if (ev.kind == RS_EV_ALLOC && t->startup_end_ns == UINT64_MAX && ev.stack &&
+            ev.stack != checked_stack) {
+            checked_stack = ev.stack;
+            if (stack_after_startup(t->stacks, ev.stack))
+                t->startup_end_ns = ev.time_ns;
+        }
+        t->end_ns = ev.time_ns;
+    }
+    if (rc < 0)
+        goto fail;
+    return 0;
+fail:
+    rs_snapshot_trace_close(t);
+    return rc;
+}
+
+void rs_snapshot_trace_close(struct rs_snapshot_trace *t)
+{
+    if (t->snaps)
+        rs_snapshots_free(t->snaps);
+    if (t->stacks)
+        rs_stacks_free(t->stacks);
+    if (t->heap)
+        rs_heap_free(t->heap);
+    if (t->trace)
+        rs_trace_close(t->trace);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Python frames only, when the stack has any (kept in a per-call buffer). */
+#define SNAP_MAX_FRAMES 256
+static const struct rs_frame *python_only[SNAP_MAX_FRAMES];
+
+int rs_snapshot_frames(struct rs_snapshot_trace *t, uint32_t stack, const struct rs_frame **frames)
+{
+    if (!stack)
+        return 0;
+    const struct rs_frame *f;
+    int n = rs_stacks_resolve(t->stacks, stack, &f);
+    *frames = f;
+    return n;
+}
+
+static int python_frames(struct rs_snapshot_trace *t, uint32_t stack)
+{
+    const struct rs_frame *f;
+    int n = rs_snapshot_frames(t, stack, &f), k = 0;
+    for (int i = 0; i < n && k < SNAP_MAX_FRAMES; i++)
+        if (!f[i].native)
+            python_only[k++] = &f[i];
+    if (k)
+        return k;
+    for (int i = 0; i < n && k < SNAP_MAX_FRAMES; i++)
+        python_only[k++] = &f[i];
+    return k;
+}
+
+struct json_t *rs_snapshot_frames_json(struct rs_snapshot_trace *t, uint32_t stack)
+{
+    json_t *arr = json_array();
+    int n = python_frames(t, stack);
+    for (int i = 0; i < n; i++) {
+        const struct rs_frame *f = python_only[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "function", json_string(f->function ? f->function : "??"));
+        json_object_set_new(o, "file", f->file ? json_string(f->file) : json_null());
+        json_object_set_new(o, "line", json_integer(f->line));
+        json_object_set_new(o, "native", json_boolean(f->native));
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
+const char *rs_snapshot_site_text(struct rs_snapshot_trace *t, uint32_t stack, char *buf, size_t len)
+{
+    int n = python_frames(t, stack);
+    if (!n) {
+        snprintf(buf, len, "(unknown site)");
+        return buf;
+    }
+    const struct rs_frame *f = python_only[0];
+    if (f->file)
+        snprintf(buf, len, "%s (%s:%u)", f->function ? f->function : "??", f->file, f->line);
+    else
+        snprintf(buf, len, "%s", f->function ? f->function : "??");
+    return buf;
+}
+
+const char *rs_snapshot_bytes_text(uint64_t bytes, char *buf, size_t len)
+{
+    if (bytes < 1024)
+        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+    else if (bytes < (1ull << 20))
+        snprintf(buf, len, "%.1f KiB", bytes / 1024.0);
+    else if (bytes < (1ull << 30))
+        snprintf(buf, len, "%.1f MiB", bytes / 1048576.0);
+    else
+        snprintf(buf, len, "%.2f GiB", bytes / 1073741824.0);
+    return buf;
+}

@@ -1,0 +1,222 @@
+/*
+ * The shared-memory ring (include/refscope/ring.h): multi-producer reserve by
+ * CAS on `head`, commit by a release store of the first slot's kind byte,
+ * single consumer in another process. Used by the shim (producers, inside
+ * malloc hooks: no allocation, no locks, no stdio) and by the recorder.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#include "refscope/ring.h"
+
+static int is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
+
+int rs_ring_format(struct rs_ring *ring, void *map, size_t map_bytes,
+                   uint32_t flags, uint32_t producer_pid)
+{
+    if (map_bytes <= RS_RING_HEADER_BYTES)
+        return -EINVAL;
+    size_t slot_bytes = map_bytes - RS_RING_HEADER_BYTES;
+    if (slot_bytes % sizeof(struct rs_slot) || !is_pow2(slot_bytes / sizeof(struct rs_slot)))
+        return -EINVAL;
+
+    struct rs_ring_header *hdr = map;
+    memset(hdr, 0, sizeof(*hdr));
+    hdr->version = RS_RING_VERSION;
+    hdr->slot_bytes = sizeof(struct rs_slot);
+    hdr->capacity = slot_bytes / sizeof(struct rs_slot);
+    hdr->flags = flags;
+    hdr->producer_pid = producer_pid;
+    __atomic_store_n(&hdr->magic, RS_RING_MAGIC, __ATOMIC_RELEASE);
+    return rs_ring_attach(ring, map, map_bytes);
+}
+
+int rs_ring_attach(struct rs_ring *ring, void *map, size_t map_bytes)
+{
+    struct rs_ring_header *hdr = map;
+    if (map_bytes <= RS_RING_HEADER_BYTES ||
+        __atomic_load_n(&hdr->magic, __ATOMIC_ACQUIRE) != RS_RING_MAGIC ||
+        hdr->version != RS_RING_VERSION || hdr->slot_bytes != sizeof(struct rs_slot) ||
+        !is_pow2(hdr->capacity) ||
+        hdr->capacity != (map_bytes - RS_RING_HEADER_BYTES) / sizeof(struct rs_slot))
+        return -EPROTO;
+    memset(ring, 0, sizeof(*ring));
+    ring->hdr = hdr;
+    ring->slots = (struct rs_slot *)((char *)map + RS_RING_HEADER_BYTES);
+    ring->mask = hdr->capacity - 1;
+    ring->map_bytes = map_bytes;
+    ring->tail_cache = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
+/* One step of a full-ring wait: spin, then yield, then sleep 50 us. Returns
+ * nonzero when the stall callback says to give up. */
+static int ring_wait_step(struct rs_ring *ring, unsigned *step)
+{
+    unsigned s = (*step)++;
+    if (s < 64) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        return 0;
+    }
+    if (s < 128) {
+        sched_yield();
+        return 0;
+    }
+    struct timespec ts = { 0, 50000 };
+    nanosleep(&ts, NULL);
+    if (ring->stalled && (s - 128) % 2000 == 1999) /* about every 100 ms */
+        return ring->stalled(ring->stall_ctx);
+    return 0;
+}
+
+uint64_t rs_ring_reserve(struct rs_ring *ring, uint32_t n)
+{
+    struct rs_ring_header *hdr = ring->hdr;
+    uint64_t capacity = ring->mask + 1;
+    if (n == 0 || n > capacity)
+        return UINT64_MAX;
+
+    uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+    unsigned step = 0;
+    int waited = 0;
+    for (;;) {
+        if (__builtin_expect(__atomic_load_n(&hdr->closed, __ATOMIC_RELAXED) != 0, 0))
+            return UINT64_MAX;
+        /* The acquire on tail (or on a tail_cache stored with release after
+         * such an acquire) orders our slot writes after the consumer's. */
+        uint64_t tail = __atomic_load_n(&ring->tail_cache, __ATOMIC_ACQUIRE);
+        if (__builtin_expect(head + n - tail > capacity, 0)) {
+            tail = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+            __atomic_store_n(&ring->tail_cache, tail, __ATOMIC_RELEASE);
+            if (head + n - tail > capacity) {
+                if (hdr->flags & RS_RING_LOSSY) {
+                    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
+                    return UINT64_MAX;
+                }
+                if (!waited) {
+                    waited = 1;
+                    __atomic_fetch_add(&hdr->waits, 1, __ATOMIC_RELAXED);
+                }
+                if (ring_wait_step(ring, &step)) {
+                    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
+                    return UINT64_MAX;
+                }
+                head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+                continue;
+            }
+        }
+        if (__atomic_compare_exchange_n(&hdr->head, &head, head + n, 1,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return head;
+    }
+}
+
+int rs_ring_put(struct rs_ring *ring, const struct rs_slot *rec)
+{
+    uint64_t index = rs_ring_reserve(ring, 1);
+    if (index == UINT64_MAX)
+        return -ENOSPC;
+    struct rs_slot *slot = rs_ring_slot(ring, index);
+    memcpy((char *)slot + 1, (const char *)rec + 1, sizeof(*slot) - 1);
+    rs_ring_commit(ring, index, rec->kind);
+    return 0;
+}
+
+int rs_ring_put_var(struct rs_ring *ring, const struct rs_slot *rec,
+                    const void *payload, uint32_t len)
+{
+    uint32_t n = rs_var_slots(len);
+    uint64_t index = rs_ring_reserve(ring, n);
+    if (index == UINT64_MAX)
+        return -ENOSPC;
+    const uint8_t *p = payload;
+    uint32_t head_len = len < 16 ? len : 16;
+
+    for (uint32_t k = 1; k < n; k++) {
+        uint8_t *cont = (uint8_t *)rs_ring_slot(ring, index + k);
+        uint32_t off = 16 + (k - 1) * 31;
+        uint32_t chunk = len - off < 31 ? len - off : 31;
+        cont[0] = RS_EV_CONT;
+        memcpy(cont + 1, p + off, chunk);
+        memset(cont + 1 + chunk, 0, 31 - chunk);
+    }
+    struct rs_slot *first = rs_ring_slot(ring, index);
+    first->flags = rec->flags;
+    first->thread = rec->thread;
+    first->stack = len;
+    first->time = rec->time;
+    uint8_t inline_bytes[16] = { 0 };
+    memcpy(inline_bytes, p, head_len);
+    memcpy(&first->addr, inline_bytes, 8);
+    memcpy(&first->size, inline_bytes + 8, 8);
+    rs_ring_commit(ring, index, rec->kind);
+    return 0;
+}
+
+/* Clear the kind byte of `n` slots from `index` and publish the new tail. */
+static void ring_release(struct rs_ring *ring, uint64_t index, uint64_t n)
+{
+    for (uint64_t k = 0; k < n; k++)
+        __atomic_store_n(&rs_ring_slot(ring, index + k)->kind, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&ring->hdr->tail, index + n, __ATOMIC_RELEASE);
+}
+
+int rs_ring_consume(struct rs_ring *ring, struct rs_slot *rec,
+                    void *payload, uint32_t cap, uint32_t *len, unsigned flags)
+{
+    struct rs_ring_header *hdr = ring->hdr;
+    uint64_t tail = __atomic_load_n(&hdr->tail, __ATOMIC_RELAXED);
+
+    for (;;) {
+        struct rs_slot *slot = rs_ring_slot(ring, tail);
+        uint8_t kind = __atomic_load_n(&slot->kind, __ATOMIC_ACQUIRE);
+        if (kind == RS_EV_EMPTY || kind == RS_EV_CONT) {
+            if (!(flags & RS_RING_PRODUCER_DEAD))
+                return kind == RS_EV_EMPTY ? 0 : -EPROTO;
+            uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_ACQUIRE);
+            if (tail >= head)
+                return 0;
+            /* A record whose producer died mid-write, or an orphaned
+             * continuation of one: skip it. */
+            ring_release(ring, tail, 1);
+            tail++;
+            continue;
+        }
+
+        memcpy(rec, slot, sizeof(*rec));
+        rec->kind = kind;
+        uint64_t n = 1;
+        if (RS_EV_IS_VAR(kind)) {
+            uint32_t l = rec->stack;
+            n = rs_var_slots(l);
+            if (n > ring->mask + 1)
+                return -EPROTO;
+            uint8_t *out = payload;
+            uint32_t want = l < cap ? l : cap;
+            uint8_t inline_bytes[16];
+            memcpy(inline_bytes, &rec->addr, 8);
+            memcpy(inline_bytes + 8, &rec->size, 8);
+            uint32_t done = want < 16 ? want : 16;
+            if (done)
+                memcpy(out, inline_bytes, done);
+            for (uint64_t k = 1; k < n && done < want; k++) {
+                const uint8_t *cont = (const uint8_t *)rs_ring_slot(ring, tail + k);
+                if (cont[0] != RS_EV_CONT)
+                    return -EPROTO;
+                uint32_t chunk = want - done < 31 ? want - done : 31;
+                memcpy(out + done, cont + 1, chunk);
+                done += chunk;
+            }
+            if (len)
+                *len = l;
+        } else if (len) {
+            *len = 0;
+        }
+        ring_release(ring, tail, n);
+        return 1;
+    }
+}

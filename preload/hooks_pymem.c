@@ -1,0 +1,215 @@
+/*
+ * The PyMem domain wrappers: RAW, MEM and OBJ (PyMemAllocatorEx) and the
+ * pymalloc arena allocator, each recording into its own domain.
+ *
+ * Each installation takes a fresh wrapper cell holding the allocator it
+ * replaced; the wrappers chain to it through ctx. Cells are never reused, so
+ * an allocator someone else stacked on top of an older wrapper (tracemalloc,
+ * a pre-initialization swap) keeps working. The recursion guard makes one
+ * request one record: the outermost wrapper records, anything it causes
+ * (MEM/OBJ forwarding to RAW, RAW to libc, a nested wrapper of ours) passes
+ * through. Arena blocks are the exception: they are recorded even inside an
+ * OBJ call, in their own domain that totals never add.
+ *
+ * Pre-initialization replaces all three domains when PYTHONMALLOC is set or
+ * under -X dev, so the wrappers are checked again in setlocale() (CPython calls
+ * it right after) and at the init safe point.
+ * Free-threaded builds: the wrappers are pure pass-throughs plus recording.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <locale.h>
+#include <stdint.h>
+
+#include "emit.h"
+#include "guard.h"
+#include "pysafe.h"
+#include "pyver.h"
+#include "shim.h"
+#include "stack.h"
+#include "refscope/events.h"
+
+#define CELLS_PER_DOMAIN 8
+
+enum { WRAP_CTOR = 0, WRAP_SETLOCALE = 1, WRAP_LAZY = 2 };
+
+struct mem_cell {
+    struct rs_pymem_allocator orig;
+    uint8_t domain; /* enum rs_domain */
+};
+struct arena_cell {
+    struct rs_pyarena_allocator orig;
+};
+
+static struct mem_cell mem_cells[3][CELLS_PER_DOMAIN];
+static int mem_used[3];
+static struct arena_cell arena_cells[CELLS_PER_DOMAIN];
+static int arena_used;
+static char *(*real_setlocale)(int, const char *);
+
+/* ---- wrappers ---------------------------------------------------------------- */
+
+static void *wrap_malloc(void *ctx, size_t size)
+{
+    struct mem_cell *c = ctx;
+    int outer = rs_guard_enter();
+    void *p = c->orig.malloc(c->orig.ctx, size);
+    if (outer && p) {
+        rs_emit_alloc(c->domain, (uint64_t)(uintptr_t)p, size, rs_stack_current());
+        rs_pysafe_poll();
+    }
+    rs_guard_leave();
+    return p;
+}
+
+static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    struct mem_cell *c = ctx;
+    int outer = rs_guard_enter();
+    void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
+    if (outer && p)
+        rs_emit_alloc(c->domain | RS_F_ZEROED, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize,
+                      rs_stack_current());
+    rs_guard_leave();
+    return p;
+}
+
+static void *wrap_realloc(void *ctx, void *ptr, size_t size)
+{
+    struct mem_cell *c = ctx;
+    int outer = rs_guard_enter();
+    if (outer && ptr)
+        rs_emit_free(c->domain | RS_F_REALLOC, (uint64_t)(uintptr_t)ptr);
+    void *p = c->orig.realloc(c->orig.ctx, ptr, size);
+    if (outer) {
+        if (p)
+            rs_emit_alloc(c->domain | (ptr ? RS_F_REALLOC : 0), (uint64_t)(uintptr_t)p, size,
+                          rs_stack_current());
+        else if (ptr)
+            rs_emit_alloc(c->domain | RS_F_REALLOC | RS_F_RESTORE, (uint64_t)(uintptr_t)ptr, 0, 0);
+    }
+    rs_guard_leave();
+    return p;
+}
+
+static void wrap_free(void *ctx, void *ptr)
+{
+    struct mem_cell *c = ctx;
+    int outer = rs_guard_enter();
+    if (outer && ptr) {
+        if (c->domain == RS_DOMAIN_OBJ)
+            rs_stack_note_obj_free((uint64_t)(uintptr_t)ptr);
+        rs_emit_free(c->domain, (uint64_t)(uintptr_t)ptr);
+    }
+    c->orig.free(c->orig.ctx, ptr);
+    rs_guard_leave();
+}
+
+/* Arena blocks are recorded whatever the guard says: they are the backing
+ * store of the OBJ call that is usually in progress. */
+static void *wrap_arena_alloc(void *ctx, size_t size)
+{
+    struct arena_cell *c = ctx;
+    rs_guard_depth++;
+    void *p = c->orig.alloc(c->orig.ctx, size);
+    if (p)
+        rs_emit_alloc(RS_DOMAIN_ARENA, (uint64_t)(uintptr_t)p, size, rs_stack_current());
+    rs_guard_depth--;
+    return p;
+}
+
+static void wrap_arena_free(void *ctx, void *ptr, size_t size)
+{
+    struct arena_cell *c = ctx;
+    rs_guard_depth++;
+    if (ptr)
+        rs_emit_free(RS_DOMAIN_ARENA, (uint64_t)(uintptr_t)ptr);
+    c->orig.free(c->orig.ctx, ptr, size);
+    rs_guard_depth--;
+}
+
+/* ---- installation ------------------------------------------------------------ */
+
+static const uint8_t rs_domain_of[3] = { RS_DOMAIN_RAW, RS_DOMAIN_MEM, RS_DOMAIN_OBJ };
+
+/* Wrap every domain not currently topped by our wrapper. Returns the mask of
+ * domains (1 << enum rs_domain) now wrapped and sets *changed when any was
+ * (re)installed. Not for concurrent use: constructor, pre-init setlocale, or
+ * the init safe point (GIL held). */
+static uint32_t pymem_wrap(int *changed)
+{
+    uint32_t mask = 0;
+    for (int d = 0; d < 3; d++) {
+        struct rs_pymem_allocator cur;
+        rs_py.PyMem_GetAllocator(d, &cur);
+        if (cur.malloc == wrap_malloc) {
+            mask |= 1u << rs_domain_of[d];
+            continue;
+        }
+        if (mem_used[d] == CELLS_PER_DOMAIN || !cur.malloc)
+            continue;
+        struct mem_cell *c = &mem_cells[d][mem_used[d]++];
+        c->orig = cur;
+        c->domain = rs_domain_of[d];
+        struct rs_pymem_allocator w = { c, wrap_malloc, wrap_calloc, wrap_realloc, wrap_free };
+        rs_py.PyMem_SetAllocator(d, &w);
+        mask |= 1u << rs_domain_of[d];
+        *changed = 1;
+    }
+    if (rs_py.PyObject_GetArenaAllocator && rs_py.PyObject_SetArenaAllocator) {
+        struct rs_pyarena_allocator cur;
+        rs_py.PyObject_GetArenaAllocator(&cur);
+        if (cur.alloc == wrap_arena_alloc) {
+            mask |= 1u << RS_DOMAIN_ARENA;
+        } else if (arena_used < CELLS_PER_DOMAIN && cur.alloc) {
+            struct arena_cell *c = &arena_cells[arena_used++];
+            c->orig = cur;
+            struct rs_pyarena_allocator w = { c, wrap_arena_alloc, wrap_arena_free };
+            rs_py.PyObject_SetArenaAllocator(&w);
+            mask |= 1u << RS_DOMAIN_ARENA;
+            *changed = 1;
+        }
+    }
+    return mask;
+}
+
+static void pymem_check(int reason)
+{
+    if (!rs_py.is_python || !rs_emit_active())
+        return;
+    int changed = 0;
+    rs_guard_depth++; /* nothing we do here is the program's allocation */
+    uint32_t mask = pymem_wrap(&changed);
+    rs_guard_depth--;
+    if (changed || reason == WRAP_CTOR) {
+        struct rs_slot rec = { .kind = RS_EV_ALLOCATOR_WRAPPED, .addr = mask, .size = (uint64_t)reason };
+        rs_emit_fixed(&rec);
+    }
+}
+
+static void pymem_lazy_check(void *arg)
+{
+    (void)arg;
+    pymem_check(WRAP_LAZY);
+}
+
+/* Interposed: CPython calls setlocale right after pre-initialization has
+ * replaced the allocators (PYTHONMALLOC, -X dev). */
+RS_EXPORT char *setlocale(int category, const char *locale)
+{
+    if (!real_setlocale)
+        real_setlocale = (char *(*)(int, const char *))dlsym(RTLD_NEXT, "setlocale");
+    char *r = real_setlocale ? real_setlocale(category, locale) : NULL;
+    if (rs_py.is_python && rs_guard_depth == 0)
+        pymem_check(WRAP_SETLOCALE);
+    return r;
+}
+
+__attribute__((constructor(RS_CTOR_PYTHON))) static void pymem_ctor(void)
+{
+    real_setlocale = (char *(*)(int, const char *))dlsym(RTLD_NEXT, "setlocale");
+    if (rs_pyver_init() == -ENOENT)
+        return;
+    pymem_check(WRAP_CTOR);
+    rs_pysafe_on_init(pymem_lazy_check, NULL);
+}

@@ -1,0 +1,134 @@
+/*
+ * Object events for CPython 3.13+: a PyRefTracer callback that records every
+ * object creation (address, type id, stack) and destruction. Installed at the
+ * init safe point; before 3.13 it records a note instead (the analyzer then
+ * uses OBJ-domain block lifetimes).
+ *
+ * The tracer slot is one per runtime and tracemalloc.start() silently takes
+ * it; rs_objtrace_check() (called at every collection start and at exit)
+ * notices and records it, and re-takes the slot once it is free again.
+ * 3.13.0-3.13.2 miss DESTROY inside the eval loop (CPython gh-130382): a note
+ * says so, and every report that depends on DESTROY warns.
+ *
+ * The callback runs inside object creation/deallocation with the GIL (or, on
+ * free-threaded builds, concurrently): it only reads the object header,
+ * interns the type and emits a fixed record. Objects created while the
+ * recursion guard is held are refscope's own (census lists at safe points)
+ * and are not recorded.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+#include "emit.h"
+#include "guard.h"
+#include "objtrace.h"
+#include "pysafe.h"
+#include "pytypes.h"
+#include "pyver.h"
+#include "shim.h"
+#include "stack.h"
+
+enum { REFTRACER_CREATE = 0, REFTRACER_DESTROY = 1 };
+
+typedef int (*reftracer_fn)(void *obj, int event, void *data);
+
+static int (*api_set_tracer)(reftracer_fn fn, void *data);
+static reftracer_fn (*api_get_tracer)(void **data);
+static int installed;   /* we set the tracer at least once                  */
+static int lost;        /* another tool holds the slot (note emitted)       */
+
+static void emit_note(uint16_t code, const char *text)
+{
+    uint8_t data[512];
+    struct rs_buf b = {data, 0, sizeof(data), 0};
+    rs_buf_u16(&b, code);
+    rs_buf_str(&b, text, (uint32_t)strlen(text));
+    rs_emit_var(RS_EV_NOTE, 0, 0, 0, data, b.len);
+}
+
+static int reftracer(void *obj, int event, void *data)
+{
+    struct rs_slot rec;
+
+    if (!rs_guard_enter()) {
+        rs_guard_leave();
+        return 0;
+    }
+    memset(&rec, 0, sizeof(rec));
+    rec.addr = (uint64_t)(uintptr_t)obj;
+    if (event == REFTRACER_CREATE) {
+        rec.kind = RS_EV_OBJ_CREATE;
+        rec.size = rs_pytype_id(rs_py_type(obj));
+        rec.stack = rs_stack_current();
+        rs_emit_fixed(&rec);
+    } else if (event == REFTRACER_DESTROY) {
+        rec.kind = RS_EV_OBJ_DESTROY;
+        rs_emit_fixed(&rec);
+    }
+    rs_guard_leave();
+    return 0;
+}
+
+static int take_slot(void)
+{
+    return api_set_tracer(reftracer, NULL);
+}
+
+static void objtrace_at_init(void *arg)
+{
+    if (!rs_emit_active())
+        return;
+    if (!api_set_tracer || !api_get_tracer) {
+        emit_note(RS_NOTE_NO_REFTRACER,
+                  "no PyRefTracer before CPython 3.13: object lifetimes are PyObject-domain block "
+                  "lifetimes; types come from the gc census");
+        return;
+    }
+    if (take_slot() != 0) {
+        emit_note(RS_NOTE_NO_REFTRACER, "PyRefTracer_SetTracer failed: no object events");
+        return;
+    }
+    installed = 1;
+    if (rs_py_reftracer_misses_destroy())
+        emit_note(RS_NOTE_DESTROY_MISSED,
+                  "CPython 3.13.0-3.13.2 miss object DESTROY events inside the eval loop "
+                  "(gh-130382, fixed in 3.13.3): objects look longer-lived than they are");
+}
+
+void rs_objtrace_check(void)
+{
+    void *data = NULL;
+    reftracer_fn cur;
+
+    if (!installed || !rs_emit_active())
+        return;
+    cur = api_get_tracer(&data);
+    if (cur == reftracer)
+        return;
+    if (cur == NULL) {
+        if (take_slot() == 0) {
+            lost = 0;
+            emit_note(RS_NOTE_REFTRACER_BACK,
+                      "the ref tracer slot was released; object events resume here");
+        }
+        return;
+    }
+    if (!lost) {
+        lost = 1;
+        emit_note(RS_NOTE_REFTRACER_TAKEN,
+                  "another tool took the PyRefTracer slot (tracemalloc.start() does): object "
+                  "events stop here; lifetimes after this point are incomplete");
+    }
+}
+
+__attribute__((constructor(RS_CTOR_FEATURE)))
+static void objtrace_init(void)
+{
+    rs_pyver_init();
+    if (!rs_emit_active() || !rs_py.is_python || !rs_py.ob_size)
+        return;
+    api_set_tracer = (int (*)(reftracer_fn, void *))dlsym(RTLD_DEFAULT, "PyRefTracer_SetTracer");
+    api_get_tracer = (reftracer_fn(*)(void **))dlsym(RTLD_DEFAULT, "PyRefTracer_GetTracer");
+    if (rs_pysafe_on_init(objtrace_at_init, NULL) != 0)
+        rs_warn("object events: no safe point slot left; object events are off");
+}

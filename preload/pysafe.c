@@ -1,0 +1,96 @@
+/*
+ * Safe points (implements preload/pysafe.h): the only way shim code gets to
+ * run with the GIL at a bytecode boundary. Hooks call rs_pysafe_poll(); once
+ * Py_IsInitialized() turns 1 the init functions are queued with
+ * Py_AddPendingCall and run in registration order on the main thread.
+ * rs_pysafe_schedule() queues one-off calls through a small fixed pool of
+ * (fn, arg) cells, because pending calls take int (*)(void *).
+ */
+#include <errno.h>
+#include <stdint.h>
+
+#include "pysafe.h"
+#include "pyver.h"
+
+#define INIT_MAX   16
+#define CELLS      64
+#define POLL_EVERY 4096u
+
+struct safe_cell {
+    rs_safe_fn fn;
+    void *arg;
+    int busy;
+};
+
+static struct { rs_safe_fn fn; void *arg; } init_fns[INIT_MAX];
+static int init_count;
+static int init_state;     /* 0 waiting, 1 queued, 2 done */
+static unsigned poll_ticks;
+static struct safe_cell cells[CELLS];
+
+int rs_pysafe_on_init(rs_safe_fn fn, void *arg)
+{
+    if (init_count == INIT_MAX)
+        return -ENOSPC;
+    init_fns[init_count].fn = fn;
+    init_fns[init_count].arg = arg;
+    init_count++;
+    return 0;
+}
+
+static int run_init(void *unused)
+{
+    (void)unused;
+    for (int i = 0; i < init_count; i++)
+        init_fns[i].fn(init_fns[i].arg);
+    __atomic_store_n(&init_state, 2, __ATOMIC_RELEASE);
+    return 0;
+}
+
+void rs_pysafe_poll(void)
+{
+    if (__builtin_expect(__atomic_load_n(&init_state, __ATOMIC_RELAXED) != 0, 1))
+        return;
+    /* racy counter on purpose: it only spaces out the checks */
+    if (++poll_ticks % POLL_EVERY != 0)
+        return;
+    if (!rs_py.is_python || !rs_py.Py_AddPendingCall || !rs_py.Py_IsInitialized())
+        return;
+    int expected = 0;
+    if (!__atomic_compare_exchange_n(&init_state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+    if (rs_py.Py_AddPendingCall(run_init, NULL) != 0)
+        __atomic_store_n(&init_state, 0, __ATOMIC_RELEASE); /* queue full: retry later */
+}
+
+static int run_cell(void *p)
+{
+    struct safe_cell *c = p;
+    rs_safe_fn fn = c->fn;
+    void *arg = c->arg;
+    __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
+    fn(arg);
+    return 0;
+}
+
+int rs_pysafe_schedule(rs_safe_fn fn, void *arg)
+{
+    if (!rs_py.is_python || !rs_py.Py_AddPendingCall)
+        return -ENOSYS;
+    if (!rs_py.Py_IsInitialized())
+        return -EAGAIN;
+    for (int i = 0; i < CELLS; i++) {
+        int expected = 0;
+        if (!__atomic_compare_exchange_n(&cells[i].busy, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        cells[i].fn = fn;
+        cells[i].arg = arg;
+        if (rs_py.Py_AddPendingCall(run_cell, &cells[i]) != 0) {
+            __atomic_store_n(&cells[i].busy, 0, __ATOMIC_RELEASE);
+            return -EAGAIN;
+        }
+        return 0;
+    }
+    return -EAGAIN;
+}

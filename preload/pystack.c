@@ -1,0 +1,277 @@
+/*
+ * Python call stacks for allocation records (implements preload/stack.h).
+ *
+ * Model. The hook walks the current thread's frames through pyver (no
+ * objects created, no sys.setprofile/settrace), giving (code object, byte
+ * offset) pairs, innermost first. Two tables, both lock-free and fixed-size
+ * in .bss, turn that into a stack id:
+ *   - code table: code object address -> code id. A code id is defined once
+ *     per trace by RS_EV_PY_CODE. When an OBJ-domain block that is a code
+ *     object is freed, its entry is tombstoned, so an object later created at
+ *     the same address gets a new id (exec-in-a-loop). Entries also remember
+ *     the name object, a second check against a free we did not see.
+ *   - stack table: 64-bit hash of (code ids, offsets, flags, native id) ->
+ *     stack id, defined once per trace by RS_EV_PY_STACK with lines resolved
+ *     from the line table right there, so reports are exact.
+ * A per-thread cache keyed by the hash of raw (code address, offset) pairs
+ * skips both tables for stacks this thread saw recently; it is invalidated
+ * whenever a known code object dies or the trace epoch changes.
+ * Payload layouts: include/refscope/events.h, "issue 3".
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emit.h"
+#include "pyver.h"
+#include "shim.h"
+#include "stack.h"
+#include "refscope/events.h"
+#include "refscope/transport.h"
+
+#define CODE_SLOTS  (1u << 17)
+#define STACK_SLOTS (1u << 18)
+#define MAX_PROBES  128
+#define TOMBSTONE   1u
+#define TCACHE_SLOTS 256
+
+struct code_entry {
+    uint64_t addr;       /* 0 free, TOMBSTONE dead, else the code object    */
+    const void *name;    /* qualname object when interned                    */
+    uint32_t id;         /* 0 while the inserting thread defines it          */
+    uint32_t pad;
+};
+
+struct stack_entry {
+    uint64_t key;        /* 0 = free                                         */
+    uint32_t id;         /* 0 while the inserting thread defines it          */
+    uint32_t pad;
+};
+
+struct tcache_entry {
+    uint64_t raw;        /* hash of raw frames                               */
+    uint32_t id;
+    uint32_t stamp;      /* low bits of code_gen when filled                 */
+};
+
+static struct code_entry codes[CODE_SLOTS];
+static struct stack_entry stacks[STACK_SLOTS];
+static uint32_t next_code_id, next_stack_id;
+static uint64_t code_gen = 1;   /* bumped when a known code dies or on reset */
+static uint32_t seen_epoch;
+static int stacks_on, native_on;
+static uint32_t code_block_delta; /* GC header before a code object, if any */
+
+static __thread struct tcache_entry tcache[TCACHE_SLOTS] __attribute__((tls_model("initial-exec")));
+
+/* Weak fallback; preload/unwind.c provides the real one. */
+__attribute__((weak)) uint32_t rs_native_stack_current(int skip)
+{
+    (void)skip;
+    return 0;
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 32);
+}
+
+static inline uint64_t hash_addr(uint64_t a)
+{
+    a ^= a >> 33;
+    a *= 0xc4ceb9fe1a85ec53ull;
+    return a ^ (a >> 29);
+}
+
+/* Spin until another thread publishes an id (it is emitting the definition). */
+static uint32_t wait_id(const uint32_t *idp)
+{
+    for (int i = 0; i < 1 << 20; i++) {
+        uint32_t id = __atomic_load_n(idp, __ATOMIC_ACQUIRE);
+        if (id)
+            return id;
+        __builtin_ia32_pause();
+    }
+    return 0;
+}
+
+static void reset_tables(uint32_t epoch)
+{
+    uint32_t old = __atomic_load_n(&seen_epoch, __ATOMIC_ACQUIRE);
+    if (old == epoch || !__atomic_compare_exchange_n(&seen_epoch, &old, epoch, 0,
+                                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+    /* A new trace (fork child: one thread). Ids stay unique because the
+     * counters keep counting; the tables forget what was defined. */
+    memset(codes, 0, sizeof codes);
+    memset(stacks, 0, sizeof stacks);
+    __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
+}
+
+static void emit_code(uint32_t id, const void *code)
+{
+    uint8_t data[16 + 2 + 1024 + 2 + 512];
+    char text[1024];
+    struct rs_buf b = { data, 0, sizeof data, 0 };
+    rs_buf_u32(&b, id);
+    rs_buf_u32(&b, rs_py_code_firstline(code));
+    rs_buf_u64(&b, (uint64_t)(uintptr_t)code);
+    int n = rs_py_str_utf8(rs_py_code_filename(code), text, 1024);
+    rs_buf_str(&b, text, n > 0 ? (uint32_t)n : 0);
+    n = rs_py_str_utf8(rs_py_code_qualname(code), text, 512);
+    rs_buf_str(&b, text, n > 0 ? (uint32_t)n : 0);
+    rs_emit_var(RS_EV_PY_CODE, 0, 0, 0, b.data, b.len);
+}
+
+static uint32_t code_id(const void *code)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)code;
+    const void *name = rs_py_code_qualname(code);
+    uint32_t slot = (uint32_t)hash_addr(addr) & (CODE_SLOTS - 1);
+    for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
+        struct code_entry *e = &codes[slot];
+        uint64_t cur = __atomic_load_n(&e->addr, __ATOMIC_ACQUIRE);
+        if (cur == addr) {
+            uint32_t id = wait_id(&e->id);
+            if (id && e->name == name)
+                return id;
+            /* a code object died unseen and another took its address */
+            if (__atomic_compare_exchange_n(&e->addr, &cur, TOMBSTONE, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
+            continue;
+        }
+        if (cur != 0)
+            continue;
+        if (!__atomic_compare_exchange_n(&e->addr, &cur, addr, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            probe--; /* lost the race for this slot: look at it again */
+            slot = (slot - 1) & (CODE_SLOTS - 1);
+            continue;
+        }
+        e->name = name;
+        uint32_t id = __atomic_add_fetch(&next_code_id, 1, __ATOMIC_RELAXED);
+        emit_code(id, code);
+        __atomic_store_n(&e->id, id, __ATOMIC_RELEASE);
+        return id;
+    }
+    return 0;
+}
+
+void rs_stack_note_obj_free(uint64_t addr)
+{
+    if (!stacks_on || !addr)
+        return;
+    /* The block still holds the dying object: only code objects matter. A
+     * block too small to hold an object header may end a page: reading its
+     * "ob_type" could cross into an unmapped one, so those are not peeked at
+     * and take the table probe instead. */
+    const char *obj = (const char *)(uintptr_t)addr + code_block_delta;
+    uint64_t page_left = 4096 - ((uintptr_t)obj & 4095);
+    if (page_left >= rs_py.ob_type + 8 && rs_py_type(obj) != rs_py.code_type)
+        return;
+    uint64_t key = (uint64_t)(uintptr_t)obj;
+    uint32_t slot = (uint32_t)hash_addr(key) & (CODE_SLOTS - 1);
+    for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
+        uint64_t cur = __atomic_load_n(&codes[slot].addr, __ATOMIC_ACQUIRE);
+        if (cur == 0)
+            break;
+        if (cur == key && __atomic_compare_exchange_n(&codes[slot].addr, &cur, TOMBSTONE, 0,
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
+    }
+}
+
+static void emit_stack(uint32_t id, uint32_t native, const struct rs_pyframe *fr,
+                       const uint32_t *ids, int n, int truncated)
+{
+    uint8_t data[12 + 12 * RS_PYSTACK_MAX_FRAMES];
+    struct rs_buf b = { data, 0, sizeof data, 0 };
+    rs_buf_u32(&b, id);
+    rs_buf_u32(&b, native);
+    rs_buf_u16(&b, (uint16_t)n);
+    rs_buf_u16(&b, truncated ? RS_PYSTACK_TRUNCATED : 0);
+    for (int i = 0; i < n; i++) {
+        rs_buf_u32(&b, ids[i]);
+        rs_buf_u32(&b, ids[i] ? rs_py_code_line(fr[i].code, fr[i].offset) : 0);
+        rs_buf_u32(&b, fr[i].flags);
+    }
+    rs_emit_var(RS_EV_PY_STACK, 0, 0, 0, b.data, b.len);
+}
+
+/* Slow path: intern the code objects and find or define the stack. */
+static uint32_t stack_define(const struct rs_pyframe *fr, int n, int truncated, uint32_t native)
+{
+    uint32_t ids[RS_PYSTACK_MAX_FRAMES];
+    uint64_t key = mix((uint64_t)n, ((uint64_t)native << 1) | (uint64_t)truncated);
+    for (int i = 0; i < n; i++) {
+        ids[i] = code_id(fr[i].code);
+        key = mix(key, ((uint64_t)ids[i] << 32) | (uint32_t)fr[i].offset);
+        key = mix(key, fr[i].flags);
+    }
+    key |= 1; /* never 0 (free) */
+    uint32_t slot = (uint32_t)key & (STACK_SLOTS - 1);
+    for (int probe = 0; probe < MAX_PROBES; probe++) {
+        struct stack_entry *e = &stacks[slot];
+        uint64_t cur = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
+        if (cur == key)
+            return wait_id(&e->id);
+        if (cur == 0) {
+            if (!__atomic_compare_exchange_n(&e->key, &cur, key, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue; /* someone took this slot: look again */
+            uint32_t id = __atomic_add_fetch(&next_stack_id, 1, __ATOMIC_RELAXED);
+            emit_stack(id, native, fr, ids, n, truncated);
+            __atomic_store_n(&e->id, id, __ATOMIC_RELEASE);
+            return id;
+        }
+        slot = (slot + 1) & (STACK_SLOTS - 1);
+    }
+    return 0; /* table full */
+}
+
+uint32_t rs_stack_current(void)
+{
+    if (!stacks_on && !native_on)
+        return 0;
+    uint32_t epoch = rs_emit_epoch();
+    if (__builtin_expect(epoch != __atomic_load_n(&seen_epoch, __ATOMIC_RELAXED), 0))
+        reset_tables(epoch);
+
+    struct rs_pyframe fr[RS_PYSTACK_MAX_FRAMES];
+    int truncated = 0;
+    int n = stacks_on ? rs_py_frames(fr, RS_PYSTACK_MAX_FRAMES, &truncated) : 0;
+    uint32_t native = native_on ? rs_native_stack_current(1) : 0;
+    if (n == 0 && native == 0)
+        return 0;
+
+    uint64_t raw = mix((uint64_t)n, native);
+    for (int i = 0; i < n; i++)
+        raw = mix(raw, (uint64_t)(uintptr_t)fr[i].code ^ ((uint64_t)(uint32_t)fr[i].offset << 48));
+    uint32_t stamp = (uint32_t)__atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
+    struct tcache_entry *c = &tcache[raw & (TCACHE_SLOTS - 1)];
+    if (c->raw == raw && c->stamp == stamp && c->id)
+        return c->id;
+
+    uint32_t id = stack_define(fr, n, truncated, native);
+    c->raw = raw;
+    c->id = id;
+    c->stamp = stamp;
+    return id;
+}
+
+__attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
+{
+    const char *env = getenv(RS_ENV_PYSTACKS);
+    const char *nat = getenv(RS_ENV_NATIVE);
+    native_on = nat && nat[0] == '1';
+    if (rs_pyver_init() < 0 || (env && env[0] == '0'))
+        return;
+    /* tp_flags is at 168 (default builds); Py_TPFLAGS_HAVE_GC = 1 << 14 */
+    if (!rs_py.free_threaded) {
+        unsigned long tp_flags = *(const unsigned long *)((const char *)rs_py.code_type + 168);
+        code_block_delta = (tp_flags & (1ul << 14)) ? 16 : 0;
+    }
+    stacks_on = 1;
+}

@@ -1,0 +1,230 @@
+/*
+ * The type table (pytypes.h): PyTypeObject pointers → small ids, each id
+ * defined once per trace by an RS_EV_PY_TYPE record (layout in events.h).
+ *
+ * A fixed, statically allocated open-addressing table; slots are claimed with
+ * a CAS on the type pointer, so concurrent hooks (free-threaded builds) need
+ * no lock and nothing allocates. The key is (type address, tp_name pointer):
+ * a heap type that dies and whose address is reused by another type has a
+ * different tp_name buffer, so it gets a new id instead of a wrong name.
+ * When rs_emit_epoch() changes (a fork child starts its own trace) the table
+ * is cleared, so each trace defines every id it uses.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+#include "emit.h"
+#include "pytypes.h"
+#include "pyver.h"
+#include "shim.h"
+
+#define TYPE_SLOTS 16384u /* power of two; more distinct types → id 0 */
+#define NAME_MAX_BYTES 256u
+
+#define TPFLAGS_HEAPTYPE      (1ul << 9)
+#define TPFLAGS_HAVE_GC       (1ul << 14)
+#define TPFLAGS_TYPE_SUBCLASS (1ul << 31)
+
+enum { SLOT_EMPTY = 0, SLOT_CLAIMED = 1, SLOT_READY = 2 };
+
+struct type_slot {
+    uint64_t type;       /* key part 1, claimed by CAS                    */
+    uint64_t name_ptr;   /* key part 2                                    */
+    uint32_t id;
+    uint32_t state;      /* SLOT_*; READY published with release order    */
+    uint32_t module_done;/* 1 once a definition with RS_TYPE_MODULE went out */
+    uint32_t pad;
+};
+
+static struct type_slot table[TYPE_SLOTS];
+static uint32_t next_id;
+static uint32_t table_epoch;
+
+/* C API used only by rs_pytype_id_safe (safe points). */
+static void *(*api_getattr)(void *, const char *);
+static const char *(*api_as_utf8)(void *, long *);
+static void (*api_err_clear)(void);
+static void (*api_decref)(void *);
+
+__attribute__((constructor(RS_CTOR_FEATURE)))
+static void pytypes_init(void)
+{
+    api_getattr = (void *(*)(void *, const char *))dlsym(RTLD_DEFAULT, "PyObject_GetAttrString");
+    api_as_utf8 = (const char *(*)(void *, long *))dlsym(RTLD_DEFAULT, "PyUnicode_AsUTF8AndSize");
+    api_err_clear = (void (*)(void))dlsym(RTLD_DEFAULT, "PyErr_Clear");
+    api_decref = (void (*)(void *))dlsym(RTLD_DEFAULT, "Py_DecRef");
+}
+
+static void check_epoch(void)
+{
+    uint32_t epoch = rs_emit_epoch();
+    if (__atomic_load_n(&table_epoch, __ATOMIC_ACQUIRE) == epoch)
+        return;
+    /* Only a fork child sees a new epoch, with one thread: clearing is safe. */
+    memset(table, 0, sizeof(table));
+    __atomic_store_n(&next_id, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&table_epoch, epoch, __ATOMIC_RELEASE);
+}
+
+static uint32_t name_len(const char *s)
+{
+    uint32_t n = 0;
+    while (n < NAME_MAX_BYTES && s[n])
+        n++;
+    return n;
+}
+
+static uint32_t type_flags(const void *type)
+{
+    uint64_t tp = rs_py_type_flags(type);
+    uint32_t f = 0;
+    if (tp & TPFLAGS_HAVE_GC)
+        f |= RS_TYPE_GC;
+    if (tp & TPFLAGS_HEAPTYPE)
+        f |= RS_TYPE_HEAP;
+    if (tp & TPFLAGS_TYPE_SUBCLASS)
+        f |= RS_TYPE_METATYPE;
+    return f;
+}
+
+/* Emit the RS_EV_PY_TYPE definition. `module` NULL: derived from tp_name
+ * for static types ("collections.OrderedDict" → "collections", "dict" →
+ * "builtins"), unknown ("") for heap types. */
+static void emit_definition(const void *type, uint32_t id, const char *name, const char *module,
+                            uint32_t module_len)
+{
+    uint8_t data[32 + 2 * (NAME_MAX_BYTES + 2)];
+    struct rs_buf b = {data, 0, sizeof(data), 0};
+    uint32_t flags = type_flags(type);
+    uint32_t nlen = name_len(name);
+    const char *mod = "";
+    uint32_t mlen = 0;
+
+    if (module) {
+        mod = module;
+        mlen = module_len < NAME_MAX_BYTES ? module_len : NAME_MAX_BYTES;
+        flags |= RS_TYPE_MODULE;
+    } else if (!(flags & RS_TYPE_HEAP)) {
+        const char *dot = NULL;
+        for (uint32_t i = 0; i < nlen; i++)
+            if (name[i] == '.')
+                dot = name + i;
+        if (dot) {
+            mod = name;
+            mlen = (uint32_t)(dot - name);
+        } else {
+            mod = "builtins";
+            mlen = 8;
+        }
+        flags |= RS_TYPE_MODULE;
+    }
+    rs_buf_u64(&b, (uint64_t)(uintptr_t)type);
+    rs_buf_u32(&b, id);
+    rs_buf_u32(&b, flags);
+    rs_buf_u64(&b, (uint64_t)rs_py_type_basicsize(type));
+    rs_buf_str(&b, name, nlen);
+    rs_buf_str(&b, mod, mlen);
+    rs_emit_var(RS_EV_PY_TYPE, 0, (uint64_t)(uintptr_t)type, (uint64_t)id | (uint64_t)flags << 32,
+                data, b.len);
+}
+
+/* Finds or inserts (type, tp_name); returns the slot or NULL. */
+static struct type_slot *lookup(const void *type, int *inserted)
+{
+    const char *name;
+    uint64_t key = (uint64_t)(uintptr_t)type, name_ptr;
+    uint32_t h;
+
+    *inserted = 0;
+    if (!type || !rs_emit_active())
+        return NULL;
+    name = rs_py_type_name(type);
+    if (!name)
+        return NULL;
+    check_epoch();
+    name_ptr = (uint64_t)(uintptr_t)name;
+    h = (uint32_t)((key >> 4) * 0x9E3779B97F4A7C15ull >> 40);
+    for (uint32_t probe = 0; probe < TYPE_SLOTS; probe++) {
+        struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
+        uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
+        if (cur == 0) {
+            uint64_t expected = 0;
+            if (!__atomic_compare_exchange_n(&s->type, &expected, key, 0, __ATOMIC_ACQ_REL,
+                                             __ATOMIC_ACQUIRE)) {
+                cur = expected;
+            } else {
+                s->name_ptr = name_ptr;
+                s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
+                __atomic_store_n(&s->state, SLOT_READY, __ATOMIC_RELEASE);
+                *inserted = 1;
+                return s;
+            }
+        }
+        if (cur != key)
+            continue;
+        /* Same address: wait (briefly) for the claimer to publish the key. */
+        for (int spin = 0; __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != SLOT_READY; spin++)
+            if (spin > 100000)
+                return NULL;
+        if (s->name_ptr == name_ptr)
+            return s;
+        /* A different type at a reused address: keep probing for its own slot. */
+    }
+    return NULL;
+}
+
+uint32_t rs_pytype_id(const void *type)
+{
+    int inserted;
+    struct type_slot *s = lookup(type, &inserted);
+    if (!s)
+        return 0;
+    if (inserted)
+        emit_definition(type, s->id, rs_py_type_name(type), NULL, 0);
+    return s->id;
+}
+
+uint32_t rs_pytype_id_safe(const void *type)
+{
+    int inserted;
+    struct type_slot *s = lookup(type, &inserted);
+    void *mod;
+    const char *utf8;
+    long len = 0;
+
+    if (!s)
+        return 0;
+    if (!(type_flags(type) & RS_TYPE_HEAP) || __atomic_load_n(&s->module_done, __ATOMIC_ACQUIRE)) {
+        if (inserted)
+            emit_definition(type, s->id, rs_py_type_name(type), NULL, 0);
+        return s->id;
+    }
+    if (!api_getattr || !api_as_utf8 || !api_err_clear || !api_decref)
+        goto plain;
+    mod = api_getattr((void *)type, "__module__");
+    if (!mod) {
+        api_err_clear();
+        goto plain;
+    }
+    utf8 = api_as_utf8(mod, &len);
+    if (!utf8) {
+        api_err_clear();
+        api_decref(mod);
+        goto plain;
+    }
+    __atomic_store_n(&s->module_done, 1, __ATOMIC_RELEASE);
+    emit_definition(type, s->id, rs_py_type_name(type), utf8, (uint32_t)len);
+    api_decref(mod);
+    return s->id;
+plain:
+    if (inserted)
+        emit_definition(type, s->id, rs_py_type_name(type), NULL, 0);
+    return s->id;
+}
+
+uint32_t rs_pytype_of(const void *obj)
+{
+    if (!obj || !rs_py.is_python || !rs_py.ob_size)
+        return 0;
+    return rs_pytype_id(rs_py_type(obj));
+}

@@ -1,0 +1,879 @@
+/*
+ * CPython detection and per-version layouts (see pyver.h for the model).
+ * Offsets for 3.9-3.12 were taken with offsetof() against each version's
+ * installed internal headers (Py_BUILD_CORE); 3.13+ come from _Py_DebugOffsets,
+ * whose own layout changed between 3.13 and 3.14, so its sections are found by
+ * their signatures rather than by a fixed index.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "pyver.h"
+#include "shim.h"
+#include "refscope/events.h"
+
+struct rs_pyver rs_py;
+static int pyver_done;
+static int pyver_status;
+
+static void *sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
+
+/* "3.10.13 (main, ...)" -> PY_VERSION_HEX-like value (final release assumed) */
+static uint32_t parse_version(const char *s)
+{
+    uint32_t part[3] = {0, 0, 0};
+    int i = 0;
+    for (; *s && i < 3; s++) {
+        if (*s >= '0' && *s <= '9')
+            part[i] = part[i] * 10 + (uint32_t)(*s - '0');
+        else if (*s == '.')
+            i++;
+        else
+            break;
+    }
+    return (part[0] << 24) | (part[1] << 16) | (part[2] << 8) | 0xf0;
+}
+
+static void layout_39_310(int minor)
+{
+    rs_py.frames = RS_PYFRAMES_OBJECT;
+    rs_py.ts_frame = 24;
+    rs_py.fr_previous = 24;
+    rs_py.fr_code = 32;
+    rs_py.fr_instr = minor == 9 ? 104 : 96;
+    rs_py.lasti_scale = minor == 9 ? 1 : 2;
+    rs_py.co_filename = 104;
+    rs_py.co_name = 112;
+    rs_py.co_qualname = 112; /* no co_qualname before 3.11 */
+    rs_py.co_firstlineno = 40;
+    rs_py.str_length = 16;
+    rs_py.str_state = 32;
+    rs_py.str_ascii_size = 48;
+    rs_py.str_compact_size = 72;
+}
+
+static void layout_311(void)
+{
+    rs_py.frames = RS_PYFRAMES_INTERP_311;
+    rs_py.ts_frame = 56;
+    rs_py.cframe_current = 8;
+    rs_py.fr_code = 32;
+    rs_py.fr_previous = 48;
+    rs_py.fr_instr = 56;
+    rs_py.fr_is_entry = 68;
+    rs_py.fr_owner = 69;
+    rs_py.co_filename = 112;
+    rs_py.co_name = 120;
+    rs_py.co_qualname = 128;
+    rs_py.co_firstlineno = 72;
+    rs_py.co_firsttraceable = 168;
+    rs_py.co_code_adaptive = 184;
+    rs_py.str_length = 16;
+    rs_py.str_state = 32;
+    rs_py.str_ascii_size = 48;
+    rs_py.str_compact_size = 72;
+}
+
+static void layout_312(void)
+{
+    rs_py.frames = RS_PYFRAMES_INTERP_312;
+    rs_py.ts_frame = 56;
+    rs_py.cframe_current = 0;
+    rs_py.fr_code = 0;
+    rs_py.fr_previous = 8;
+    rs_py.fr_instr = 56;
+    rs_py.fr_owner = 70;
+    rs_py.co_filename = 112;
+    rs_py.co_name = 120;
+    rs_py.co_qualname = 128;
+    rs_py.co_firstlineno = 68;
+    rs_py.co_firsttraceable = 176;
+    rs_py.co_code_adaptive = 192;
+    rs_py.str_length = 16;
+    rs_py.str_state = 32;
+    rs_py.str_ascii_size = 40;
+    rs_py.str_compact_size = 56;
+}
+
+/* 3.13+: read _Py_DebugOffsets. Sections are arrays of u64 starting with the
+ * struct size; the thread-state section is recognised by prev/next/interp at
+ * 0/8/16, the frame and code sections follow it, the unicode section is
+ * recognised by length/state/asciiobject_size. Returns 0 or -ENOTSUP. */
+static int layout_debug_offsets(const uint64_t *w)
+{
+    enum { WORDS = 160 };
+    int t = -1, f = -1, c = -1, u = -1;
+    if (memcmp(w, "xdebugpy", 8) != 0)
+        return -ENOTSUP;
+    rs_py.free_threaded = w[2] != 0;
+    for (int i = 3; i + 4 < WORDS && t < 0; i++)
+        if (w[i + 1] == 0 && w[i + 2] == 8 && w[i + 3] == 16 && w[i] >= 64 && w[i] < (1u << 20))
+            t = i;
+    if (t < 0)
+        return -ENOTSUP;
+    for (int i = t + 9; i < t + 16 && f < 0; i++)
+        if (w[i] >= 32 && w[i] <= 512 && w[i + 1] < w[i] && w[i + 2] < w[i] && w[i + 3] < w[i])
+            f = i;
+    if (f < 0)
+        return -ENOTSUP;
+    for (int i = f + 6; i < f + 14 && c < 0; i++)
+        if (w[i] >= 100 && w[i] <= 4096 && w[i + 1] >= 16 && w[i + 1] < w[i] && w[i + 2] < w[i] &&
+            w[i + 3] < w[i] && w[i + 5] < w[i] && w[i + 9] < w[i])
+            c = i;
+    if (c < 0)
+        return -ENOTSUP;
+    uint64_t len_off = rs_py.free_threaded ? 32 : 16;
+    for (int i = c + 10; i + 3 < WORDS && u < 0; i++)
+        if (w[i + 2] == len_off && w[i + 1] == len_off + 16 && w[i + 3] == len_off + 24 && w[i] > w[i + 3])
+            u = i;
+    if (u < 0)
+        return -ENOTSUP;
+
+    rs_py.frames = RS_PYFRAMES_INTERP_313;
+    rs_py.ts_frame = (uint32_t)w[t + 4];
+    rs_py.fr_previous = (uint32_t)w[f + 1];
+    rs_py.fr_code = (uint32_t)w[f + 2];
+    rs_py.fr_instr = (uint32_t)w[f + 3];
+    rs_py.fr_owner = (uint32_t)w[f + 5];
+    rs_py.co_filename = (uint32_t)w[c + 1];
+    rs_py.co_name = (uint32_t)w[c + 2];
+    rs_py.co_qualname = (uint32_t)w[c + 3];
+    rs_py.co_firstlineno = (uint32_t)w[c + 5];
+    rs_py.co_code_adaptive = (uint32_t)w[c + 9];
+    rs_py.str_state = (uint32_t)w[u + 1];
+    rs_py.str_length = (uint32_t)w[u + 2];
+    rs_py.str_ascii_size = (uint32_t)w[u + 3];
+    rs_py.str_compact_size = rs_py.str_ascii_size + 16;
+    return 0;
+}
+
+int rs_pyver_init(void)
+{
+    if (pyver_done)
+        return pyver_status;
+    pyver_done = 1;
+    memset(&rs_py, 0, sizeof rs_py);
+
+    rs_py.Py_IsInitialized = (int (*)(void))sym("Py_IsInitialized");
+    rs_py.PyMem_GetAllocator = (void (*)(int, struct rs_pymem_allocator *))sym("PyMem_GetAllocator");
+    rs_py.PyMem_SetAllocator = (void (*)(int, struct rs_pymem_allocator *))sym("PyMem_SetAllocator");
+    if (!rs_py.Py_IsInitialized || !rs_py.PyMem_GetAllocator || !rs_py.PyMem_SetAllocator)
+        return pyver_status = -ENOENT;
+    rs_py.is_python = 1;
+
+    Dl_info info;
+    if (dladdr((void *)rs_py.Py_IsInitialized, &info) && info.dli_fname && strstr(info.dli_fname, "libpython"))
+        rs_py.shared = 1;
+
+    const unsigned long *py_version = sym("Py_Version");
+    if (py_version) {
+        rs_py.hex = (uint32_t)*py_version;
+    } else {
+        const char *(*get_version)(void) = (const char *(*)(void))sym("Py_GetVersion");
+        rs_py.hex = get_version ? parse_version(get_version()) : 0;
+    }
+    rs_py.minor = (int)((rs_py.hex >> 16) & 0xff);
+
+    rs_py.Py_AddPendingCall = (int (*)(int (*)(void *), void *))sym("Py_AddPendingCall");
+    rs_py.PyObject_GetArenaAllocator = (void (*)(struct rs_pyarena_allocator *))sym("PyObject_GetArenaAllocator");
+    rs_py.PyObject_SetArenaAllocator = (void (*)(struct rs_pyarena_allocator *))sym("PyObject_SetArenaAllocator");
+    rs_py.PyCode_Addr2Line = (int (*)(void *, int))sym("PyCode_Addr2Line");
+    rs_py.code_type = sym("PyCode_Type");
+    rs_py.runtime = sym("_PyRuntime");
+
+    /* Thread-state getters that return this OS thread's state (not the GIL
+     * holder's): 3.13+ PyThreadState_GetUnchecked, 3.12 the thread-local
+     * _PyThreadState_UncheckedGet, before that the GILState TSS slot. */
+    if (rs_py.hex >= 0x030d0000)
+        rs_py.get_tstate = (void *(*)(void))sym("PyThreadState_GetUnchecked");
+    else if (rs_py.hex >= 0x030c0000)
+        rs_py.get_tstate = (void *(*)(void))sym("_PyThreadState_UncheckedGet");
+    else
+        rs_py.get_tstate = (void *(*)(void))sym("PyGILState_GetThisThreadState");
+    /* 3.12+ clear the thread-local state while a thread has released the GIL
+     * (ctypes calls, blocking I/O), yet its frames stay valid and are what the
+     * allocation belongs to: the GILState TSS slot still names the thread's
+     * state then (a pthread_getspecific, no lock). */
+    rs_py.get_tstate_detached = (void *(*)(void))sym("PyGILState_GetThisThreadState");
+
+    rs_py.ob_refcnt = 0;
+    rs_py.ob_type = 8;
+    rs_py.ob_size = 16;
+    rs_py.str_kind_shift = 2;
+
+    int rc = 0;
+    if (rs_py.minor == 9 || rs_py.minor == 10)
+        layout_39_310(rs_py.minor);
+    else if (rs_py.minor == 11)
+        layout_311();
+    else if (rs_py.minor == 12)
+        layout_312();
+    else if (rs_py.hex >= 0x030d0000 && rs_py.runtime)
+        rc = layout_debug_offsets(rs_py.runtime);
+    else
+        rc = -ENOTSUP;
+
+    if (rs_py.free_threaded) {
+        rs_py.ob_refcnt = 12; /* ob_ref_local (u32) */
+        rs_py.ob_ref_shared = 16;
+        rs_py.ob_type = 24;
+        rs_py.ob_size = 32;
+        if (rs_py.hex >= 0x030e0000)
+            rs_py.str_kind_shift = 8; /* 3.14t: `interned` is a whole byte */
+    }
+    if (!rs_py.get_tstate || !rs_py.PyCode_Addr2Line || !rs_py.code_type)
+        rc = -ENOTSUP;
+    if (rc < 0) {
+        rs_py.frames = RS_PYFRAMES_NONE;
+        rs_warn("unknown CPython layout: Python stacks are off");
+    }
+    return pyver_status = rc;
+}
+
+__attribute__((constructor(RS_CTOR_PYTHON))) static void pyver_ctor(void)
+{
+    rs_pyver_init();
+}
+
+/* ---- object header ------------------------------------------------------------ */
+
+int64_t rs_py_refcnt(const void *obj)
+{
+    const char *o = obj;
+    if (rs_py.free_threaded) {
+        uint32_t local = *(const uint32_t *)(o + rs_py.ob_refcnt);
+        if (local == UINT32_MAX)
+            return -1;
+        int64_t shared = *(const int64_t *)(o + rs_py.ob_ref_shared);
+        return (int64_t)local + (shared >> 2);
+    }
+    if (rs_py.hex >= 0x030c0000) {
+        uint32_t low = *(const uint32_t *)o;
+        if ((int32_t)low < 0)
+            return -1;
+        if (rs_py.hex >= 0x030e0000)
+            return low;
+    }
+    return *(const int64_t *)o;
+}
+
+/* ---- str objects --------------------------------------------------------------- */
+
+static uint32_t put_utf8(char *buf, uint32_t pos, uint32_t cap, uint32_t ch)
+{
+    char tmp[4];
+    uint32_t n;
+    if (ch < 0x80) {
+        tmp[0] = (char)ch;
+        n = 1;
+    } else if (ch < 0x800) {
+        tmp[0] = (char)(0xc0 | (ch >> 6));
+        tmp[1] = (char)(0x80 | (ch & 0x3f));
+        n = 2;
+    } else if (ch < 0x10000) {
+        tmp[0] = (char)(0xe0 | (ch >> 12));
+        tmp[1] = (char)(0x80 | ((ch >> 6) & 0x3f));
+        tmp[2] = (char)(0x80 | (ch & 0x3f));
+        n = 3;
+    } else {
+        tmp[0] = (char)(0xf0 | (ch >> 18));
+        tmp[1] = (char)(0x80 | ((ch >> 12) & 0x3f));
+        tmp[2] = (char)(0x80 | ((ch >> 6) & 0x3f));
+        tmp[3] = (char)(0x80 | (ch & 0x3f));
+        n = 4;
+    }
+    if (pos + n > cap)
+        return 0;
+    memcpy(buf + pos, tmp, n);
+    return n;
+}
+
+int rs_py_str_utf8(const void *obj, char *buf, uint32_t cap)
+{
+    if (!obj || !rs_py.str_state)
+        return -EINVAL;
+    const char *o = obj;
+    uint32_t state = *(const uint32_t *)(o + rs_py.str_state);
+    uint32_t kind = (state >> rs_py.str_kind_shift) & 7;
+    uint32_t compact = (state >> (rs_py.str_kind_shift + 3)) & 1;
+    uint32_t ascii = (state >> (rs_py.str_kind_shift + 4)) & 1;
+    int64_t length = *(const int64_t *)(o + rs_py.str_length);
+    if (!compact || length < 0 || (kind != 1 && kind != 2 && kind != 4))
+        return -EINVAL;
+    const char *data = o + (ascii ? rs_py.str_ascii_size : rs_py.str_compact_size);
+    if (ascii) {
+        uint32_t n = length > cap ? cap : (uint32_t)length;
+        memcpy(buf, data, n);
+        return (int)n;
+    }
+    uint32_t pos = 0;
+    for (int64_t i = 0; i < length; i++) {
+        uint32_t ch = kind == 1 ? ((const uint8_t *)data)[i]
+                    : kind == 2 ? ((const uint16_t *)data)[i]
+                                : ((const uint32_t *)data)[i];
+        uint32_t n = put_utf8(buf, pos, cap, ch);
+        if (!n)
+            break;
+        pos += n;
+    }
+    return (int)pos;
+}
+
+/* ---- code objects --------------------------------------------------------------- */
+
+static const void *field(const void *p, uint32_t off)
+{
+    return *(const void *const *)((const char *)p + off);
+}
+
+const void *rs_py_code_filename(const void *code) { return field(code, rs_py.co_filename); }
+const void *rs_py_code_qualname(const void *code) { return field(code, rs_py.co_qualname); }
+
+uint32_t rs_py_code_firstline(const void *code)
+{
+    int v = *(const int *)((const char *)code + rs_py.co_firstlineno);
+    return v > 0 ? (uint32_t)v : 0;
+}
+
+uint32_t rs_py_code_line(const void *code, int32_t offset)
+{
+    if (!rs_py.PyCode_Addr2Line || offset < 0)
+        return rs_py_code_firstline(code);
+    int line = rs_py.PyCode_Addr2Line((void *)code, offset);
+    return line > 0 ? (uint32_t)line : 0;
+}
+
+/* ---- frames ------------------------------------------------------------------------ */
+
+static int is_code(const void *p)
+{
+    return p && rs_py_type(p) == rs_py.code_type;
+}
+
+int rs_py_frames(struct rs_pyframe *out, int max, int *truncated)
+{
+    int n = 0;
+    *truncated = 0;
+    if (rs_py.frames == RS_PYFRAMES_NONE)
+        return 0;
+    const char *ts = rs_py.get_tstate();
+    if (!ts && rs_py.get_tstate_detached)
+        ts = rs_py.get_tstate_detached();
+    if (!ts)
+        return 0;
+    const char *f = field(ts, rs_py.ts_frame);
+    if (rs_py.frames == RS_PYFRAMES_INTERP_311 || rs_py.frames == RS_PYFRAMES_INTERP_312)
+        f = f ? field(f, rs_py.cframe_current) : NULL;
+
+    for (; f; f = field(f, rs_py.fr_previous)) {
+        const char *code;
+        int32_t offset;
+        uint32_t flags = 0;
+        switch (rs_py.frames) {
+        case RS_PYFRAMES_OBJECT:
+            code = field(f, rs_py.fr_code);
+            offset = *(const int *)(f + rs_py.fr_instr) * (int32_t)rs_py.lasti_scale;
+            flags = RS_PYFRAME_ENTRY; /* each frame runs in its own eval-loop call */
+            break;
+        case RS_PYFRAMES_INTERP_311:
+        case RS_PYFRAMES_INTERP_312: {
+            uint8_t owner = *(const uint8_t *)(f + rs_py.fr_owner);
+            if (owner == 3) { /* FRAME_OWNED_BY_CSTACK (3.12): the eval loop's entry */
+                if (n)
+                    out[n - 1].flags |= RS_PYFRAME_ENTRY;
+                continue;
+            }
+            code = field(f, rs_py.fr_code);
+            const char *start = code + rs_py.co_code_adaptive;
+            const char *instr = field(f, rs_py.fr_instr);
+            int first = *(const int *)(code + rs_py.co_firsttraceable);
+            /* incomplete frame: pushed, not yet started (_PyFrame_IsIncomplete) */
+            if (owner != 1 && instr < start + 2 * first)
+                continue;
+            offset = (int32_t)(instr - start);
+            if (owner == 1)
+                flags |= RS_PYFRAME_GENERATOR;
+            if (rs_py.fr_is_entry && *(const uint8_t *)(f + rs_py.fr_is_entry))
+                flags |= RS_PYFRAME_ENTRY;
+            break;
+        }
+        default: { /* RS_PYFRAMES_INTERP_313 */
+            /* 3.14 tags the executable stack reference in its low bits */
+            code = (const char *)((uintptr_t)field(f, rs_py.fr_code) & ~(uintptr_t)3);
+            if (!is_code(code)) { /* entry/base frames run None */
+                if (n)
+                    out[n - 1].flags |= RS_PYFRAME_ENTRY;
+                continue;
+            }
+            const char *instr = field(f, rs_py.fr_instr);
+            offset = (int32_t)(instr - (code + rs_py.co_code_adaptive));
+            if (*(const uint8_t *)(f + rs_py.fr_owner) == 1)
+                flags |= RS_PYFRAME_GENERATOR;
+            break;
+        }
+        }
+        if (!code)
+            continue;
+        if (n == max) {
+            *truncated = 1;
+            break;
+        }
+        out[n].code = code;
+        out[n].offset = offset < 0 ? -1 : offset;
+        out[n].flags = flags;
+        n++;
+    }
+    return n;
+}
+
+/* ---- snapshots (issue 5) ---- */
+/*
+ * GC lists (default builds, 3.9-3.13): struct _gc_runtime_state has kept one
+ * layout since 3.9 (Include/internal/pycore_gc.h): generations[3] (each
+ * {PyGC_Head head; int threshold; int count;}, 24 bytes), then
+ * `PyGC_Head *generation0` pointing at generations[0].head, then
+ * permanent_generation. The state sits inside PyInterpreterState at an offset
+ * that changes with every version, so we find it by its signature: the only
+ * pointer in the interpreter state that points 72 bytes before itself (checked
+ * on 3.9.18, 3.10.13, 3.11.2/7, 3.12.1, 3.13.0/15). `enabled` is the int 12
+ * bytes before generations[0].
+ * Free-threaded builds keep no lists; PyUnstable_GC_VisitObjects walks the
+ * mimalloc heaps with the world stopped.
+ */
+#define SNAP_GEN_STRIDE    24u
+#define SNAP_GEN0_SELF     72u  /* generation0 field, from generations[0]    */
+#define SNAP_GEN_PERMANENT 80u  /* permanent_generation, from generations[0] */
+#define SNAP_GC_ENABLED    12u  /* `enabled`, before generations[0]          */
+#define SNAP_TPFLAGS_MANAGED_WEAKREF (1ul << 3)
+#define SNAP_TPFLAGS_MANAGED_DICT    (1ul << 4)
+#define SNAP_TPFLAGS_UNICODE_SUB     (1ul << 28)
+#define SNAP_TPFLAGS_TYPE_SUB        (1ul << 31)
+#define SNAP_METH_NOARGS 0x0004
+
+static struct {
+    int resolved, usable;
+    char *gen0;
+    void *(*PyInterpreterState_Get)(void);
+    void (*VisitObjects)(int (*cb)(void *, void *), void *);
+    int (*IS_GC)(void *);
+    int (*GC_IsTracked)(void *);
+    int (*PyGC_IsEnabled)(void);
+    int (*PyDict_Next)(void *, int64_t *, void **, void **);
+    const char *(*PyModule_GetName)(void *);
+    void (*PyErr_Fetch)(void **, void **, void **);
+    void (*PyErr_Restore)(void *, void *, void *);
+    void (*PyErr_Clear)(void);
+    void *(*PyErr_Occurred)(void);
+    void *(*PyType_Lookup)(const void *, void *);
+    void *(*PyUnicode_InternFromString)(const char *);
+    int64_t (*PyLong_AsSsize_t)(void *);
+    void (*Py_IncRef)(void *);
+    void (*Py_DecRef)(void *);
+    void *(*PySys_GetObject)(const char *);
+    void *(*PyDict_GetItemString)(void *, const char *);
+    void *(*PyObject_GetAttrString)(void *, const char *);
+    int64_t (*PyList_Size)(void *);
+    void *(*PyList_GetItem)(void *, int64_t);
+    void *(*PyImport_ImportModule)(const char *);
+    void *(*PyCFunction_NewEx)(void *, void *, void *);
+    void *(*PyObject_CallFunctionObjArgs)(void *, ...);
+    const void *dict_type, *list_type, *tuple_type, *module_type, *descr_type, *object_type, *none;
+    const void *bytearray_type;
+} snapapi;
+
+static char *snap_find_gen0(void)
+{
+    char *interp = snapapi.PyInterpreterState_Get ? snapapi.PyInterpreterState_Get() : NULL;
+    if (!interp)
+        return NULL;
+    for (uint32_t k = SNAP_GEN0_SELF + 24; k < (1u << 16); k += 8) {
+        char *field = interp + k;
+        if (*(char **)field != field - SNAP_GEN0_SELF)
+            continue;
+        char *gen0 = field - SNAP_GEN0_SELF;
+        int enabled = *(int *)(gen0 - SNAP_GC_ENABLED);
+        int threshold = *(int *)(gen0 + 16);
+        if ((enabled == 0 || enabled == 1) && threshold >= 0 && *(char **)gen0)
+            return gen0;
+    }
+    return NULL;
+}
+
+int rs_pyver_snap_ready(void)
+{
+    if (!snapapi.resolved) {
+        snapapi.resolved = 1;
+        snapapi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
+        snapapi.VisitObjects = (void (*)(int (*)(void *, void *), void *))sym("PyUnstable_GC_VisitObjects");
+        snapapi.IS_GC = (int (*)(void *))sym("PyObject_IS_GC");
+        snapapi.GC_IsTracked = (int (*)(void *))sym("PyObject_GC_IsTracked");
+        snapapi.PyGC_IsEnabled = (int (*)(void))sym("PyGC_IsEnabled");
+        snapapi.PyDict_Next = (int (*)(void *, int64_t *, void **, void **))sym("PyDict_Next");
+        snapapi.PyModule_GetName = (const char *(*)(void *))sym("PyModule_GetName");
+        snapapi.PyErr_Fetch = (void (*)(void **, void **, void **))sym("PyErr_Fetch");
+        snapapi.PyErr_Restore = (void (*)(void *, void *, void *))sym("PyErr_Restore");
+        snapapi.PyErr_Clear = (void (*)(void))sym("PyErr_Clear");
+        snapapi.PyErr_Occurred = (void *(*)(void))sym("PyErr_Occurred");
+        snapapi.PyType_Lookup = (void *(*)(const void *, void *))sym("_PyType_Lookup");
+        snapapi.PyUnicode_InternFromString = (void *(*)(const char *))sym("PyUnicode_InternFromString");
+        snapapi.PyLong_AsSsize_t = (int64_t (*)(void *))sym("PyLong_AsSsize_t");
+        snapapi.Py_IncRef = (void (*)(void *))sym("Py_IncRef");
+        snapapi.Py_DecRef = (void (*)(void *))sym("Py_DecRef");
+        snapapi.PySys_GetObject = (void *(*)(const char *))sym("PySys_GetObject");
+        snapapi.PyDict_GetItemString = (void *(*)(void *, const char *))sym("PyDict_GetItemString");
+        snapapi.PyObject_GetAttrString = (void *(*)(void *, const char *))sym("PyObject_GetAttrString");
+        snapapi.PyList_Size = (int64_t (*)(void *))sym("PyList_Size");
+        snapapi.PyList_GetItem = (void *(*)(void *, int64_t))sym("PyList_GetItem");
+        snapapi.PyImport_ImportModule = (void *(*)(const char *))sym("PyImport_ImportModule");
+        snapapi.PyCFunction_NewEx = (void *(*)(void *, void *, void *))sym("PyCFunction_NewEx");
+        snapapi.PyObject_CallFunctionObjArgs = (void *(*)(void *, ...))sym("PyObject_CallFunctionObjArgs");
+        snapapi.dict_type = sym("PyDict_Type");
+        snapapi.list_type = sym("PyList_Type");
+        snapapi.tuple_type = sym("PyTuple_Type");
+        snapapi.module_type = sym("PyModule_Type");
+        snapapi.descr_type = sym("PyMethodDescr_Type");
+        snapapi.object_type = sym("PyBaseObject_Type");
+        snapapi.none = sym("_Py_NoneStruct");
+        snapapi.bytearray_type = sym("PyByteArray_Type");
+        snapapi.usable = rs_py.is_python && rs_py.ob_size && rs_py.hex >= 0x03090000 && rs_py.hex < 0x030e0000 &&
+                         snapapi.IS_GC && snapapi.GC_IsTracked && snapapi.PyDict_Next && snapapi.PyErr_Fetch &&
+                         snapapi.PyErr_Restore && snapapi.PyErr_Clear && snapapi.Py_DecRef &&
+                         snapapi.Py_IncRef && snapapi.dict_type && snapapi.list_type && snapapi.tuple_type &&
+                         (rs_py.free_threaded ? snapapi.VisitObjects != NULL : snapapi.PyInterpreterState_Get != NULL);
+    }
+    if (!snapapi.usable || !rs_py.Py_IsInitialized || !rs_py.Py_IsInitialized())
+        return 0;
+    if (!rs_py.free_threaded && !snapapi.gen0) {
+        snapapi.gen0 = snap_find_gen0();
+        if (!snapapi.gen0) {
+            snapapi.usable = 0;
+            rs_warn("snapshots: cannot find the GC lists of this CPython; snapshots are off");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+void rs_pyver_snap_typeinfo(const void *type, struct rs_pyver_typeinfo *out)
+{
+    const char *t = type;
+    uint32_t v = rs_py.ob_size + 8; /* tp_name */
+    memset(out, 0, sizeof(*out));
+    out->name = rs_py_type_name(type);
+    if (!out->name)
+        out->name = "?";
+    out->basicsize = *(const int64_t *)(t + v + 8);
+    out->itemsize = *(const int64_t *)(t + v + 16);
+    out->tp_flags = rs_py_type_flags(type);
+    out->traverse = *(int (*const *)(void *, rs_py_visitproc, void *))(t + v + 20 * 8);
+    if (rs_py.minor == 11)
+        out->preheader_extra = (out->tp_flags & SNAP_TPFLAGS_MANAGED_DICT) ? 16 : 0;
+    else if (rs_py.minor >= 12)
+        out->preheader_extra =
+            (out->tp_flags & (SNAP_TPFLAGS_MANAGED_DICT | SNAP_TPFLAGS_MANAGED_WEAKREF)) ? 16 : 0;
+    if (type == snapapi.dict_type)
+        out->kind = RS_PYKIND_DICT;
+    else if (type == snapapi.list_type)
+        out->kind = RS_PYKIND_LIST;
+    else if (type == snapapi.tuple_type)
+        out->kind = RS_PYKIND_TUPLE;
+    else if (type == snapapi.module_type)
+        out->kind = RS_PYKIND_MODULE;
+    else if (type == rs_py.code_type)
+        out->kind = RS_PYKIND_CODE;
+    else if (out->tp_flags & SNAP_TPFLAGS_UNICODE_SUB)
+        out->kind = RS_PYKIND_STR;
+    else if (out->tp_flags & SNAP_TPFLAGS_TYPE_SUB)
+        out->kind = RS_PYKIND_TYPE;
+
+    /* A C __sizeof__ (method descriptor) other than object.__sizeof__. The
+     * name is interned already (every type dict has it); our reference is
+     * dropped right away so its refcount is unchanged afterwards. */
+    if (!snapapi.PyType_Lookup || !snapapi.PyUnicode_InternFromString || !snapapi.descr_type)
+        return;
+    void *name = snapapi.PyUnicode_InternFromString("__sizeof__");
+    if (!name) {
+        snapapi.PyErr_Clear();
+        return;
+    }
+    const char *descr = snapapi.PyType_Lookup(type, name);
+    snapapi.Py_DecRef(name);
+    if (!descr || rs_py_type(descr) != snapapi.descr_type)
+        return;
+    const void *d_type = *(const void *const *)(descr + rs_py.ob_size); /* PyDescrObject.d_type */
+    if (d_type == snapapi.object_type)
+        return;
+    /* PyMethodDescrObject: PyDescrObject {head, d_type, d_name, d_qualname}, d_method */
+    const char *def = *(const char *const *)(descr + rs_py.ob_size + 3 * 8);
+    if (!def || !(*(const int *)(def + 16) & SNAP_METH_NOARGS))
+        return;
+    out->sizeof_meth = *(void *(*const *)(void *, void *))(def + 8);
+}
+
+uint32_t rs_pyver_snap_preheader(void *obj, const struct rs_pyver_typeinfo *ti)
+{
+    uint32_t gc = !rs_py.free_threaded && snapapi.IS_GC(obj) ? 16 : 0;
+    return gc + ti->preheader_extra;
+}
+
+static int obj_type_is(const void *obj, const void *type)
+{
+    return type && rs_py_type(obj) == type;
+}
+
+uint64_t rs_pyver_snap_sizeof(void *obj, const struct rs_pyver_typeinfo *ti, int may_call)
+{
+    int64_t size = -1;
+    if (may_call && ti->sizeof_meth && snapapi.PyLong_AsSsize_t) {
+        void *res = ti->sizeof_meth(obj, NULL);
+        if (res) {
+            size = snapapi.PyLong_AsSsize_t(res);
+            snapapi.Py_DecRef(res);
+        }
+        if (size < 0) {
+            snapapi.PyErr_Clear();
+            size = -1;
+        }
+    }
+    if (size < 0 && (ti->kind == RS_PYKIND_LIST || obj_type_is(obj, snapapi.bytearray_type))) {
+        /* what list.__sizeof__ / bytearray.__sizeof__ compute, without calling
+         * them (free-threaded builds: no allocation while the world is stopped) */
+        int64_t allocated = *(const int64_t *)((const char *)obj + rs_py.ob_size + (ti->kind == RS_PYKIND_LIST ? 16 : 8));
+        size = ti->basicsize + (allocated > 0 ? allocated : 0) * (ti->kind == RS_PYKIND_LIST ? 8 : 1);
+    }
+    if (size < 0) {
+        size = ti->basicsize;
+        if (ti->itemsize > 0) {
+            int64_t n = *(const int64_t *)((const char *)obj + rs_py.ob_size);
+            size += (n < 0 ? -n : n) * ti->itemsize;
+        }
+    }
+    return (uint64_t)size + rs_pyver_snap_preheader(obj, ti);
+}
+
+int rs_pyver_snap_refs(void *obj, const struct rs_pyver_typeinfo *ti, rs_py_visitproc visit,
+                       int (*visit_item)(void *key, void *value, void *arg), void *arg)
+{
+    char *o = obj;
+    int64_t n;
+    switch (ti->kind) {
+    case RS_PYKIND_DICT: {
+        int64_t pos = 0;
+        void *key, *value;
+        while (snapapi.PyDict_Next(obj, &pos, &key, &value))
+            if (visit_item(key, value, arg) < 0)
+                break;
+        return 0;
+    }
+    case RS_PYKIND_LIST: {
+        n = *(const int64_t *)(o + rs_py.ob_size);
+        void **items = *(void ***)(o + rs_py.ob_size + 8);
+        for (int64_t i = 0; i < n && items; i++)
+            if (items[i])
+                visit(items[i], arg);
+        return 0;
+    }
+    case RS_PYKIND_TUPLE: {
+        n = *(const int64_t *)(o + rs_py.ob_size);
+        void **items = (void **)(o + rs_py.ob_size + 8);
+        for (int64_t i = 0; i < n; i++)
+            if (items[i])
+                visit(items[i], arg);
+        return 0;
+    }
+    default:
+        if (!ti->traverse || !snapapi.IS_GC(obj))
+            return 0;
+        ti->traverse(obj, visit, arg);
+        return 0;
+    }
+}
+
+int rs_pyver_snap_is_tracked(void *obj)
+{
+    return snapapi.IS_GC(obj) && snapapi.GC_IsTracked(obj);
+}
+
+int rs_pyver_snap_is_str(void *obj)
+{
+    return (rs_py_type_flags(rs_py_type(obj)) & SNAP_TPFLAGS_UNICODE_SUB) != 0;
+}
+
+int rs_pyver_snap_name(void *obj, const struct rs_pyver_typeinfo *ti, char *buf, uint32_t cap)
+{
+    const char *s = NULL;
+    switch (ti->kind) {
+    case RS_PYKIND_STR:
+    {
+        int n = rs_py_str_utf8(obj, buf, cap);
+        return n < 0 ? -1 : n;
+    }
+    case RS_PYKIND_CODE: {
+        const void *q = rs_py_code_qualname(obj);
+        int n = q ? rs_py_str_utf8(q, buf, cap) : -1;
+        return n < 0 ? -1 : n;
+    }
+    case RS_PYKIND_TYPE:
+        s = rs_py_type_name(obj);
+        break;
+    case RS_PYKIND_MODULE:
+        if (!snapapi.PyModule_GetName)
+            return -1;
+        s = snapapi.PyModule_GetName(obj);
+        if (!s)
+            snapapi.PyErr_Clear();
+        break;
+    default:
+        return -1;
+    }
+    if (!s)
+        return -1;
+    uint32_t n = (uint32_t)strnlen(s, cap);
+    memcpy(buf, s, n);
+    return (int)n;
+}
+
+struct snap_visit_ctx {
+    int (*fn)(void *obj, int generation, void *arg);
+    void *arg;
+    int rc;
+};
+
+static int snap_visit_ft(void *obj, void *arg)
+{
+    struct snap_visit_ctx *c = arg;
+    c->rc = c->fn(obj, -1, c->arg);
+    return c->rc < 0 ? 0 : 1; /* 1 = continue */
+}
+
+int rs_pyver_snap_foreach_tracked(int (*fn)(void *obj, int generation, void *arg), void *arg)
+{
+    if (rs_py.free_threaded) {
+        struct snap_visit_ctx c = {fn, arg, 0};
+        if (!snapapi.VisitObjects)
+            return -ENOTSUP;
+        snapapi.VisitObjects(snap_visit_ft, &c);
+        return c.rc < 0 ? c.rc : 0;
+    }
+    char *gen0 = snapapi.gen0;
+    if (!gen0)
+        return -ENOTSUP;
+    int *enabled = (int *)(gen0 - SNAP_GC_ENABLED);
+    int was_enabled = *enabled;
+    int rc = 0;
+    *enabled = 0; /* no collection may reorder the lists under us (3.9-3.11 collect inside allocations) */
+    for (int g = 0; g <= RS_PYVER_GEN_PERMANENT && rc >= 0; g++) {
+        char *head = g == RS_PYVER_GEN_PERMANENT ? gen0 + SNAP_GEN_PERMANENT : gen0 + g * SNAP_GEN_STRIDE;
+        for (char *node = *(char **)head; node && node != head && rc >= 0;) {
+            rc = fn(node + 16, g, arg);
+            node = (char *)(*(uintptr_t *)node & ~(uintptr_t)7);
+        }
+    }
+    *enabled = was_enabled;
+    return rc < 0 ? rc : 0;
+}
+
+int rs_pyver_snap_foreach_garbage(int (*fn)(void *obj, void *arg), void *arg)
+{
+    if (!snapapi.PySys_GetObject || !snapapi.PyDict_GetItemString || !snapapi.PyObject_GetAttrString ||
+        !snapapi.PyList_Size || !snapapi.PyList_GetItem)
+        return -ENOTSUP;
+    void *modules = snapapi.PySys_GetObject("modules");              /* borrowed */
+    void *gc = modules ? snapapi.PyDict_GetItemString(modules, "gc") : NULL; /* borrowed */
+    if (!gc) {
+        snapapi.PyErr_Clear();
+        return 0; /* gc never imported: gc.garbage cannot have been filled by the program */
+    }
+    void *garbage = snapapi.PyObject_GetAttrString(gc, "garbage");
+    if (!garbage) {
+        snapapi.PyErr_Clear();
+        return -ENOENT;
+    }
+    int64_t n = snapapi.PyList_Size(garbage);
+    for (int64_t i = 0; i < n; i++) {
+        void *item = snapapi.PyList_GetItem(garbage, i);
+        if (item && fn(item, arg) < 0)
+            break;
+    }
+    snapapi.PyErr_Clear();
+    snapapi.Py_DecRef(garbage);
+    return 0;
+}
+
+int rs_pyver_snap_gc_enabled(void)
+{
+    if (snapapi.gen0)
+        return *(int *)(snapapi.gen0 - SNAP_GC_ENABLED) != 0;
+    return snapapi.PyGC_IsEnabled ? snapapi.PyGC_IsEnabled() != 0 : 255;
+}
+
+void rs_pyver_snap_save_error(void *saved[3])
+{
+    saved[0] = saved[1] = saved[2] = NULL;
+    snapapi.PyErr_Fetch(&saved[0], &saved[1], &saved[2]);
+}
+
+void rs_pyver_snap_restore_error(void *saved[3])
+{
+    snapapi.PyErr_Clear();
+    snapapi.PyErr_Restore(saved[0], saved[1], saved[2]);
+}
+
+/* PyMethodDef as CPython declares it. */
+static struct {
+    const char *ml_name;
+    void *(*ml_meth)(void *, void *);
+    int ml_flags;
+    const char *ml_doc;
+} snap_atexit_def;
+static void (*snap_atexit_fn)(void);
+
+static void *snap_atexit_trampoline(void *self, void *unused)
+{
+    (void)self;
+    (void)unused;
+    if (snap_atexit_fn)
+        snap_atexit_fn();
+    snapapi.Py_IncRef((void *)snapapi.none);
+    return (void *)snapapi.none;
+}
+
+int rs_pyver_snap_atexit(void (*fn)(void))
+{
+    int rc = -EIO;
+    void *atexit = NULL, *reg = NULL, *func = NULL, *res = NULL;
+    if (!rs_pyver_snap_ready() || !snapapi.PyImport_ImportModule || !snapapi.PyCFunction_NewEx ||
+        !snapapi.PyObject_CallFunctionObjArgs || !snapapi.none)
+        return -EIO;
+    void *saved[3];
+    rs_pyver_snap_save_error(saved);
+    snap_atexit_fn = fn;
+    snap_atexit_def.ml_name = "_refscope_snapshot_at_exit";
+    snap_atexit_def.ml_meth = snap_atexit_trampoline;
+    snap_atexit_def.ml_flags = SNAP_METH_NOARGS;
+    atexit = snapapi.PyImport_ImportModule("atexit");
+    if (!atexit)
+        goto out;
+    reg = snapapi.PyObject_GetAttrString(atexit, "register");
+    if (!reg)
+        goto out;
+    func = snapapi.PyCFunction_NewEx(&snap_atexit_def, NULL, NULL);
+    if (!func)
+        goto out;
+    res = snapapi.PyObject_CallFunctionObjArgs(reg, func, NULL);
+    if (res)
+        rc = 0;
+out:
+    if (res)
+        snapapi.Py_DecRef(res);
+    if (func)
+        snapapi.Py_DecRef(func);
+    if (reg)
+        snapapi.Py_DecRef(reg);
+    if (atexit)
+        snapapi.Py_DecRef(atexit);
+    rs_pyver_snap_restore_error(saved);
+    return rc;
+}

@@ -1,0 +1,174 @@
+"""The tracing pipeline end to end on a C program with known allocator calls
+(tests/progs/known_mallocs.c documents the counts): exact counts under
+`refscope run` and in the direct LD_PRELOAD form, the fork child's own trace
+naming its parent, a SIGKILLed target, and a set-up failure that leaves the
+program running untraced with one line on stderr."""
+import json
+import os
+import subprocess
+
+import harness
+from harness import expect
+
+MARKER = range(7000, 7100)
+F_REALLOC, F_RESTORE = 0x08, 0x10
+
+# tests/progs/known_mallocs.c: (size, flags) -> allocations, for the parent and the child
+PARENT_ALLOCS = {(7001, 0): 10, (7002, 0x20): 5, (7003, 0): 1, (7005, 0): 1, (7007, 0): 1,
+                 (7008, 0x40): 1, (7040, 0x40): 1, (7009, 0x40): 1, (7010, 0x40): 1,
+                 (7011, 0x40): 1, (7020, 0): 2000}
+CHILD_ALLOCS = {(7030, 0): 100}
+
+
+def records(trace):
+    proc = harness.refscope("dump", "--json", trace, timeout=60)
+    expect(proc.returncode == 0, "refscope dump %s failed: %s" % (trace, proc.stderr.strip()))
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def marker_counts(recs):
+    """Allocations of marker-size blocks by (size, flags), frees of them, and realloc halves."""
+    live = {}
+    out = {"allocs": {}, "frees": 0, "realloc_free": 0, "realloc_alloc": 0, "restore": 0,
+           "unmatched_frees": 0}
+    for r in recs:
+        kind, flags = r["kind"], r["flags"] & ~0x07
+        if kind == "alloc":
+            if flags & F_RESTORE:
+                out["restore"] += 1
+            elif flags & F_REALLOC:
+                if r["size"] in MARKER:
+                    out["realloc_alloc"] += 1
+                    live[r["addr"]] = r["size"]
+            elif r["size"] in MARKER:
+                key = (r["size"], flags)
+                out["allocs"][key] = out["allocs"].get(key, 0) + 1
+                live[r["addr"]] = r["size"]
+        elif kind == "free" and r["addr"] in live:
+            del live[r["addr"]]
+            out["realloc_free" if flags & F_REALLOC else "frees"] += 1
+    out["live"] = live
+    return out
+
+
+def process_of(recs):
+    expect(recs and recs[0]["kind"] == "process", "first record is not RS_EV_PROCESS")
+    kinds = [r["kind"] for r in recs]
+    return kinds
+
+
+def check_parent(trace):
+    recs = records(trace)
+    kinds = process_of(recs)
+    c = marker_counts(recs)
+    expect(c["allocs"] == PARENT_ALLOCS, "parent allocations %r != %r" % (c["allocs"], PARENT_ALLOCS))
+    expect(c["frees"] == 2023, "parent frees %d != 2023" % c["frees"])
+    expect(c["realloc_free"] == 1 and c["realloc_alloc"] == 1 and c["restore"] == 0,
+           "realloc halves wrong: %r" % c)
+    expect(not c["live"], "marker blocks left live: %r" % c["live"])
+    expect(kinds.count("thread") >= 3, "expected RS_EV_THREAD for main + 2 threads: %r" % kinds.count("thread"))
+    expect(kinds.count("thread_exit") == 2, "expected 2 RS_EV_THREAD_EXIT, got %d" % kinds.count("thread_exit"))
+    expect(kinds[-1] == "end" or "end" in kinds, "no RS_EV_END record")
+    expect(kinds.count("clock") >= 2, "expected RS_EV_CLOCK at start and end")
+    # every ALLOC/FREE names a thread announced before it
+    announced = set()
+    for r in recs:
+        if r["kind"] == "thread":
+            announced.add(r["thread"])
+        elif r["kind"] in ("alloc", "free") and r["thread"] != 0xffff:
+            expect(r["thread"] in announced, "record from unannounced thread %d" % r["thread"])
+    return harness.refscope_json("summary", trace)
+
+
+def check_child(trace, parent_pid):
+    summary = harness.refscope_json("summary", trace)
+    expect(summary["ppid"] == parent_pid, "child trace names parent %r, expected %r" % (summary["ppid"], parent_pid))
+    c = marker_counts(records(trace))
+    expect(c["allocs"] == CHILD_ALLOCS, "child allocations %r != %r" % (c["allocs"], CHILD_ALLOCS))
+    expect(c["frees"] == 100, "child frees %d != 100" % c["frees"])
+    expect(not any(k[0] != 7030 for k in c["allocs"]), "parent's blocks in the child's trace")
+
+
+def test_known_mallocs_run():
+    t = harness.run_traced([harness.prog("known_mallocs")], timeout=120)
+    parent = check_parent(t.trace)
+    traces = t.traces()
+    expect(len(traces) == 2, "expected the parent's and the fork child's trace, got %r" % traces)
+    check_child(traces[1], parent["pid"])
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSCOPE_") and k != "LD_PRELOAD"}
+    env.update(extra)
+    return env
+
+
+def test_known_mallocs_direct_form():
+    d = harness.workdir()
+    out = os.path.join(d, "direct.rfs")
+    env = clean_env(LD_PRELOAD=harness.shim_path(), REFSCOPE_OUTPUT=out)
+    proc = subprocess.run([harness.prog("known_mallocs")], env=env, cwd=d, capture_output=True,
+                          text=True, timeout=120)
+    expect(proc.returncode == 0, "exit %d: %s" % (proc.returncode, proc.stderr))
+    expect("refscope:" not in proc.stderr, "unexpected warning: %s" % proc.stderr)
+    # The destructor waited for DONE: the trace is complete when the program exits.
+    parent = check_parent(out)
+    child_pid = int(proc.stdout.split()[-1])
+    check_child(os.path.join(d, "direct.%d.rfs" % child_pid), parent["pid"])
+
+
+def test_sigkill_keeps_committed_records():
+    t = harness.run_traced([harness.prog("known_mallocs"), "kill", "500"], expect_status=137, timeout=120)
+    recs = records(t.trace)
+    process_of(recs)
+    c = marker_counts(recs)
+    expect(c["allocs"] == {(7050, 0): 500}, "SIGKILLed target: %r" % c["allocs"])
+    expect(len(c["live"]) == 500, "expected 500 live blocks, got %d" % len(c["live"]))
+    summary = harness.refscope_json("summary", t.trace)
+    expect(summary["live_bytes_end"] >= 500 * 7050, "live_bytes_end %r" % summary["live_bytes_end"])
+
+
+def test_setup_failure_runs_untraced():
+    d = harness.workdir()
+    env = clean_env(LD_PRELOAD=harness.shim_path(), REFSCOPE_SOCK=os.path.join(d, "nowhere", "sock"))
+    proc = subprocess.run([harness.prog("known_mallocs")], env=env, cwd=d, capture_output=True,
+                          text=True, timeout=60)
+    expect(proc.returncode == 0, "exit %d: %s" % (proc.returncode, proc.stderr))
+    lines = proc.stderr.splitlines()
+    expect(len(lines) == 1 and lines[0].startswith("refscope: ") and lines[0].endswith("; running untraced"),
+           "expected one warning line, got %r" % proc.stderr)
+    expect("known_mallocs: done" in proc.stdout, "program did not finish: %r" % proc.stdout)
+    expect(not [f for f in os.listdir(d) if f.endswith(".rfs")], "a trace was written")
+
+
+def test_missing_recorder_runs_untraced():
+    d = harness.workdir()
+    env = clean_env(LD_PRELOAD=harness.shim_path(), REFSCOPE_RECORDER=os.path.join(d, "no-such-refscope"),
+                    REFSCOPE_OUTPUT=os.path.join(d, "x.rfs"))
+    proc = subprocess.run(["/bin/sh", "-c", "ls / >/dev/null; echo ok"], env=env, cwd=d,
+                          capture_output=True, text=True, timeout=60)
+    expect(proc.returncode == 0 and proc.stdout.strip() == "ok", "exit %d: %r" % (proc.returncode, proc.stdout))
+    lines = proc.stderr.splitlines()
+    # one line for the whole process tree: exec'd children inherit the verdict
+    expect(len(lines) == 1 and lines[0].endswith("; running untraced"), "expected one line, got %r" % proc.stderr)
+
+
+@harness.per_interpreter
+def test_direct_form_python(py):
+    d = harness.workdir()
+    out = os.path.join(d, "py.rfs")
+    env = clean_env(LD_PRELOAD=harness.shim_path(), REFSCOPE_OUTPUT=out)
+    code = "import sys; keep = [bytearray(7060) for _ in range(300)]; print(sys.hexversion)"
+    proc = subprocess.run([py.path, "-c", code], env=env, cwd=d, capture_output=True, text=True, timeout=120)
+    expect(proc.returncode == 0, "exit %d: %s" % (proc.returncode, proc.stderr))
+    hexversion = int(proc.stdout.split()[-1])
+    summary = harness.refscope_json("summary", out)
+    expect(summary["pid"] > 0 and summary["allocations"] > 300, "summary: %r" % summary)
+    recs = records(out)
+    expect(recs[0]["kind"] == "process", "first record is not RS_EV_PROCESS")
+    info = harness.refscope("summary", out)
+    expect(info.returncode == 0, info.stderr)
+    version = summary.get("python_version")
+    want = "%d.%d.%d" % py.version
+    expect(str(version) == want or version == hexversion,
+           "python_version %r, expected %s" % (version, want))

@@ -1,0 +1,341 @@
+/*
+ * Unit tests of the shared-memory ring (common/ring.c, include/refscope/ring.h):
+ * several producer threads and one consumer thread lose, duplicate or
+ * reorder nothing within a producer; VAR records survive the wrap point;
+ * lossy mode counts drops; a dead producer's uncommitted slot is skipped;
+ * a full lossless ring makes producers wait, and the waits are counted.
+ */
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "refscope/ring.h"
+
+static void *ring_map(size_t slots)
+{
+    void *map = NULL;
+    size_t bytes = RS_RING_HEADER_BYTES + slots * sizeof(struct rs_slot);
+    ck_assert_int_eq(posix_memalign(&map, 4096, bytes), 0);
+    memset(map, 0, bytes);
+    return map;
+}
+
+static void ring_new(struct rs_ring *ring, size_t slots, uint32_t flags)
+{
+    void *map = ring_map(slots);
+    ck_assert_int_eq(rs_ring_format(ring, map, RS_RING_HEADER_BYTES + slots * 32, flags, 1), 0);
+}
+
+START_TEST(test_format_and_attach)
+{
+    struct rs_ring a, b;
+    void *map = ring_map(1024);
+    ck_assert_int_eq(rs_ring_format(&a, map, RS_RING_HEADER_BYTES + 1000 * 32, 0, 1), -EINVAL);
+    ck_assert_int_eq(rs_ring_format(&a, map, RS_RING_HEADER_BYTES + 1024 * 32, 0, 7), 0);
+    ck_assert_int_eq(rs_ring_attach(&b, map, RS_RING_HEADER_BYTES + 1024 * 32), 0);
+    ck_assert_uint_eq(b.mask, 1023);
+    ck_assert_uint_eq(b.hdr->producer_pid, 7);
+    ck_assert_int_eq(rs_ring_attach(&b, map, RS_RING_HEADER_BYTES + 512 * 32), -EPROTO);
+    a.hdr->magic = 0;
+    ck_assert_int_eq(rs_ring_attach(&b, map, RS_RING_HEADER_BYTES + 1024 * 32), -EPROTO);
+    free(map);
+}
+END_TEST
+
+/* ---- 4 producers x 1M records, 1 consumer --------------------------------------- */
+
+#define PRODUCERS 4
+#define PER_PRODUCER 1000000u
+
+struct producer_arg {
+    struct rs_ring *ring;
+    uint16_t id;
+};
+
+/* Check's assertions report every call to the parent process (a write per
+ * assertion), far too slow for millions of records: hot loops count errors
+ * and assert once at the end. */
+static void *producer(void *p)
+{
+    struct producer_arg *arg = p;
+    uintptr_t errors = 0;
+    for (uint64_t seq = 0; seq < PER_PRODUCER; seq++) {
+        struct rs_slot rec = { .kind = RS_EV_ALLOC, .thread = arg->id, .addr = seq,
+                               .size = seq ^ arg->id, .time = seq };
+        if (seq % 1000 == 999) {
+            /* a VAR record now and then: its payload names producer and seq */
+            uint64_t payload[6] = { arg->id, seq, seq * 3, seq * 5, seq * 7, ~seq };
+            rec.kind = RS_EV_NOTE;
+            errors += rs_ring_put_var(arg->ring, &rec, payload, sizeof(payload)) != 0;
+        } else {
+            errors += rs_ring_put(arg->ring, &rec) != 0;
+        }
+    }
+    return (void *)errors;
+}
+
+START_TEST(test_producers_consumer)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 4096, 0); /* wraps ~1000 times; producers wait */
+    pthread_t threads[PRODUCERS];
+    struct producer_arg args[PRODUCERS];
+    for (int i = 0; i < PRODUCERS; i++) {
+        args[i] = (struct producer_arg){ &ring, (uint16_t)(i + 1) };
+        ck_assert_int_eq(pthread_create(&threads[i], NULL, producer, &args[i]), 0);
+    }
+
+    /* The consumer runs on this thread, with the same view the recorder has. */
+    struct rs_ring reader;
+    ck_assert_int_eq(rs_ring_attach(&reader, ring.hdr, ring.map_bytes), 0);
+    uint64_t next[PRODUCERS + 1] = { 0 };
+    uint64_t total = 0, bad_order = 0, bad_content = 0;
+    while (total < (uint64_t)PRODUCERS * PER_PRODUCER) {
+        struct rs_slot rec;
+        uint64_t payload[8];
+        uint32_t len = 0;
+        int got = rs_ring_consume(&reader, &rec, payload, sizeof(payload), &len, 0);
+        if (got < 0)
+            ck_abort_msg("consume failed: %d", got);
+        if (!got) {
+            sched_yield();
+            continue;
+        }
+        if (rec.thread < 1 || rec.thread > PRODUCERS)
+            ck_abort_msg("record from unknown producer %u", rec.thread);
+        uint64_t seq = rec.time;
+        bad_order += seq != next[rec.thread]; /* lost, duplicated or reordered */
+        next[rec.thread] = seq + 1;
+        if (rec.kind == RS_EV_NOTE)
+            bad_content += len != 48 || payload[0] != rec.thread || payload[1] != seq ||
+                           payload[4] != seq * 7 || payload[5] != ~seq;
+        else
+            bad_content += rec.kind != RS_EV_ALLOC || rec.addr != seq || rec.size != (seq ^ rec.thread);
+        total++;
+    }
+    for (int i = 0; i < PRODUCERS; i++) {
+        void *errors;
+        pthread_join(threads[i], &errors);
+        ck_assert_ptr_null(errors);
+        ck_assert_uint_eq(next[i + 1], PER_PRODUCER);
+    }
+    ck_assert_uint_eq(bad_order, 0);
+    ck_assert_uint_eq(bad_content, 0);
+    struct rs_slot rec;
+    ck_assert_int_eq(rs_ring_consume(&reader, &rec, NULL, 0, NULL, 0), 0);
+    ck_assert_uint_eq(ring.hdr->head, ring.hdr->tail);
+    ck_assert_uint_eq(ring.hdr->dropped, 0);
+    free(ring.hdr);
+}
+END_TEST
+
+/* ---- VAR records across the wrap point -------------------------------------------- */
+
+START_TEST(test_var_wrap)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 16, 0);
+    uint8_t payload[200], out[256];
+    /* Shift the start by 1..16 slots so records begin at every position. */
+    for (int shift = 1; shift <= 16; shift++) {
+        struct rs_slot rec = { .kind = RS_EV_ALLOC };
+        struct rs_slot got;
+        uint32_t len;
+        for (int i = 0; i < shift; i++) {
+            ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+            ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+        }
+        for (uint32_t n = 0; n < sizeof(payload); n += 37) {
+            for (uint32_t i = 0; i < n; i++)
+                payload[i] = (uint8_t)(i * 7 + n + (uint32_t)shift);
+            struct rs_slot var = { .kind = RS_EV_NOTE, .flags = 3, .thread = 9, .time = n };
+            ck_assert_int_le(rs_var_slots(n), 16);
+            ck_assert_int_eq(rs_ring_put_var(&ring, &var, payload, n), 0);
+            memset(out, 0xee, sizeof(out));
+            ck_assert_int_eq(rs_ring_consume(&ring, &got, out, sizeof(out), &len, 0), 1);
+            ck_assert_uint_eq(got.kind, RS_EV_NOTE);
+            ck_assert_uint_eq(got.thread, 9);
+            ck_assert_uint_eq(got.flags, 3);
+            ck_assert_uint_eq(len, n);
+            ck_assert_uint_eq(got.stack, n);
+            ck_assert_mem_eq(out, payload, n);
+            ck_assert_uint_eq(out[n], 0xee); /* nothing written past the payload */
+        }
+    }
+    /* A payload longer than the caller's buffer is truncated and flagged. */
+    struct rs_slot var = { .kind = RS_EV_NOTE }, got;
+    uint32_t len;
+    ck_assert_int_eq(rs_ring_put_var(&ring, &var, payload, 100), 0);
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, out, 10, &len, 0), 1);
+    ck_assert_uint_eq(len, 100);
+    ck_assert_mem_eq(out, payload, 10);
+    ck_assert_uint_eq(ring.hdr->head, ring.hdr->tail);
+    free(ring.hdr);
+}
+END_TEST
+
+/* ---- lossy mode ---------------------------------------------------------------------- */
+
+START_TEST(test_lossy_counts_drops)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 64, RS_RING_LOSSY);
+    struct rs_slot rec = { .kind = RS_EV_FREE };
+    int ok = 0, dropped = 0;
+    for (int i = 0; i < 100; i++) {
+        rec.addr = (uint64_t)i;
+        if (rs_ring_put(&ring, &rec) == 0)
+            ok++;
+        else
+            dropped++;
+    }
+    ck_assert_int_eq(ok, 64);
+    ck_assert_int_eq(dropped, 36);
+    ck_assert_uint_eq(ring.hdr->dropped, 36);
+    ck_assert_uint_eq(ring.hdr->waits, 0);
+    /* a VAR record that does not fit is dropped whole */
+    uint8_t payload[64] = { 0 };
+    ck_assert_int_eq(rs_ring_put_var(&ring, &rec, payload, sizeof(payload)), -ENOSPC);
+    ck_assert_uint_eq(ring.hdr->dropped, 37);
+    struct rs_slot got;
+    for (int i = 0; i < 64; i++) {
+        ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+        ck_assert_uint_eq(got.addr, (uint64_t)i);
+    }
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), 0); /* room again */
+    free(ring.hdr);
+}
+END_TEST
+
+/* ---- a producer that died mid-write ---------------------------------------------------- */
+
+START_TEST(test_dead_producer_skipped)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 64, 0);
+    struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = 1 }, got;
+    uint8_t payload[80];
+    memset(payload, 0x5a, sizeof(payload));
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    /* reserved, never committed: a fixed record, then a VAR record whose
+     * continuation slots were written before the producer died */
+    ck_assert_uint_eq(rs_ring_reserve(&ring, 1), 1);
+    uint64_t var = rs_ring_reserve(&ring, rs_var_slots(sizeof(payload)));
+    ck_assert_uint_eq(var, 2);
+    for (uint32_t k = 1; k < rs_var_slots(sizeof(payload)); k++)
+        ((uint8_t *)rs_ring_slot(&ring, var + k))[0] = RS_EV_CONT;
+    rec.addr = 2;
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), 0); /* another thread's committed record */
+
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    ck_assert_uint_eq(got.addr, 1);
+    /* while the producer lives, the consumer waits for the slot */
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 0);
+    /* once it is dead, the slot and the orphaned continuations are skipped */
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, payload, sizeof(payload), NULL,
+                                     RS_RING_PRODUCER_DEAD), 1);
+    ck_assert_uint_eq(got.kind, RS_EV_ALLOC);
+    ck_assert_uint_eq(got.addr, 2);
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, RS_RING_PRODUCER_DEAD), 0);
+    ck_assert_uint_eq(ring.hdr->tail, ring.hdr->head);
+    /* the skipped slots are clean for the next lap */
+    for (uint64_t i = 0; i < ring.hdr->head; i++)
+        ck_assert_uint_eq(rs_ring_slot(&ring, i)->kind, 0);
+    free(ring.hdr);
+}
+END_TEST
+
+/* ---- full ring, lossless: producers wait and the waits are counted ---------------------- */
+
+static void *fill_producer(void *p)
+{
+    struct rs_ring *ring = p;
+    uintptr_t errors = 0;
+    for (uint64_t i = 0; i < 200; i++) {
+        struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = i };
+        errors += rs_ring_put(ring, &rec) != 0;
+    }
+    return (void *)errors;
+}
+
+START_TEST(test_full_ring_waits)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 32, 0);
+    pthread_t thread;
+    ck_assert_int_eq(pthread_create(&thread, NULL, fill_producer, &ring), 0);
+    /* let it fill the ring and block */
+    while (__atomic_load_n(&ring.hdr->waits, __ATOMIC_RELAXED) == 0)
+        sched_yield();
+    ck_assert_uint_eq(__atomic_load_n(&ring.hdr->head, __ATOMIC_RELAXED), 32);
+    struct rs_slot got;
+    for (uint64_t i = 0; i < 200; i++) {
+        int rc;
+        while ((rc = rs_ring_consume(&ring, &got, NULL, 0, NULL, 0)) == 0)
+            sched_yield();
+        ck_assert_int_eq(rc, 1);
+        ck_assert_uint_eq(got.addr, i);
+    }
+    void *errors;
+    pthread_join(thread, &errors);
+    ck_assert_ptr_null(errors);
+    ck_assert_uint_ge(ring.hdr->waits, 1);
+    ck_assert_uint_le(ring.hdr->waits, 200 - 32);
+    ck_assert_uint_eq(ring.hdr->dropped, 0);
+    free(ring.hdr);
+}
+END_TEST
+
+/* A closed ring, or a stall callback that gives up, drops instead of waiting. */
+static int give_up(void *ctx)
+{
+    (*(int *)ctx)++;
+    return 1;
+}
+
+START_TEST(test_closed_and_stalled)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 16, 0);
+    struct rs_slot rec = { .kind = RS_EV_ALLOC };
+    int calls = 0;
+    ring.stalled = give_up;
+    ring.stall_ctx = &calls;
+    for (int i = 0; i < 16; i++)
+        ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), -ENOSPC); /* full, recorder "gone" */
+    ck_assert_int_eq(calls, 1);
+    ck_assert_uint_eq(ring.hdr->dropped, 1);
+    ring.hdr->closed = 1;
+    ck_assert_uint_eq(rs_ring_reserve(&ring, 1), UINT64_MAX);
+    free(ring.hdr);
+}
+END_TEST
+
+static Suite *ring_suite(void)
+{
+    Suite *s = suite_create("ring");
+    TCase *tc = tcase_create("ring");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_format_and_attach);
+    tcase_add_test(tc, test_producers_consumer);
+    tcase_add_test(tc, test_var_wrap);
+    tcase_add_test(tc, test_lossy_counts_drops);
+    tcase_add_test(tc, test_dead_producer_skipped);
+    tcase_add_test(tc, test_full_ring_waits);
+    tcase_add_test(tc, test_closed_and_stalled);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *runner = srunner_create(ring_suite());
+    srunner_run_all(runner, CK_NORMAL);
+    int failed = srunner_ntests_failed(runner);
+    srunner_free(runner);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
