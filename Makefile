@@ -83,6 +83,11 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	$(CLI) run -f -o $(BUILD)/demo.rfs -- $(PYTHON) samples/demo.py
 	$(CLI) summary $(BUILD)/demo.rfs
+	$(CLI) top --limit 8 $(BUILD)/demo.rfs
+	$(CLI) gc $(BUILD)/demo.rfs | head -8
+	$(CLI) leaks --limit 3 $(BUILD)/demo.rfs
+	$(CLI) cycles $(BUILD)/demo.rfs | head -12
+	@echo; echo "more: $(CLI) flamegraph -o $(BUILD)/demo.html $(BUILD)/demo.rfs; $(CLI) lifetimes $(BUILD)/demo.rfs; $(CLI) --help"
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t; done

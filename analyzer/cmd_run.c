@@ -69,19 +69,27 @@ static int check_writable_dir(const char *path)
     return access(dir, W_OK) == 0 ? 0 : -errno;
 }
 
-static void print_files(struct rs_recorder *r)
+/* One line: the main trace in full, the others (fork children, programs
+ * they ran, earlier images of the main process) as a count and a pattern. */
+static void print_files(struct rs_recorder *r, const char *output)
 {
     const struct rs_recorder_file *f;
-    size_t n = rs_recorder_files(r, &f);
+    size_t n = rs_recorder_files(r, &f), main = rs_recorder_main_file(r);
     if (n == 0) {
         fprintf(stderr, "refscope: no traced process connected; no trace written\n");
         return;
     }
-    fprintf(stderr, "refscope: wrote");
-    for (size_t i = 0; i < n; i++)
-        fprintf(stderr, "%s %s (pid %u, %llu records, %llu bytes%s)", i ? "," : "", f[i].path, f[i].pid,
-                (unsigned long long)f[i].records, (unsigned long long)f[i].bytes,
-                f[i].complete ? "" : ", incomplete");
+    if (main >= n)
+        main = 0;
+    fprintf(stderr, "refscope: wrote %s (pid %u, %llu records, %llu bytes%s)", f[main].path, f[main].pid,
+            (unsigned long long)f[main].records, (unsigned long long)f[main].bytes,
+            f[main].complete ? "" : ", incomplete");
+    if (n > 1) {
+        size_t stem = strlen(output);
+        if (stem > 4 && !strcmp(output + stem - 4, ".rfs"))
+            stem -= 4;
+        fprintf(stderr, " and %zu more for other processes (%.*s.*.rfs)", n - 1, (int)stem, output);
+    }
     fprintf(stderr, "; recorder CPU %.2f s\n", rs_recorder_cpu_seconds(r));
 }
 
@@ -211,6 +219,7 @@ int cmd_run(int argc, char **argv)
     if (!(preload = malloc(strlen(shim) + (old ? strlen(old) : 0) + 2)))
         goto out;
     sprintf(preload, "%s%s%s", shim, old && *old ? ":" : "", old && *old ? old : "");
+    unsetenv(RS_ENV_UNTRACED); /* left by an earlier failed set-up; this run starts afresh */
     if (setenv("LD_PRELOAD", preload, 1) || setenv(RS_ENV_SOCK, rs_recorder_socket(r), 1) ||
         (ring_mb && env_set_int(RS_ENV_RING_MB, ring_mb)) ||
         (lossy && setenv(RS_ENV_LOSSY, "1", 1)) || (native && setenv(RS_ENV_NATIVE, "1", 1))) {
@@ -258,7 +267,7 @@ int cmd_run(int argc, char **argv)
     pid = -1;
     if (rs_recorder_finish(r, RUN_IDLE_MS, RUN_IDLE_MS) < 0)
         fprintf(stderr, "refscope run: some trace data could not be written (see above)\n");
-    print_files(r);
+    print_files(r, output ? output : out_buf);
 out:
     if (gate[1] >= 0)
         close(gate[1]);
@@ -267,6 +276,21 @@ out:
     free(preload);
     rs_recorder_free(r);
     return status;
+}
+
+/* The shim's direct form puts the socket in a private mkdtemp directory
+ * named refscope-XXXXXX; once the socket is gone, remove it (rmdir only
+ * removes it when empty, so nothing else can be lost). */
+static void remove_shim_socket_dir(const char *sock)
+{
+    const char *slash = sock ? strrchr(sock, '/') : NULL;
+    char dir[4096];
+    if (!slash || slash == sock || (size_t)(slash - sock) >= sizeof(dir))
+        return;
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - sock), sock);
+    const char *base = strrchr(dir, '/');
+    if (!strncmp(base ? base + 1 : dir, "refscope-", 9))
+        rmdir(dir);
 }
 
 int cmd_record(int argc, char **argv)
@@ -304,5 +328,6 @@ int cmd_record(int argc, char **argv)
     }
     int ret = rs_recorder_finish(r, SERVE_IDLE_MS, SERVE_FIRST_WAIT_MS);
     rs_recorder_free(r);
+    remove_shim_socket_dir(sock);
     return ret < 0 ? 1 : 0;
 }

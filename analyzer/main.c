@@ -27,17 +27,32 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"run", cmd_run, "run [-o OUT] [-f] [--native] [...] [--] CMD ARGS...   trace a command"},
-    {"summary", cmd_summary, "summary [--json] TRACE                      totals per domain, peak, threads"},
-    {"top", cmd_top, "top [--by peak|total|count|live] [--json] TRACE   allocation sites"},
-    {"flamegraph", cmd_flamegraph, "flamegraph [-o OUT.html] [--format html|collapsed] TRACE"},
-    {"gc", cmd_gc, "gc [--json] TRACE                           collections, pauses, promotions"},
-    {"lifetimes", cmd_lifetimes, "lifetimes [--json] TRACE                    object lifetimes, tenured garbage"},
-    {"leaks", cmd_leaks, "leaks [--json] TRACE                        leak candidates, why-alive chains"},
-    {"cycles", cmd_cycles, "cycles [--json] [--dot OUT] TRACE           unreachable/uncollectable cycles"},
-    {"diff", cmd_diff, "diff [--json] TRACE [SNAP_A SNAP_B]         growth between snapshots"},
-    {"dump", cmd_dump, "dump [--json] TRACE                         every record, one per line"},
-    {"record", cmd_record, "record --serve SOCK -o OUT                  recorder (used by the shim)"},
+    {"run", cmd_run,
+     "run [-o OUT] [-f] [--native] [--lossy] [--ring-mb N] [--gc-census=on|off]\n"
+     "      [--snapshot-interval SECONDS] [--] CMD ARGS...\n"
+     "      trace CMD and every process it starts; exits with CMD's status"},
+    {"summary", cmd_summary, "summary [--json] TRACE\n"
+     "      process, duration, per-domain allocations/frees/bytes, peak and live bytes"},
+    {"top", cmd_top, "top [--by peak|total|count|live] [--depth N] [--limit N] [--file S]\n"
+     "      [--function S] [--native] [--json] TRACE\n"
+     "      allocation sites ranked by a metric"},
+    {"flamegraph", cmd_flamegraph, "flamegraph [-o OUT] [--by peak|total|live] [--format html|collapsed]\n"
+     "      [--native] TRACE\n"
+     "      self-contained HTML flame graph, or folded stacks"},
+    {"gc", cmd_gc, "gc [--json] TRACE\n"
+     "      collections, pauses, promotions and thresholds per generation"},
+    {"lifetimes", cmd_lifetimes, "lifetimes [--json] TRACE\n"
+     "      object lifetime distributions by type and site, tenured garbage"},
+    {"leaks", cmd_leaks, "leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] TRACE\n"
+     "      objects alive at the end that grew after warm-up, with why-alive chains"},
+    {"cycles", cmd_cycles, "cycles [--json] [--dot OUT.dot] [--snapshot N] TRACE\n"
+     "      unreachable reference cycles: not yet collected, or uncollectable"},
+    {"diff", cmd_diff, "diff [--json] [--limit N] TRACE [SNAP_A SNAP_B]\n"
+     "      counts and bytes per type and site that grew between two snapshots"},
+    {"dump", cmd_dump, "dump [--json] [--kind K,...] TRACE\n"
+     "      every record, one per line"},
+    {"record", cmd_record, "record --serve SOCK -o OUT\n"
+     "      the recorder alone (started by the shim for LD_PRELOAD use)"},
 };
 
 static void usage(FILE *out)
@@ -45,7 +60,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: refscope COMMAND [OPTIONS]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (commands[i].fn)
-            fprintf(out, "  %s\n", commands[i].usage);
+            fprintf(out, "  %s\n\n", commands[i].usage);
 }
 
 int main(int argc, char **argv)
@@ -65,6 +80,18 @@ int main(int argc, char **argv)
             fprintf(stderr, "refscope: '%s' is not available in this build\n", argv[1]);
             return 2;
         }
+        /* `refscope CMD --help`: the same usage text for every command. */
+        /* (run: only right after the command, its CMD may take --help) */
+        int last = strcmp(commands[i].name, "run") ? argc : (argc > 2 ? 3 : argc);
+        for (int a = 2; a < last && strcmp(argv[a], "--"); a++)
+            if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) {
+                printf("usage: refscope %s\n", commands[i].usage);
+                return 0;
+            }
+        /* Messages from getopt then read "refscope CMD: ...". */
+        char name[64];
+        snprintf(name, sizeof(name), "refscope %s", commands[i].name);
+        argv[1] = name;
         return commands[i].fn(argc - 1, argv + 1);
     }
     fprintf(stderr, "refscope: unknown command '%s' (see 'refscope --help')\n", argv[1]);

@@ -69,6 +69,8 @@ struct rs_recorder {
     struct rs_recorder_file *files;
     size_t nfiles, files_cap;
     int first_file_done;
+    uint32_t root_pid;       /* pid of the first process: the output name follows it */
+    size_t root_file;        /* index of the file that has the output name */
     int error;
     uint8_t *payload;
     /* control, written by the caller thread */
@@ -142,6 +144,31 @@ static unsigned pick_time_shift(const struct rs_recorder *r, const struct rs_pro
     return shift;
 }
 
+/* Move the trace that has the output name (an earlier image of the root
+ * process, before it exec'd) to <stem>.<pid>-N.rfs, never replacing a file.
+ * Writing continues through the open descriptor. Returns 0 or -errno. */
+static int give_up_output_name(struct rs_recorder *r, size_t stem_len)
+{
+    struct rs_recorder_file *f = &r->files[r->root_file];
+    char path[4096];
+    if (r->root_file >= r->nfiles || strcmp(f->path, r->output))
+        return -ENOENT;
+    for (int n = 1; n < 1000; n++) {
+        snprintf(path, sizeof(path), "%.*s.%u-%d.rfs", (int)stem_len, r->output, f->pid, n);
+        if (renameat2(AT_FDCWD, r->output, AT_FDCWD, path, RENAME_NOREPLACE) == 0) {
+            char *moved = strdup(path);
+            if (!moved)
+                return -ENOMEM;
+            free(f->path);
+            f->path = moved;
+            return 0;
+        }
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
 static int open_trace(struct rs_recorder *r, struct conn *c, const void *meta, uint32_t meta_len)
 {
     struct rs_process_info pi;
@@ -159,12 +186,21 @@ static int open_trace(struct rs_recorder *r, struct conn *c, const void *meta, u
     size_t stem_len = strlen(r->output);
     if (stem_len > 4 && !strcmp(r->output + stem_len - 4, ".rfs"))
         stem_len -= 4;
+    int root = 0;
     if (!r->first_file_done) {
         r->first_file_done = 1;
+        r->root_pid = c->hello.pid;
+        root = 1;
         opts.force = r->cfg.force;
         ret = rs_trace_create(r->output, &opts, meta, meta_len, &c->w);
         snprintf(path, sizeof(path), "%s", r->output);
         opts.force = 0;
+    } else if (c->hello.pid == r->root_pid && give_up_output_name(r, stem_len) == 0) {
+        /* The first process exec'd (env, a launcher script, pyenv's shim...):
+         * the output name follows it to the program that finally runs. */
+        root = 1;
+        ret = rs_trace_create(r->output, &opts, meta, meta_len, &c->w);
+        snprintf(path, sizeof(path), "%s", r->output);
     }
     for (int n = 0; ret == -EEXIST && n < 1000; n++) {
         if (n == 0)
@@ -181,6 +217,8 @@ static int open_trace(struct rs_recorder *r, struct conn *c, const void *meta, u
     if (ret < 0) {
         rs_trace_abandon(c->w);
         c->w = NULL;
+    } else if (root) {
+        r->root_file = c->file;
     }
     return ret;
 }
@@ -613,6 +651,8 @@ int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_w
     r->thread_started = 0;
     return r->error;
 }
+
+size_t rs_recorder_main_file(const struct rs_recorder *r) { return r->root_file; }
 
 double rs_recorder_cpu_seconds(const struct rs_recorder *r) { return r->cpu_seconds; }
 

@@ -61,6 +61,10 @@ int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_w
 /* Files written so far (stable after rs_recorder_finish). */
 size_t rs_recorder_files(const struct rs_recorder *r, const struct rs_recorder_file **files);
 
+/* Index (into the files above) of the trace that has the output name: the
+ * first process, followed through exec to the program it finally ran. */
+size_t rs_recorder_main_file(const struct rs_recorder *r);
+
 /* CPU time the recorder thread used (valid after rs_recorder_finish). */
 double rs_recorder_cpu_seconds(const struct rs_recorder *r);
 

@@ -138,8 +138,22 @@ class Traced:
         return [self.trace] + others
 
 
+_WORKDIRS = []
+
+
 def workdir():
-    return tempfile.mkdtemp(prefix="refscope-test-")
+    """A fresh temporary directory, removed by cleanup() when the run ends."""
+    d = tempfile.mkdtemp(prefix="refscope-test-")
+    _WORKDIRS.append(d)
+    return d
+
+
+def cleanup():
+    """Removes every directory workdir() made (REFSCOPE_KEEP=1 keeps them)."""
+    if os.environ.get("REFSCOPE_KEEP") == "1":
+        return
+    while _WORKDIRS:
+        shutil.rmtree(_WORKDIRS.pop(), ignore_errors=True)
 
 
 def run_traced(cmd, run_args=(), env=None, timeout=DEFAULT_TIMEOUT, cwd=None, expect_status=0):

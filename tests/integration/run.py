@@ -76,6 +76,7 @@ def main():
                 failures.append((name, detail))
     for name, detail in failures:
         print("\n==== %s\n%s" % (name, detail))
+    harness.cleanup()
     print("%d passed, %d failed, %d skipped" % (counts["PASS"], counts["FAIL"], counts["SKIP"]))
     return 1 if counts["FAIL"] else 0
 
