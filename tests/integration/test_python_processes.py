@@ -1,0 +1,73 @@
+"""Python processes under refscope (issue 2): a target killed by SIGKILL
+still yields a readable trace holding the allocations it made, and fork and
+subprocess children produce their own traces that name their parent."""
+import json
+import os
+
+import harness
+from harness import expect, per_interpreter
+
+KILLED = """
+import os, signal, sys
+keep = [bytearray(1000) for _ in range(5000)]
+sys.stdout.write("built\\n"); sys.stdout.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+FAMILY = """
+import os, subprocess, sys
+pid = os.fork()
+if pid == 0:
+    keep = [bytearray(2345) for _ in range(3000)]
+    os._exit(0)
+os.waitpid(pid, 0)
+subprocess.run([sys.executable, "-c",
+                "import os; keep = [bytearray(3456) for _ in range(2000)]; os._exit(0)"], check=True)
+print("child", pid)
+"""
+
+
+def _allocs_of(trace, sizes):
+    """Number of ALLOC records whose size is one of `sizes` (any domain)."""
+    proc = harness.refscope("dump", "--json", "--kind", "alloc", trace)
+    expect(proc.returncode == 0, "dump %s failed: %s" % (trace, proc.stderr.strip()))
+    return sum(1 for line in proc.stdout.splitlines() if line and json.loads(line).get("size") in sizes)
+
+
+@per_interpreter
+def test_python_sigkill_keeps_committed_allocations(py):
+    script = harness.write_script(KILLED)
+    t = harness.run_traced([py.path, script], expect_status=128 + 9)
+    expect("built" in t.proc.stdout, "%s: the program did not run: %s" % (py, t.proc.stderr[-500:]))
+    s = harness.refscope_json("summary", t.trace)
+    expect(s["live_bytes_end"] >= 5000 * 1000,
+           "%s: live bytes at the kill %d < 5,000,000" % (py, s["live_bytes_end"]))
+    n = _allocs_of(t.trace, (1000, 1001))  # bytearray(1000) asks for 1001 bytes
+    expect(n >= 5000, "%s: %d bytearray buffers in the trace of a killed process, expected 5000" % (py, n))
+
+
+@per_interpreter
+def test_python_fork_and_subprocess_children(py):
+    script = harness.write_script(FAMILY)
+    t = harness.run_traced([py.path, script])
+    main = harness.refscope_json("summary", t.trace)
+    fork_pid = int(t.proc.stdout.split()[-1])
+    by_pid = {}
+    for path in t.traces()[1:]:
+        s = harness.refscope_json("summary", path)
+        by_pid.setdefault(s["pid"], []).append((path, s))
+    expect(fork_pid in by_pid, "%s: no trace for the fork child %d: %s" % (py, fork_pid, sorted(by_pid)))
+    fork_path, fork_sum = by_pid.pop(fork_pid)[-1]
+    expect(fork_sum["ppid"] == main["pid"], "%s: fork child names parent %d, not %d"
+           % (py, fork_sum["ppid"], main["pid"]))
+    expect(_allocs_of(fork_path, (2345, 2346)) >= 3000, "%s: fork child's buffers missing" % py)
+    # the subprocess: the Python program whose parent is the main process (on
+    # versions that fork+exec, the pre-exec fork image has a trace of its own)
+    subs = [(p, s) for lst in by_pid.values() for p, s in lst
+            if s["ppid"] == main["pid"] and "bytearray(3456)" in s.get("command", "")]
+    expect(subs, "%s: no trace for the subprocess: %s" % (py, [(s["pid"], s["ppid"], s["command"])
+                                                          for lst in by_pid.values() for _, s in lst]))
+    sub_path, _ = subs[-1]
+    expect(_allocs_of(sub_path, (3456, 3457)) >= 2000, "%s: subprocess buffers missing" % py)
+    # and the main trace has none of the children's allocations
+    expect(_allocs_of(t.trace, (2345, 2346, 3456, 3457)) == 0, "%s: children's buffers in the main trace" % py)
