@@ -43,11 +43,11 @@ static const struct command commands[] = {
      "      collections, pauses, promotions and thresholds per generation"},
     {"lifetimes", cmd_lifetimes, "lifetimes [--json] TRACE\n"
      "      object lifetime distributions by type and site, tenured garbage"},
-    {"leaks", cmd_leaks, "leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] TRACE\n"
+    {"leaks", cmd_leaks, "leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] [--depth N] TRACE\n"
      "      objects alive at the end that grew after warm-up, with why-alive chains"},
-    {"cycles", cmd_cycles, "cycles [--json] [--dot OUT.dot] [--snapshot N] TRACE\n"
+    {"cycles", cmd_cycles, "cycles [--json] [--all] [--limit N] [--depth N] [--dot OUT.dot] [--snapshot N] TRACE\n"
      "      unreachable reference cycles: not yet collected, or uncollectable"},
-    {"diff", cmd_diff, "diff [--json] [--limit N] TRACE [SNAP_A SNAP_B]\n"
+    {"diff", cmd_diff, "diff [--json] [--limit N] [--depth N] TRACE [SNAP_A SNAP_B]\n"
      "      counts and bytes per type and site that grew between two snapshots"},
     {"dump", cmd_dump, "dump [--json] [--kind K,...] TRACE\n"
      "      every record, one per line"},

@@ -32,6 +32,16 @@ class Cache:
             return value
 
 
+_audit_log = []  # module-level: every request appends, nothing ever removes
+
+
+def handle_request(i):
+    """A request handler with the classic leak: it keeps a record of every call."""
+    payload = {"id": i, "body": "x" * 200}
+    _audit_log.append(payload)
+    return len(payload["body"])
+
+
 def parse_records(count):
     rows = []
     for i in range(count):
@@ -57,8 +67,10 @@ def main():
         t.start()
     for t in threads:
         t.join()
+    served = sum(handle_request(i) for i in range(3000))
     blob = [bytes(1000) for _ in range(2000)]  # large-ish blocks, live at the end
-    print("demo: %d rows, %d cached, %d blobs, %d results" % (len(rows), len(cache.data), len(blob), len(results)))
+    print("demo: %d rows, %d cached, %d blobs, %d results, %d bytes served"
+          % (len(rows), len(cache.data), len(blob), len(results), served))
 
 
 if __name__ == "__main__":
