@@ -1,8 +1,11 @@
 /*
- * `refscope diff [--json] [--limit N] TRACE [SNAP_A SNAP_B]`: what grew
- * between two heap snapshots (the first and the last by default): object
- * counts and bytes per type, and per allocation site and type — what
- * objgraph's show_growth and tracemalloc's compare_to report.
+ * `refscope diff [--json] [--limit N] [--depth N] TRACE [SNAP_A SNAP_B]`:
+ * what grew between two heap snapshots (the first and the last by default):
+ * object counts and bytes per type, and per type and allocation site as the
+ * report prints it (rs_snapshot_site: the innermost Python frame, --depth N
+ * frames) — what objgraph's show_growth and tracemalloc's compare_to report.
+ * Every object of a snapshot counts, unreachable garbage included: it
+ * takes memory too (`refscope cycles` tells what it is).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -16,7 +19,8 @@
 
 struct diff_row {
     const char *type;
-    uint32_t stack;            /* UINT32_MAX: per type only */
+    uint32_t site;             /* rs_snapshot_site id; UINT32_MAX: per type only */
+    uint32_t stack;            /* one stack of that site (JSON frames)           */
     int64_t count[2], bytes[2];
 };
 
@@ -25,18 +29,18 @@ struct diff_table {
     size_t n, cap;
 };
 
-/* Linear probing over (type name pointer-independent) keys would be faster;
- * snapshots have few distinct (type, site) pairs, so a sorted merge suffices. */
+/* Snapshots have few distinct (type, site) pairs against many objects, so
+ * rows are appended and merged by sorting now and then. */
 static int row_cmp(const void *a, const void *b)
 {
     const struct diff_row *x = a, *y = b;
     int c = strcmp(x->type, y->type);
     if (c)
         return c;
-    return x->stack < y->stack ? -1 : x->stack > y->stack;
+    return x->site < y->site ? -1 : x->site > y->site;
 }
 
-static int table_add(struct diff_table *t, const char *type, uint32_t stack, int side, uint64_t bytes)
+static int table_add(struct diff_table *t, const struct diff_row *row)
 {
     if (t->n == t->cap) {
         size_t c = t->cap ? t->cap * 2 : 1024;
@@ -46,12 +50,7 @@ static int table_add(struct diff_table *t, const char *type, uint32_t stack, int
         t->rows = r;
         t->cap = c;
     }
-    struct diff_row *r = &t->rows[t->n++];
-    memset(r, 0, sizeof(*r));
-    r->type = type;
-    r->stack = stack;
-    r->count[side] = 1;
-    r->bytes[side] = (int64_t)bytes;
+    t->rows[t->n++] = *row;
     return 0;
 }
 
@@ -76,14 +75,20 @@ static void table_merge(struct diff_table *t)
 }
 
 /* Per snapshot, aggregate first (a million objects would make a big table). */
-static int collect(struct diff_table *types, struct diff_table *sites, const struct rs_snapshot *s, int side)
+static int collect(struct rs_snapshot_trace *tr, struct diff_table *types, struct diff_table *sites,
+                   const struct rs_snapshot *s, int side)
 {
     struct diff_table tt = {0}, st = {0};
-    for (size_t i = 0; i < s->nobjs; i++) {
-        const char *type = rs_snapshot_type_name(s, (uint32_t)i);
-        if (table_add(&tt, type, UINT32_MAX, side, s->objs[i].size) ||
-            table_add(&st, type, s->objs[i].stack, side, s->objs[i].size))
-            return -ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; i < s->nobjs && rc >= 0; i++) {
+        const struct rs_snap_object *o = &s->objs[i];
+        struct diff_row row = {.type = rs_snapshot_type_name(s, (uint32_t)i), .site = UINT32_MAX,
+                               .stack = o->stack};
+        row.count[side] = 1;
+        row.bytes[side] = o->size;
+        if ((rc = table_add(&tt, &row)) < 0 || (rc = rs_snapshot_site(tr, o->stack, &row.site)) < 0 ||
+            (rc = table_add(&st, &row)) < 0)
+            break;
         if (tt.n > 65536)
             table_merge(&tt);
         if (st.n > 65536)
@@ -91,19 +96,13 @@ static int collect(struct diff_table *types, struct diff_table *sites, const str
     }
     table_merge(&tt);
     table_merge(&st);
-    for (size_t i = 0; i < tt.n; i++)
-        if (table_add(types, tt.rows[i].type, UINT32_MAX, side, 0) == 0) {
-            types->rows[types->n - 1].count[side] = tt.rows[i].count[side];
-            types->rows[types->n - 1].bytes[side] = tt.rows[i].bytes[side];
-        }
-    for (size_t i = 0; i < st.n; i++)
-        if (table_add(sites, st.rows[i].type, st.rows[i].stack, side, 0) == 0) {
-            sites->rows[sites->n - 1].count[side] = st.rows[i].count[side];
-            sites->rows[sites->n - 1].bytes[side] = st.rows[i].bytes[side];
-        }
+    for (size_t i = 0; i < tt.n && rc >= 0; i++)
+        rc = table_add(types, &tt.rows[i]);
+    for (size_t i = 0; i < st.n && rc >= 0; i++)
+        rc = table_add(sites, &st.rows[i]);
     free(tt.rows);
     free(st.rows);
-    return 0;
+    return rc;
 }
 
 static int growth_cmp(const void *a, const void *b)
@@ -113,7 +112,9 @@ static int growth_cmp(const void *a, const void *b)
     if (dx != dy)
         return dx > dy ? -1 : 1;
     int64_t cx = x->count[1] - x->count[0], cy = y->count[1] - y->count[0];
-    return cx > cy ? -1 : cx < cy;
+    if (cx != cy)
+        return cx > cy ? -1 : 1;
+    return row_cmp(a, b);
 }
 
 /* Keeps rows that grew in count or bytes, sorted by byte growth. */
@@ -124,48 +125,140 @@ static void keep_growth(struct diff_table *t)
         if (t->rows[i].count[1] > t->rows[i].count[0] || t->rows[i].bytes[1] > t->rows[i].bytes[0])
             t->rows[w++] = t->rows[i];
     t->n = w;
-    qsort(t->rows, t->n, sizeof(*t->rows), growth_cmp);
+    if (t->n)
+        qsort(t->rows, t->n, sizeof(*t->rows), growth_cmp);
 }
 
-static json_t *row_json(struct rs_snapshot_trace *tr, const struct diff_row *r, int with_site)
+/* ---- the model and its renderers ------------------------------------------------- */
+
+struct diff_report {
+    const char *path;
+    struct rs_snapshot_trace *t;
+    const struct rs_snapshot *a, *b;
+    struct diff_table types, sites;  /* rows that grew, most bytes first */
+    size_t limit;
+};
+
+static json_t *row_json(const struct diff_report *r, const struct diff_row *row, int with_site)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "type", json_string(r->type));
+    json_object_set_new(o, "type", json_string(row->type));
     if (with_site) {
-        char site[512];
-        json_object_set_new(o, "frames", rs_snapshot_frames_json(tr, r->stack));
-        json_object_set_new(o, "site", json_string(rs_snapshot_site_text(tr, r->stack, site, sizeof(site))));
+        json_object_set_new(o, "site", json_string(rs_snapshot_site_name(r->t, row->site)));
+        json_object_set_new(o, "frames", rs_snapshot_frames_json(r->t, row->stack));
     }
-    json_object_set_new(o, "count_a", json_integer(r->count[0]));
-    json_object_set_new(o, "count_b", json_integer(r->count[1]));
-    json_object_set_new(o, "count_delta", json_integer(r->count[1] - r->count[0]));
-    json_object_set_new(o, "bytes_a", json_integer(r->bytes[0]));
-    json_object_set_new(o, "bytes_b", json_integer(r->bytes[1]));
-    json_object_set_new(o, "bytes_delta", json_integer(r->bytes[1] - r->bytes[0]));
+    json_object_set_new(o, "count_a", json_integer(row->count[0]));
+    json_object_set_new(o, "count_b", json_integer(row->count[1]));
+    json_object_set_new(o, "count_delta", json_integer(row->count[1] - row->count[0]));
+    json_object_set_new(o, "bytes_a", json_integer(row->bytes[0]));
+    json_object_set_new(o, "bytes_b", json_integer(row->bytes[1]));
+    json_object_set_new(o, "bytes_delta", json_integer(row->bytes[1] - row->bytes[0]));
     return o;
 }
 
+static double seconds_between(const struct rs_snapshot *a, const struct rs_snapshot *b)
+{
+    return ((double)b->time_ns - (double)a->time_ns) / 1e9;
+}
+
+static json_t *render_json(const struct diff_report *r)
+{
+    json_t *root = json_object(), *ta = json_array(), *sa = json_array();
+    json_object_set_new(root, "trace", json_string(r->path));
+    json_object_set_new(root, "a", json_integer(r->a->seq));
+    json_object_set_new(root, "b", json_integer(r->b->seq));
+    json_object_set_new(root, "seconds", json_real(seconds_between(r->a, r->b)));
+    json_object_set_new(root, "depth", json_integer(r->t->site_depth));
+    json_object_set_new(root, "types_grown", json_integer((json_int_t)r->types.n));
+    json_object_set_new(root, "sites_grown", json_integer((json_int_t)r->sites.n));
+    for (size_t i = 0; i < r->types.n && i < r->limit; i++)
+        json_array_append_new(ta, row_json(r, &r->types.rows[i], 0));
+    for (size_t i = 0; i < r->sites.n && i < r->limit; i++)
+        json_array_append_new(sa, row_json(r, &r->sites.rows[i], 1));
+    json_object_set_new(root, "types", ta);
+    json_object_set_new(root, "sites", sa);
+    return root;
+}
+
+static void render_more(size_t n, size_t limit)
+{
+    if (n > limit)
+        printf("  ... %zu more (--limit N)\n", n - limit);
+}
+
+static void render_text(const struct diff_report *r)
+{
+    const struct rs_snapshot *a = r->a, *b = r->b;
+    char depth[64], db[32], bb[32];
+    double dt = seconds_between(a, b);
+    printf("growth from snapshot %u (%s, %.3f s) to snapshot %u (%s, %.3f s): %.3f s %s\n", a->seq,
+           rs_snapshot_reason_name(a->reason), a->time_ns / 1e9, b->seq, rs_snapshot_reason_name(b->reason),
+           b->time_ns / 1e9, dt < 0 ? -dt : dt, dt < 0 ? "earlier (B was taken before A)" : "later");
+    if (!r->types.n) {
+        printf("\nnothing grew: no type has more objects or bytes in snapshot %u than in snapshot %u\n", b->seq,
+               a->seq);
+        return;
+    }
+    printf("\nby type, most bytes gained first:\n  %-32s %10s %10s %12s\n", "type", "objects", "+objects",
+           "+bytes");
+    for (size_t i = 0; i < r->types.n && i < r->limit; i++) {
+        const struct diff_row *row = &r->types.rows[i];
+        printf("  %-32s %10lld %+10lld %12s\n", row->type, (long long)row->count[1],
+               (long long)(row->count[1] - row->count[0]),
+               rs_snapshot_delta_bytes_text(row->bytes[1] - row->bytes[0], db, sizeof(db)));
+    }
+    render_more(r->types.n, r->limit);
+    rs_snapshot_site_depth_text(r->t, depth, sizeof(depth));
+    printf("\nby type and allocation site (%s):\n  %12s %10s  %-24s %s\n", depth, "+bytes", "+objects", "type",
+           "site");
+    for (size_t i = 0; i < r->sites.n && i < r->limit; i++) {
+        const struct diff_row *row = &r->sites.rows[i];
+        snprintf(bb, sizeof(bb), "%s", rs_snapshot_delta_bytes_text(row->bytes[1] - row->bytes[0], db, sizeof(db)));
+        printf("  %12s %+10lld  %-24s %s\n", bb, (long long)(row->count[1] - row->count[0]), row->type,
+               rs_snapshot_site_name(r->t, row->site));
+    }
+    render_more(r->sites.n, r->limit);
+}
+
+/* The snapshot numbered by arg, or NULL with a message. */
+static const struct rs_snapshot *snapshot_arg(struct rs_snapshot_trace *t, const char *path, const char *arg)
+{
+    char *end;
+    unsigned long seq = strtoul(arg, &end, 10);
+    const struct rs_snapshot *s = *arg && !*end ? rs_snapshots_find(t->snaps, (uint32_t)seq) : NULL;
+    char have[64];
+    if (!s)
+        fprintf(stderr, "refscope diff: %s: no snapshot numbered '%s' (the trace has %s)\n", path, arg,
+                rs_snapshots_range_text(t->snaps, have, sizeof(have)));
+    return s;
+}
+
+static const char diff_usage[] = "usage: refscope diff [--json] [--limit N] [--depth N] TRACE [SNAP_A SNAP_B]\n";
+
 int cmd_diff(int argc, char **argv)
 {
-    int json = 0, limit = 20;
+    int json = 0, limit = 20, depth = 1;
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
         {"limit", required_argument, NULL, 'n'},
+        {"depth", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0},
     };
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "jn:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "jn:D:", longopts, NULL)) != -1) {
         if (c == 'j')
             json = 1;
         else if (c == 'n')
             limit = atoi(optarg);
+        else if (c == 'D')
+            depth = atoi(optarg);
         else
             return 2;
     }
     int rest = argc - optind;
-    if ((rest != 1 && rest != 3) || limit <= 0) {
-        fprintf(stderr, "usage: refscope diff [--json] [--limit N] TRACE [SNAP_A SNAP_B]\n");
+    if ((rest != 1 && rest != 3) || limit <= 0 || depth < 0) {
+        fputs(diff_usage, stderr);
         return 2;
     }
     const char *path = argv[optind];
@@ -175,68 +268,43 @@ int cmd_diff(int argc, char **argv)
         fprintf(stderr, "refscope diff: %s\n", err);
         return 1;
     }
+    t.site_depth = depth;
     int status = 1;
-    struct diff_table types = {0}, sites = {0};
-    const struct rs_snapshot *a, *b;
+    struct diff_report r = {.path = path, .t = &t, .limit = (size_t)limit};
     size_t count = rs_snapshots_count(t.snaps);
     if (rest == 3) {
-        a = rs_snapshots_find(t.snaps, (uint32_t)atoi(argv[optind + 1]));
-        b = rs_snapshots_find(t.snaps, (uint32_t)atoi(argv[optind + 2]));
-    } else {
-        a = count >= 2 ? rs_snapshots_get(t.snaps, 0) : NULL;
-        b = count >= 2 ? rs_snapshots_get(t.snaps, count - 1) : NULL;
-    }
-    if (!a || !b) {
-        fprintf(stderr, "refscope diff: %s: %s\n", path,
-                rest == 3 ? "no snapshot with that number" : "the trace has fewer than two heap snapshots");
+        if (!(r.a = snapshot_arg(&t, path, argv[optind + 1])) || !(r.b = snapshot_arg(&t, path, argv[optind + 2])))
+            goto out;
+    } else if (count < 2) {
+        fprintf(stderr,
+                "refscope diff: %s: the trace has %zu heap snapshot%s, diff needs two: take more with "
+                "`refscope run --snapshot-interval SECONDS`, or `kill -USR2 PID` while the program runs\n",
+                path, count, count == 1 ? "" : "s");
         goto out;
+    } else {
+        r.a = rs_snapshots_get(t.snaps, 0);
+        r.b = rs_snapshots_get(t.snaps, count - 1);
     }
-    if (collect(&types, &sites, a, 0) || collect(&types, &sites, b, 1)) {
+    if (collect(&t, &r.types, &r.sites, r.a, 0) < 0 || collect(&t, &r.types, &r.sites, r.b, 1) < 0) {
         fprintf(stderr, "refscope diff: out of memory\n");
         goto out;
     }
-    table_merge(&types);
-    table_merge(&sites);
-    keep_growth(&types);
-    keep_growth(&sites);
-    size_t nt = types.n < (size_t)limit ? types.n : (size_t)limit;
-    size_t ns = sites.n < (size_t)limit ? sites.n : (size_t)limit;
+    table_merge(&r.types);
+    table_merge(&r.sites);
+    keep_growth(&r.types);
+    keep_growth(&r.sites);
     if (json) {
-        json_t *root = json_object(), *ta = json_array(), *sa = json_array();
-        json_object_set_new(root, "trace", json_string(path));
-        json_object_set_new(root, "a", json_integer(a->seq));
-        json_object_set_new(root, "b", json_integer(b->seq));
-        json_object_set_new(root, "seconds", json_real((double)(b->time_ns - a->time_ns) / 1e9));
-        for (size_t i = 0; i < nt; i++)
-            json_array_append_new(ta, row_json(&t, &types.rows[i], 0));
-        for (size_t i = 0; i < ns; i++)
-            json_array_append_new(sa, row_json(&t, &sites.rows[i], 1));
-        json_object_set_new(root, "types", ta);
-        json_object_set_new(root, "sites", sa);
+        json_t *root = render_json(&r);
         json_dumpf(root, stdout, JSON_INDENT(2));
         putchar('\n');
         json_decref(root);
     } else {
-        printf("growth from snapshot %u to snapshot %u (%.2f s later)\n\n%-32s %10s %10s %12s\n", a->seq, b->seq,
-               (double)(b->time_ns - a->time_ns) / 1e9, "type", "count", "+count", "+bytes");
-        for (size_t i = 0; i < nt; i++) {
-            const struct diff_row *r = &types.rows[i];
-            printf("%-32s %10lld %+10lld %+12lld\n", r->type, (long long)r->count[1],
-                   (long long)(r->count[1] - r->count[0]), (long long)(r->bytes[1] - r->bytes[0]));
-        }
-        printf("\nby site:\n");
-        for (size_t i = 0; i < ns; i++) {
-            const struct diff_row *r = &sites.rows[i];
-            char site[512];
-            printf("  %+10lld B %+8lld %-20s %s\n", (long long)(r->bytes[1] - r->bytes[0]),
-                   (long long)(r->count[1] - r->count[0]), r->type,
-                   rs_snapshot_site_text(&t, r->stack, site, sizeof(site)));
-        }
+        render_text(&r);
     }
     status = 0;
 out:
-    free(types.rows);
-    free(sites.rows);
+    free(r.types.rows);
+    free(r.sites.rows);
     rs_snapshot_trace_close(&t);
     return status;
 }

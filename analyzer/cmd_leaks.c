@@ -1,21 +1,32 @@
 /*
- * `refscope leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] TRACE`
+ * `refscope leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] [--depth N] TRACE`
  *
- * Leak candidates: objects alive in a heap snapshot (the last one — normally
- * the one taken at exit — or --snapshot N) whose memory was allocated after
- * warm-up, grouped by allocation site and type, ranked by bytes. Warm-up is
- * import-time start-up by default: it ends with the first allocation made by
- * the program's own code, i.e. from a Python stack that runs no import
- * machinery and is inside a function (see snapshot.c); `--since SECONDS`
- * counts from that many seconds after start instead (0 = everything).
- * For each top candidate, the shortest reference chain from a root (module
- * first, else an object referenced from outside the graph) to its oldest
- * object says why it is still alive.
+ * Leak candidates: objects still alive — reachable from a root — in a heap
+ * snapshot (the last one, normally taken at exit, or --snapshot N) whose
+ * memory was allocated after warm-up, grouped by type and allocation site
+ * exactly as the report prints them (rs_snapshot_site: the innermost Python
+ * frame, or --depth N frames, 0 = the whole stack), ranked by bytes.
+ * Warm-up is import-time start-up by default: it ends with the first
+ * allocation made by the program's own code, i.e. from a Python stack that
+ * runs no import machinery and is inside a function (see snapshot.c);
+ * `--since SECONDS` counts from that many seconds after start instead
+ * (0 = everything).
+ * Unreachable objects (cyclic garbage the collector has not freed yet, or
+ * uncollectable in gc.garbage) and what only they keep alive are not leak
+ * candidates: the program cannot reach them any more. They are the business
+ * of `refscope cycles`; this report sums them up in a few lines.
+ * For each candidate shown, the shortest reference chain from a root
+ * (module first, else an object referenced from outside the graph) to its
+ * oldest object says why it is still alive; cycles.h guarantees a chain for
+ * every alive object.
  * Growth: sites whose live bytes grow steadily across snapshots (two or
  * more) or, always, across eight time windows of the heap replay, with the
  * least-squares slope in bytes per second.
  * Without any snapshot, candidates are the live blocks at the end of the
  * trace, grouped by site (type "(memory)"), without chains.
+ *
+ * The report is built once into struct leak_report; the text and JSON
+ * renderers only read it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -30,24 +41,11 @@
 #include "snapshot.h"
 
 #define LEAK_WINDOWS 8
+#define LEAK_MAX_SAMPLES 64       /* snapshots used for growth (the first ones) */
+#define LEAK_UNREACHABLE_TYPES 3  /* types named in the unreachable summary */
+#define LEAK_CHAIN_BYTES (1 << 16)
 
-struct candidate {
-    uint32_t stack;
-    uint32_t type;          /* type index in the snapshot, RS_SNAP_NONE: plain memory */
-    uint64_t count, bytes;
-    uint32_t representative; /* object index (oldest) */
-    uint64_t rep_ns;
-};
-
-struct growth {
-    uint32_t stack;
-    double slope;           /* bytes per second */
-    uint64_t samples[LEAK_WINDOWS > 64 ? LEAK_WINDOWS : 64];
-    int nsamples;
-    const char *source;
-};
-
-/* ---- a small stack-keyed map ------------------------------------------------------- */
+/* ---- a small integer-keyed map ---------------------------------------------------- */
 
 struct keymap {
     uint64_t *keys; /* key + 1; 0 = empty */
@@ -55,6 +53,8 @@ struct keymap {
     size_t cap, used;
 };
 
+/* Finds key; with insert, adds it with newval when missing. Returns 1 found,
+ * 2 inserted, 0 missing, -ENOMEM. */
 static int keymap_get(struct keymap *m, uint64_t key, uint32_t *val, int insert, uint32_t newval)
 {
     if (insert && (m->used + 1) * 2 > m->cap) {
@@ -108,65 +108,295 @@ static void keymap_free(struct keymap *m)
     memset(m, 0, sizeof(*m));
 }
 
-static int cmp_candidate(const void *a, const void *b)
+/* ---- the model --------------------------------------------------------------------- */
+
+/* Bytes per site, one row of nsamples per site: live bytes over time for
+ * growth; alive and not alive bytes in the report's snapshot. */
+struct site_series {
+    struct keymap m;         /* site -> row                                  */
+    uint64_t *rows;
+    uint32_t *sites, *stacks;
+    size_t n, cap;
+    int nsamples;
+};
+
+/* One candidate: the objects of one type allocated at one site. */
+struct leak_row {
+    uint32_t site;           /* rs_snapshot_site id                          */
+    uint32_t type;           /* canonical type index, RS_SNAP_NONE: plain memory */
+    uint32_t stack;          /* the representative's stack (JSON frames)     */
+    uint32_t representative; /* its oldest object, RS_SNAP_NONE without snapshot */
+    uint64_t rep_ns;
+    uint64_t count, bytes;
+    char *chain;             /* rows shown: NUL-separated steps from a root  */
+    int chain_steps;
+};
+
+struct leak_growth {
+    uint32_t site, stack;
+    double slope;            /* bytes per second                             */
+    uint64_t samples[LEAK_MAX_SAMPLES];
+    double times[LEAK_MAX_SAMPLES]; /* seconds since start, per sample      */
+    int nsamples;
+    const char *source;      /* "snapshots" or "windows"                     */
+    double unreachable_share; /* windows: share of the site's bytes in the
+                                report's snapshot that is unreachable or held
+                                by unreachable objects; -1 unknown           */
+    int garbage;             /* mostly unreachable: growing garbage, not a leak */
+};
+
+struct leak_type_total {
+    uint32_t type;
+    uint64_t count, bytes;
+};
+
+struct leak_report {
+    const char *path;
+    struct rs_snapshot_trace *t;
+    const struct rs_snapshot *snap;  /* NULL: blocks live at run_end_ns     */
+    uint64_t since;
+    int since_given;                 /* --since, else end of start-up      */
+    size_t limit;
+    uint32_t *type_canon;            /* type index -> first index with its name */
+
+    struct leak_row *rows;           /* ranked, largest first               */
+    size_t nrows, rows_cap;
+    uint64_t objects, bytes;         /* over all rows                       */
+
+    struct rs_cycles cycles;         /* snapshot only: liveness and groups  */
+    size_t uncollectable_groups;
+    struct leak_type_total unreachable_types[LEAK_UNREACHABLE_TYPES];
+    size_t nunreachable_types;
+    struct rs_chain_tree tree;
+    struct site_series by_liveness;  /* per site: [0] alive, [1] not alive bytes */
+
+    struct leak_growth *growth;      /* steepest first                      */
+    size_t ngrowth;
+};
+
+/* ---- types ------------------------------------------------------------------------- */
+
+static const struct rs_snapshot *sort_snap; /* qsort has no context argument */
+
+static const char *type_name_of(const struct rs_snapshot *s, uint32_t type)
 {
-    const struct candidate *x = a, *y = b;
-    if (x->bytes != y->bytes)
-        return x->bytes > y->bytes ? -1 : 1;
-    return x->count > y->count ? -1 : x->count < y->count;
+    return s->types[type].name ? s->types[type].name : "?";
 }
 
-static int cmp_growth(const void *a, const void *b)
+static int cmp_type_name(const void *a, const void *b)
 {
-    const struct growth *x = a, *y = b;
-    return x->slope > y->slope ? -1 : x->slope < y->slope;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = strcmp(type_name_of(sort_snap, x), type_name_of(sort_snap, y));
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Two type objects with one name (a class defined twice, two modules'
+ * `Node`) print the same, so they count as one type here. */
+static int canon_types(struct leak_report *r)
+{
+    const struct rs_snapshot *s = r->snap;
+    size_t n = s->ntypes;
+    uint32_t *order = malloc((n ? n : 1) * sizeof(uint32_t));
+    r->type_canon = malloc((n ? n : 1) * sizeof(uint32_t));
+    if (!order || !r->type_canon) {
+        free(order);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        order[i] = (uint32_t)i;
+    sort_snap = s;
+    qsort(order, n, sizeof(uint32_t), cmp_type_name);
+    for (size_t i = 0; i < n; i++) {
+        int same = i && !strcmp(type_name_of(s, order[i - 1]), type_name_of(s, order[i]));
+        r->type_canon[order[i]] = same ? r->type_canon[order[i - 1]] : order[i];
+    }
+    free(order);
+    return 0;
+}
+
+/* "(memory)" for blocks without a snapshot, "?" for objects of a type the
+ * snapshot did not name. */
+static const char *type_text(const struct leak_report *r, uint32_t type)
+{
+    if (!r->snap)
+        return "(memory)";
+    return type < r->snap->ntypes ? type_name_of(r->snap, type) : "?";
+}
+
+/* ---- bytes per site ------------------------------------------------------------------ */
+
+static int series_add(struct rs_snapshot_trace *t, struct site_series *ss, uint32_t stack, int sample,
+                      uint64_t bytes)
+{
+    uint32_t site, idx;
+    int rc = rs_snapshot_site(t, stack, &site);
+    if (rc < 0)
+        return rc;
+    if (!site)
+        return 0; /* no site to point at */
+    if ((rc = keymap_get(&ss->m, site, &idx, 1, (uint32_t)ss->n)) < 0)
+        return rc;
+    if (rc == 2) {
+        if (ss->n == ss->cap) {
+            size_t cap = ss->cap ? ss->cap * 2 : 256;
+            uint64_t *rows = realloc(ss->rows, cap * ss->nsamples * sizeof(uint64_t));
+            if (rows)
+                ss->rows = rows;
+            uint32_t *si = realloc(ss->sites, cap * sizeof(uint32_t));
+            if (si)
+                ss->sites = si;
+            uint32_t *st = realloc(ss->stacks, cap * sizeof(uint32_t));
+            if (st)
+                ss->stacks = st;
+            if (!rows || !si || !st)
+                return -ENOMEM;
+            ss->cap = cap;
+        }
+        memset(ss->rows + (size_t)idx * ss->nsamples, 0, ss->nsamples * sizeof(uint64_t));
+        ss->sites[idx] = site;
+        ss->stacks[idx] = stack;
+        ss->n++;
+    }
+    ss->rows[(size_t)idx * ss->nsamples + sample] += bytes;
+    return 0;
+}
+
+static void series_free(struct site_series *ss)
+{
+    keymap_free(&ss->m);
+    free(ss->rows);
+    free(ss->sites);
+    free(ss->stacks);
 }
 
 /* ---- candidates -------------------------------------------------------------------- */
 
-static int add_to(struct candidate **v, size_t *n, size_t *cap, struct keymap *m, uint32_t stack, uint32_t type,
-                  uint64_t bytes, uint32_t obj, uint64_t ns)
+static int add_object(struct leak_report *r, struct keymap *m, uint32_t stack, uint32_t type, uint64_t bytes,
+                      uint32_t obj, uint64_t ns)
 {
-    uint32_t idx;
-    int r = keymap_get(m, (uint64_t)stack << 32 | type, &idx, 1, (uint32_t)*n);
-    if (r < 0)
-        return r;
-    if (r == 2) {
-        if (*n == *cap) {
-            size_t c = *cap ? *cap * 2 : 256;
-            struct candidate *nv = realloc(*v, c * sizeof(**v));
-            if (!nv)
+    uint32_t site, idx;
+    int rc = rs_snapshot_site(r->t, stack, &site);
+    if (rc < 0)
+        return rc;
+    if ((rc = keymap_get(m, (uint64_t)site << 32 | type, &idx, 1, (uint32_t)r->nrows)) < 0)
+        return rc;
+    if (rc == 2) {
+        if (r->nrows == r->rows_cap) {
+            size_t c = r->rows_cap ? r->rows_cap * 2 : 256;
+            struct leak_row *v = realloc(r->rows, c * sizeof(*v));
+            if (!v)
                 return -ENOMEM;
-            *v = nv;
-            *cap = c;
+            r->rows = v;
+            r->rows_cap = c;
         }
-        (*v)[(*n)++] = (struct candidate){.stack = stack, .type = type, .representative = obj, .rep_ns = ns};
+        r->rows[r->nrows++] = (struct leak_row){.site = site, .type = type, .stack = stack,
+                                                .representative = obj, .rep_ns = ns};
     }
-    struct candidate *c = &(*v)[idx];
-    c->count++;
-    c->bytes += bytes;
-    if (ns < c->rep_ns) {
-        c->rep_ns = ns;
-        c->representative = obj;
+    struct leak_row *row = &r->rows[idx];
+    row->count++;
+    row->bytes += bytes;
+    r->objects++;
+    r->bytes += bytes;
+    if (ns < row->rep_ns) {
+        row->rep_ns = ns;
+        row->representative = obj;
+        row->stack = stack;
     }
     return 0;
 }
 
 struct block_ctx {
-    struct candidate **v;
-    size_t *n, *cap;
+    struct leak_report *r;
     struct keymap *m;
-    uint64_t since;
     int rc;
 };
 
 static int block_candidate(const struct rs_block *b, void *arg)
 {
     struct block_ctx *c = arg;
-    if (b->alloc_ns < c->since)
+    if (b->alloc_ns < c->r->since)
         return 0;
-    c->rc = add_to(c->v, c->n, c->cap, c->m, b->stack, RS_SNAP_NONE, b->size, RS_SNAP_NONE, b->alloc_ns);
+    c->rc = add_object(c->r, c->m, b->stack, RS_SNAP_NONE, b->size, RS_SNAP_NONE, b->alloc_ns);
     return c->rc < 0;
+}
+
+static int cmp_row(const void *a, const void *b)
+{
+    const struct leak_row *x = a, *y = b;
+    if (x->bytes != y->bytes)
+        return x->bytes > y->bytes ? -1 : 1;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    if (x->site != y->site)
+        return x->site < y->site ? -1 : 1;
+    return (x->type > y->type) - (x->type < y->type);
+}
+
+static int cmp_type_total(const void *a, const void *b)
+{
+    const struct leak_type_total *x = a, *y = b;
+    if (x->bytes != y->bytes)
+        return x->bytes > y->bytes ? -1 : 1;
+    return (x->type > y->type) - (x->type < y->type);
+}
+
+/* Candidates from the snapshot: alive objects only; the unreachable ones
+ * (and what they hold) are summed up by type for their short section. */
+static int snapshot_candidates(struct leak_report *r)
+{
+    const struct rs_snapshot *s = r->snap;
+    struct keymap m = {0};
+    struct leak_type_total *by_type = NULL;
+    int rc;
+    if ((rc = canon_types(r)) < 0 || (rc = rs_cycles_find(s, &r->cycles)) < 0 ||
+        (rc = rs_chain_tree_build(s, &r->tree)) < 0)
+        goto out;
+    rc = -ENOMEM;
+    if (!(by_type = calloc(s->ntypes + 1, sizeof(*by_type))))
+        goto out;
+    r->by_liveness.nsamples = 2;
+    for (size_t i = 0; i < s->nobjs; i++) {
+        const struct rs_snap_object *o = &s->objs[i];
+        uint32_t type = o->type < s->ntypes ? r->type_canon[o->type] : RS_SNAP_NONE;
+        if (o->has_block && o->stack &&
+            (rc = series_add(r->t, &r->by_liveness, o->stack, r->cycles.state[i] != RS_LIVE_ALIVE, o->size)) < 0)
+            goto out;
+        if (r->cycles.state[i] != RS_LIVE_ALIVE) {
+            struct leak_type_total *tt = &by_type[type == RS_SNAP_NONE ? s->ntypes : type];
+            tt->type = type == RS_SNAP_NONE ? (uint32_t)s->ntypes : type;
+            tt->count++;
+            tt->bytes += o->size;
+            continue;
+        }
+        if (!o->has_block || o->alloc_ns < r->since || (o->flags & RS_SNAP_OBJ_IMMORTAL))
+            continue;
+        if ((rc = add_object(r, &m, o->stack, type, o->size, (uint32_t)i, o->alloc_ns)) < 0)
+            goto out;
+    }
+    qsort(by_type, s->ntypes + 1, sizeof(*by_type), cmp_type_total);
+    for (size_t k = 0; k < LEAK_UNREACHABLE_TYPES && k <= s->ntypes && by_type[k].count; k++)
+        r->unreachable_types[r->nunreachable_types++] = by_type[k];
+    for (size_t g = 0; g < r->cycles.n; g++)
+        r->uncollectable_groups += r->cycles.groups[g].uncollectable != 0;
+    rc = 0;
+out:
+    keymap_free(&m);
+    free(by_type);
+    return rc;
+}
+
+/* Chains for the rows that will be shown. */
+static int chain_rows(struct leak_report *r)
+{
+    for (size_t k = 0; k < r->nrows && k < r->limit; k++) {
+        struct leak_row *row = &r->rows[k];
+        if (!r->snap || row->representative == RS_SNAP_NONE)
+            continue;
+        if (!(row->chain = malloc(LEAK_CHAIN_BYTES)))
+            return -ENOMEM;
+        row->chain_steps = rs_chain_steps(r->snap, &r->tree, row->representative, row->chain, LEAK_CHAIN_BYTES);
+    }
+    return 0;
 }
 
 /* ---- growth ------------------------------------------------------------------------- */
@@ -185,10 +415,12 @@ static double slope_of(const double *x, const uint64_t *y, int n)
 }
 
 /* Steady growth: never shrinks by more than 10% between samples, and grows
- * from the first to the last sample. */
+ * from the first to the last sample by at least 4 KiB and a tenth of what
+ * the site ends with (a lazy import adding a little to the import sites'
+ * big, stable total is not growth anyone hunts). */
 static int steady(const uint64_t *y, int n)
 {
-    if (n < 2 || y[n - 1] <= y[0] || y[n - 1] < 4096)
+    if (n < 2 || y[n - 1] <= y[0] || y[n - 1] - y[0] < 4096 || y[n - 1] - y[0] < y[n - 1] / 10)
         return 0;
     for (int i = 1; i < n; i++)
         if ((double)y[i] < 0.9 * (double)y[i - 1])
@@ -196,11 +428,86 @@ static int steady(const uint64_t *y, int n)
     return 1;
 }
 
+/* Keeps the steadily growing sites of a series. Sites already found growing
+ * by an earlier source are skipped: one line per site. */
+static int series_growth(struct leak_report *r, struct site_series *ss, const double *x, const char *source)
+{
+    size_t before = r->ngrowth;
+    for (size_t i = 0; i < ss->n; i++) {
+        const uint64_t *y = ss->rows + i * ss->nsamples;
+        if (!steady(y, ss->nsamples))
+            continue;
+        int dup = 0;
+        for (size_t k = 0; k < before && !dup; k++)
+            dup = r->growth[k].site == ss->sites[i];
+        if (dup)
+            continue;
+        struct leak_growth *g = realloc(r->growth, (r->ngrowth + 1) * sizeof(*g));
+        if (!g)
+            return -ENOMEM;
+        r->growth = g;
+        g = &r->growth[r->ngrowth++];
+        memset(g, 0, sizeof(*g));
+        g->site = ss->sites[i];
+        g->stack = ss->stacks[i];
+        g->nsamples = ss->nsamples;
+        memcpy(g->samples, y, ss->nsamples * sizeof(uint64_t));
+        memcpy(g->times, x, ss->nsamples * sizeof(double));
+        g->slope = slope_of(x, y, ss->nsamples);
+        g->source = source;
+        g->unreachable_share = -1;
+        uint32_t idx;
+        if (!strcmp(source, "windows") && keymap_get(&r->by_liveness.m, g->site, &idx, 0, 0) == 1) {
+            const uint64_t *row = r->by_liveness.rows + (size_t)idx * 2;
+            g->unreachable_share = row[0] + row[1] ? (double)row[1] / (double)(row[0] + row[1]) : 0;
+            g->garbage = g->unreachable_share >= 0.5;
+        }
+    }
+    return 0;
+}
+
+/* Alive objects only, as the candidates: garbage piling up while the
+ * collector is disabled or behind grows too, but it is not a leak. */
+static int snapshot_growth(struct leak_report *r)
+{
+    size_t ns = rs_snapshots_count(r->t->snaps);
+    if (ns < 2)
+        return 0;
+    if (ns > LEAK_MAX_SAMPLES)
+        ns = LEAK_MAX_SAMPLES;
+    struct site_series ss = {.nsamples = (int)ns};
+    double x[LEAK_MAX_SAMPLES];
+    uint8_t *state = NULL;
+    int rc = 0;
+    for (size_t k = 0; k < ns && rc >= 0; k++) {
+        const struct rs_snapshot *s = rs_snapshots_get(r->t->snaps, k);
+        x[k] = s->time_ns / 1e9;
+        free(state);
+        if (!(state = malloc(s->nobjs ? s->nobjs : 1))) {
+            rc = -ENOMEM;
+            break;
+        }
+        long dead = rs_cycles_liveness(s, state, NULL);
+        if (dead < 0) {
+            rc = (int)dead;
+            break;
+        }
+        for (size_t i = 0; i < s->nobjs && rc >= 0; i++) {
+            const struct rs_snap_object *o = &s->objs[i];
+            if (o->has_block && o->stack && state[i] == RS_LIVE_ALIVE)
+                rc = series_add(r->t, &ss, o->stack, (int)k, o->size);
+        }
+    }
+    if (rc >= 0)
+        rc = series_growth(r, &ss, x, "snapshots");
+    free(state);
+    series_free(&ss);
+    return rc;
+}
+
 struct window_ctx {
-    struct keymap *m;
-    uint64_t **rows;  /* per site: LEAK_WINDOWS samples */
-    uint32_t **stacks;
-    size_t *n, *cap;
+    struct rs_snapshot_trace *t;
+    struct site_series *ss;
     int w;
     int rc;
 };
@@ -208,63 +515,39 @@ struct window_ctx {
 static int window_sample(const struct rs_block *b, void *arg)
 {
     struct window_ctx *c = arg;
-    uint32_t idx;
-    int r = keymap_get(c->m, b->stack, &idx, 1, (uint32_t)*c->n);
-    if (r < 0) {
-        c->rc = r;
-        return 1;
-    }
-    if (r == 2) {
-        if (*c->n == *c->cap) {
-            size_t cap = *c->cap ? *c->cap * 2 : 256;
-            uint64_t *rows = realloc(*c->rows, cap * LEAK_WINDOWS * sizeof(uint64_t));
-            if (!rows) {
-                c->rc = -ENOMEM;
-                return 1;
-            }
-            *c->rows = rows;
-            uint32_t *st = realloc(*c->stacks, cap * sizeof(uint32_t));
-            if (!st) {
-                c->rc = -ENOMEM;
-                return 1;
-            }
-            *c->stacks = st;
-            *c->cap = cap;
-        }
-        memset(*c->rows + idx * LEAK_WINDOWS, 0, LEAK_WINDOWS * sizeof(uint64_t));
-        (*c->stacks)[idx] = b->stack;
-        (*c->n)++;
-    }
-    (*c->rows)[idx * LEAK_WINDOWS + c->w] += b->size;
-    return 0;
+    if (!b->stack)
+        return 0;
+    c->rc = series_add(c->t, c->ss, b->stack, c->w, b->size);
+    return c->rc < 0;
 }
 
 /* Second pass over the trace: live bytes per site at the end of each of
- * LEAK_WINDOWS equal time windows. */
-static int window_growth(struct rs_snapshot_trace *t, struct growth **out, size_t *nout, char *err, size_t errlen)
+ * LEAK_WINDOWS equal time windows of the program's own run, from warm-up
+ * (imports only ever add) to run_end_ns (teardown, which frees everything,
+ * would hide any growth). */
+static int window_growth(struct leak_report *r, char *err, size_t errlen)
 {
-    struct keymap m = {0};
-    uint64_t *rows = NULL;
-    uint32_t *stacks = NULL;
-    size_t n = 0, cap = 0;
+    struct rs_snapshot_trace *t = r->t;
+    struct site_series ss = {.nsamples = LEAK_WINDOWS};
     struct rs_heap *h = rs_heap_new();
     int rc = -ENOMEM;
     if (!h)
         goto out;
     if ((rc = rs_trace_rewind(t->trace, err, errlen)) < 0)
         goto out;
-    uint64_t end = t->end_ns ? t->end_ns : 1;
+    uint64_t end = t->run_end_ns ? t->run_end_ns : 1;
+    uint64_t start = r->since < end ? r->since : 0, span = end - start;
     int w = 0;
     struct rs_event ev;
-    struct window_ctx c = {&m, &rows, &stacks, &n, &cap, 0, 0};
+    struct window_ctx c = {t, &ss, 0, 0};
     while ((rc = rs_trace_next(t->trace, &ev, err, errlen)) > 0) {
-        while (w < LEAK_WINDOWS - 1 && ev.time_ns > end * (uint64_t)(w + 1) / LEAK_WINDOWS) {
+        if (ev.time_ns > end)
+            break;
+        while (w < LEAK_WINDOWS - 1 && ev.time_ns > start + span * (uint64_t)(w + 1) / LEAK_WINDOWS) {
             c.w = w++;
             rs_heap_foreach(h, 0, window_sample, &c);
-            if (c.rc < 0) {
-                rc = c.rc;
+            if ((rc = c.rc) < 0)
                 goto out;
-            }
         }
         if ((rc = rs_heap_apply(h, &ev, NULL)) < 0)
             goto out;
@@ -274,126 +557,315 @@ static int window_growth(struct rs_snapshot_trace *t, struct growth **out, size_
     while (w < LEAK_WINDOWS) {
         c.w = w++;
         rs_heap_foreach(h, 0, window_sample, &c);
-        if (c.rc < 0) {
-            rc = c.rc;
+        if ((rc = c.rc) < 0)
             goto out;
-        }
     }
     double x[LEAK_WINDOWS];
     for (int i = 0; i < LEAK_WINDOWS; i++)
-        x[i] = (double)end * (i + 1) / LEAK_WINDOWS / 1e9;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t *y = rows + i * LEAK_WINDOWS;
-        if (!stacks[i] || !steady(y, LEAK_WINDOWS))
-            continue;
-        struct growth *g = realloc(*out, (*nout + 1) * sizeof(**out));
-        if (!g) {
-            rc = -ENOMEM;
+        x[i] = ((double)start + (double)span * (i + 1) / LEAK_WINDOWS) / 1e9;
+    rc = series_growth(r, &ss, x, "windows");
+out:
+    if (h)
+        rs_heap_free(h);
+    series_free(&ss);
+    return rc;
+}
+
+static int cmp_growth(const void *a, const void *b)
+{
+    const struct leak_growth *x = a, *y = b;
+    if (x->slope != y->slope)
+        return x->slope > y->slope ? -1 : 1;
+    return (x->site > y->site) - (x->site < y->site);
+}
+
+/* ---- building the report ------------------------------------------------------------ */
+
+/* Without a snapshot: the blocks live when the program's own run ended
+ * (run_end_ns), from one more replay; t->heap is the end of the trace,
+ * where teardown has freed what the program left behind, leaks included. */
+static int block_candidates(struct leak_report *r, char *err, size_t errlen)
+{
+    struct keymap m = {0};
+    struct block_ctx bc = {r, &m, 0};
+    struct rs_heap *h = rs_heap_new();
+    struct rs_event ev;
+    int rc = -ENOMEM;
+    if (!h || (rc = rs_trace_rewind(r->t->trace, err, errlen)) < 0)
+        goto out;
+    while ((rc = rs_trace_next(r->t->trace, &ev, err, errlen)) > 0 && ev.time_ns <= r->t->run_end_ns)
+        if ((rc = rs_heap_apply(h, &ev, NULL)) < 0)
             goto out;
-        }
-        *out = g;
-        g = &(*out)[(*nout)++];
-        memset(g, 0, sizeof(*g));
-        g->stack = stacks[i];
-        g->nsamples = LEAK_WINDOWS;
-        memcpy(g->samples, y, LEAK_WINDOWS * sizeof(uint64_t));
-        g->slope = slope_of(x, y, LEAK_WINDOWS);
-        g->source = "windows";
-    }
-    rc = 0;
+    if (rc < 0)
+        goto out;
+    rs_heap_foreach(h, 0, block_candidate, &bc);
+    rc = bc.rc;
 out:
     if (h)
         rs_heap_free(h);
     keymap_free(&m);
-    free(rows);
-    free(stacks);
     return rc;
 }
 
-static int snapshot_growth(struct rs_snapshot_trace *t, struct growth **out, size_t *nout)
+static int report_build(struct leak_report *r, char *err, size_t errlen)
 {
-    size_t ns = rs_snapshots_count(t->snaps);
-    if (ns < 2)
-        return 0;
-    if (ns > 64)
-        ns = 64;
-    struct keymap m = {0};
-    uint64_t *rows = NULL;
-    uint32_t *stacks = NULL;
-    size_t n = 0, cap = 0;
-    int rc = -ENOMEM;
-    double x[64];
-    for (size_t k = 0; k < ns; k++) {
-        const struct rs_snapshot *s = rs_snapshots_get(t->snaps, k);
-        x[k] = s->time_ns / 1e9;
-        for (size_t i = 0; i < s->nobjs; i++) {
-            const struct rs_snap_object *o = &s->objs[i];
-            if (!o->has_block || !o->stack)
-                continue;
-            uint32_t idx;
-            int r = keymap_get(&m, o->stack, &idx, 1, (uint32_t)n);
-            if (r < 0)
-                goto out;
-            if (r == 2) {
-                if (n == cap) {
-                    size_t c = cap ? cap * 2 : 256;
-                    uint64_t *nr = realloc(rows, c * 64 * sizeof(uint64_t));
-                    if (!nr)
-                        goto out;
-                    rows = nr;
-                    uint32_t *st = realloc(stacks, c * sizeof(uint32_t));
-                    if (!st)
-                        goto out;
-                    stacks = st;
-                    cap = c;
-                }
-                memset(rows + idx * 64, 0, 64 * sizeof(uint64_t));
-                stacks[idx] = o->stack;
-                n++;
-            }
-            rows[idx * 64 + k] += o->size;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t *y = rows + i * 64;
-        if (!steady(y, (int)ns))
-            continue;
-        struct growth *g = realloc(*out, (*nout + 1) * sizeof(**out));
-        if (!g)
-            goto out;
-        *out = g;
-        g = &(*out)[(*nout)++];
-        memset(g, 0, sizeof(*g));
-        g->stack = stacks[i];
-        g->nsamples = (int)ns;
-        memcpy(g->samples, y, ns * sizeof(uint64_t));
-        g->slope = slope_of(x, y, (int)ns);
-        g->source = "snapshots";
-    }
-    rc = 0;
-out:
-    keymap_free(&m);
-    free(rows);
-    free(stacks);
+    int rc = r->snap ? snapshot_candidates(r) : block_candidates(r, err, errlen);
+    if (rc < 0)
+        goto fail;
+    if (r->nrows)
+        qsort(r->rows, r->nrows, sizeof(*r->rows), cmp_row);
+    if ((rc = chain_rows(r)) < 0 || (rc = snapshot_growth(r)) < 0 || (rc = window_growth(r, err, errlen)) < 0)
+        goto fail;
+    if (r->ngrowth)
+        qsort(r->growth, r->ngrowth, sizeof(*r->growth), cmp_growth);
+    return 0;
+fail:
+    if (rc == -ENOMEM) /* the trace functions say what else went wrong */
+        snprintf(err, errlen, "out of memory");
     return rc;
+}
+
+static void report_free(struct leak_report *r)
+{
+    for (size_t k = 0; k < r->nrows; k++)
+        free(r->rows[k].chain);
+    free(r->rows);
+    free(r->type_canon);
+    free(r->growth);
+    rs_cycles_free(&r->cycles);
+    rs_chain_tree_free(&r->tree);
+    series_free(&r->by_liveness);
+}
+
+/* ---- rendering --------------------------------------------------------------------- */
+
+static json_t *render_json(const struct leak_report *r)
+{
+    const struct rs_snapshot *s = r->snap;
+    json_t *root = json_object(), *arr = json_array(), *garr = json_array();
+    json_object_set_new(root, "trace", json_string(r->path));
+    json_object_set_new(root, "snapshot", s ? json_integer(s->seq) : json_null());
+    json_object_set_new(root, "since_ns", json_integer((json_int_t)r->since));
+    json_object_set_new(root, "since", json_string(r->since_given ? "--since" : "import"));
+    json_object_set_new(root, "startup_end_ns", r->t->startup_end_ns == UINT64_MAX
+                                                    ? json_null()
+                                                    : json_integer((json_int_t)r->t->startup_end_ns));
+    json_object_set_new(root, "depth", json_integer(r->t->site_depth));
+    json_object_set_new(root, "total_candidates", json_integer((json_int_t)r->nrows));
+    json_object_set_new(root, "candidate_objects", json_integer((json_int_t)r->objects));
+    json_object_set_new(root, "candidate_bytes", json_integer((json_int_t)r->bytes));
+    for (size_t k = 0; k < r->nrows && k < r->limit; k++) {
+        const struct leak_row *row = &r->rows[k];
+        json_t *o = json_object(), *ch = json_array();
+        json_object_set_new(o, "site", json_string(rs_snapshot_site_name(r->t, row->site)));
+        json_object_set_new(o, "frames", rs_snapshot_frames_json(r->t, row->stack));
+        json_object_set_new(o, "type", json_string(type_text(r, row->type)));
+        json_object_set_new(o, "count", json_integer((json_int_t)row->count));
+        json_object_set_new(o, "bytes", json_integer((json_int_t)row->bytes));
+        if (s && row->representative != RS_SNAP_NONE) {
+            char addr[32];
+            snprintf(addr, sizeof(addr), "0x%llx", (unsigned long long)s->objs[row->representative].addr);
+            json_object_set_new(o, "representative", json_string(addr));
+        }
+        const char *p = row->chain;
+        for (int i = 0; i < row->chain_steps; i++, p += strlen(p) + 1)
+            json_array_append_new(ch, json_string(p));
+        json_object_set_new(o, "chain", ch);
+        json_array_append_new(arr, o);
+    }
+    json_object_set_new(root, "candidates", arr);
+    if (s) {
+        const struct rs_cycles *c = &r->cycles;
+        json_t *u = json_object(), *types = json_array();
+        json_object_set_new(u, "objects", json_integer((json_int_t)c->unreachable));
+        json_object_set_new(u, "bytes", json_integer((json_int_t)c->unreachable_bytes));
+        json_object_set_new(u, "groups", json_integer((json_int_t)c->n));
+        json_object_set_new(u, "uncollectable_groups", json_integer((json_int_t)r->uncollectable_groups));
+        json_object_set_new(u, "held_objects", json_integer((json_int_t)c->held));
+        json_object_set_new(u, "held_bytes", json_integer((json_int_t)c->held_bytes));
+        json_object_set_new(u, "gc_enabled", s->gc_enabled == 255 ? json_null() : json_boolean(s->gc_enabled));
+        for (size_t k = 0; k < r->nunreachable_types; k++) {
+            const struct leak_type_total *tt = &r->unreachable_types[k];
+            json_t *to = json_object();
+            json_object_set_new(to, "type", json_string(type_text(r, tt->type)));
+            json_object_set_new(to, "count", json_integer((json_int_t)tt->count));
+            json_object_set_new(to, "bytes", json_integer((json_int_t)tt->bytes));
+            json_array_append_new(types, to);
+        }
+        json_object_set_new(u, "types", types);
+        json_object_set_new(u, "see", json_string("refscope cycles"));
+        json_object_set_new(root, "unreachable", u);
+    } else {
+        json_object_set_new(root, "unreachable", json_null());
+    }
+    for (size_t k = 0; k < r->ngrowth && k < r->limit; k++) {
+        const struct leak_growth *g = &r->growth[k];
+        json_t *o = json_object(), *smp = json_array(), *tms = json_array();
+        json_object_set_new(o, "site", json_string(rs_snapshot_site_name(r->t, g->site)));
+        json_object_set_new(o, "frames", rs_snapshot_frames_json(r->t, g->stack));
+        json_object_set_new(o, "source", json_string(g->source));
+        json_object_set_new(o, "slope_bytes_per_s", json_real(g->slope));
+        for (int i = 0; i < g->nsamples; i++) {
+            json_array_append_new(smp, json_integer((json_int_t)g->samples[i]));
+            json_array_append_new(tms, json_real(g->times[i]));
+        }
+        json_object_set_new(o, "live_bytes", smp);
+        json_object_set_new(o, "times_s", tms);
+        json_object_set_new(o, "unreachable_share",
+                            g->unreachable_share < 0 ? json_null() : json_real(g->unreachable_share));
+        json_object_set_new(o, "garbage", json_boolean(g->garbage));
+        json_array_append_new(garr, o);
+    }
+    json_object_set_new(root, "growth", garr);
+    return root;
+}
+
+static void render_unreachable_text(const struct leak_report *r)
+{
+    const struct rs_snapshot *s = r->snap;
+    const struct rs_cycles *c = &r->cycles;
+    char b[32], hb[32];
+    if (!c->unreachable) {
+        printf("\nunreachable: nothing (no cyclic garbage waiting for the collector)\n");
+        return;
+    }
+    size_t garbage = c->n - r->uncollectable_groups;
+    printf("\nnot leaks, unreachable: %zu objects (%s) in %zu group%s", c->unreachable,
+           rs_snapshot_bytes_text(c->unreachable_bytes, b, sizeof(b)), c->n, c->n == 1 ? "" : "s");
+    if (c->held)
+        printf(", and %zu objects (%s) only they keep alive", c->held,
+               rs_snapshot_bytes_text(c->held_bytes, hb, sizeof(hb)));
+    printf("\n");
+    if (garbage)
+        printf("  %zu group%s of cyclic garbage: %s\n", garbage, garbage == 1 ? "" : "s",
+               s->gc_enabled == 0 ? "the collector was disabled, nothing frees them"
+                                  : "the collector has not run since, its next run frees them");
+    if (r->uncollectable_groups)
+        printf("  %zu group%s uncollectable: held in gc.garbage, never freed\n", r->uncollectable_groups,
+               r->uncollectable_groups == 1 ? "" : "s");
+    size_t growing = 0;
+    for (size_t k = 0; k < r->ngrowth && growing < LEAK_UNREACHABLE_TYPES; k++) {
+        const struct leak_growth *g = &r->growth[k];
+        char rate[32];
+        if (!g->garbage)
+            continue;
+        rs_snapshot_delta_bytes_text((int64_t)g->slope, rate, sizeof(rate));
+        strcat(rate, "/s");
+        printf("  %-18s %12s  %s\n", growing++ ? "" : "growing steadily:", rate, rs_snapshot_site_name(r->t, g->site));
+    }
+    printf("  mostly");
+    for (size_t k = 0; k < r->nunreachable_types; k++) {
+        const struct leak_type_total *tt = &r->unreachable_types[k];
+        printf("%s %llu %s (%s)", k ? "," : "", (unsigned long long)tt->count,
+               type_text(r, tt->type), rs_snapshot_bytes_text(tt->bytes, b, sizeof(b)));
+    }
+    printf("; details: refscope cycles %s\n", r->path);
+}
+
+static void render_growth_text(const struct leak_report *r)
+{
+    size_t shown = 0, more = 0;
+    for (size_t k = 0; k < r->ngrowth; k++) {
+        const struct leak_growth *g = &r->growth[k];
+        if (g->garbage)
+            continue; /* in the unreachable section */
+        if (shown == r->limit) {
+            more++;
+            continue;
+        }
+        if (!shown++)
+            printf("\ngrowing sites: live bytes rising steadily, least-squares slope, steepest first\n");
+        char rate[32], from[32], to[32], span[64];
+        rs_snapshot_delta_bytes_text((int64_t)g->slope, rate, sizeof(rate));
+        strcat(rate, "/s");
+        snprintf(span, sizeof(span), "(%.2f-%.2f s, %d %s)", g->times[0], g->times[g->nsamples - 1], g->nsamples,
+                 g->source);
+        printf("  %12s  %9s -> %-9s %-26s %s\n", rate, rs_snapshot_bytes_text(g->samples[0], from, sizeof(from)),
+               rs_snapshot_bytes_text(g->samples[g->nsamples - 1], to, sizeof(to)), span,
+               rs_snapshot_site_name(r->t, g->site));
+    }
+    if (more)
+        printf("  ... %zu more (--limit N)\n", more);
+    if (!shown)
+        printf("\ngrowth: no site's live memory grows steadily (over %d time windows%s)%s\n", LEAK_WINDOWS,
+               rs_snapshots_count(r->t->snaps) >= 2 ? " or across snapshots" : "",
+               r->ngrowth ? ", but for unreachable garbage (below)" : "");
+}
+
+static void render_text(const struct leak_report *r)
+{
+    const struct rs_snapshot *s = r->snap;
+    char b[32], depth[64], since[96];
+    rs_snapshot_site_depth_text(r->t, depth, sizeof(depth));
+    if (r->since_given && !r->since)
+        snprintf(since, sizeof(since), "allocated at any time (--since 0)");
+    else if (r->since_given)
+        snprintf(since, sizeof(since), "allocated %.3f s or more after start (--since)", r->since / 1e9);
+    else if (r->t->startup_end_ns == UINT64_MAX)
+        snprintf(since, sizeof(since), "allocated at any time (no end of start-up found)");
+    else
+        snprintf(since, sizeof(since), "allocated after start-up (%.3f s, the first call into the program)",
+                 r->since / 1e9);
+    if (s) {
+        size_t nsnaps = rs_snapshots_count(r->t->snaps);
+        printf("snapshot %u (%s, at %.3f s", s->seq, rs_snapshot_reason_name(s->reason), s->time_ns / 1e9);
+        if (nsnaps > 1 && s == rs_snapshots_get(r->t->snaps, nsnaps - 1))
+            printf("; the last of %zu, --snapshot N for another", nsnaps);
+        printf("): %zu objects\n", s->nobjs);
+        printf("leak candidates: objects reachable from a root, %s,\n", since);
+        printf("by type and allocation site (%s), most bytes first\n", depth);
+    } else {
+        printf("no heap snapshot in this trace: leak candidates are the memory blocks live when the program\n"
+               "ended (%.3f s, before interpreter teardown), %s,\nby allocation site (%s), most bytes first\n",
+               r->t->run_end_ns / 1e9, since, depth);
+    }
+    if (!r->nrows)
+        printf("\n  none\n");
+    else if (r->nrows > r->limit)
+        printf("%zu groups, %s in %llu objects; the largest %zu shown (--limit N)\n", r->nrows,
+               rs_snapshot_bytes_text(r->bytes, b, sizeof(b)), (unsigned long long)r->objects, r->limit);
+    else
+        printf("%zu group%s, %s in %llu object%s\n", r->nrows, r->nrows == 1 ? "" : "s",
+               rs_snapshot_bytes_text(r->bytes, b, sizeof(b)), (unsigned long long)r->objects,
+               r->objects == 1 ? "" : "s");
+    for (size_t k = 0; k < r->nrows && k < r->limit; k++) {
+        const struct leak_row *row = &r->rows[k];
+        printf("\n#%zu %s in %llu %s object%s at %s\n", k + 1, rs_snapshot_bytes_text(row->bytes, b, sizeof(b)),
+               (unsigned long long)row->count, type_text(r, row->type), row->count == 1 ? "" : "s",
+               rs_snapshot_site_name(r->t, row->site));
+        if (!row->chain)
+            continue;
+        printf("   alive because: ");
+        const char *p = row->chain;
+        for (int i = 0; i < row->chain_steps; i++, p += strlen(p) + 1)
+            printf("%s%s", i ? " -> " : "", p);
+        printf("%s\n", row->chain_steps ? "" : "(referenced from outside the snapshot)");
+    }
+    render_growth_text(r);
+    if (s)
+        render_unreachable_text(r);
 }
 
 /* ---- the command ------------------------------------------------------------------- */
 
+static const char leaks_usage[] =
+    "usage: refscope leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] [--depth N] TRACE\n";
+
 int cmd_leaks(int argc, char **argv)
 {
-    int json = 0, want = -1, limit = 10;
+    int json = 0, want = -1, limit = 10, depth = 1;
     const char *since_arg = "import";
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
         {"since", required_argument, NULL, 'S'},
         {"snapshot", required_argument, NULL, 's'},
         {"limit", required_argument, NULL, 'n'},
+        {"depth", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0},
     };
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "jS:s:n:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "jS:s:n:D:", longopts, NULL)) != -1) {
         if (c == 'j')
             json = 1;
         else if (c == 'S')
@@ -402,13 +874,15 @@ int cmd_leaks(int argc, char **argv)
             want = atoi(optarg);
         else if (c == 'n')
             limit = atoi(optarg);
+        else if (c == 'D')
+            depth = atoi(optarg);
         else
             return 2;
     }
     char *endp = NULL;
     double since_s = strcmp(since_arg, "import") ? strtod(since_arg, &endp) : 0;
-    if (optind + 1 != argc || limit <= 0 || (endp && (*endp || since_s < 0))) {
-        fprintf(stderr, "usage: refscope leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] TRACE\n");
+    if (optind + 1 != argc || limit <= 0 || depth < 0 || (endp && (*endp || since_s < 0))) {
+        fputs(leaks_usage, stderr);
         return 2;
     }
     const char *path = argv[optind];
@@ -418,141 +892,42 @@ int cmd_leaks(int argc, char **argv)
         fprintf(stderr, "refscope leaks: %s\n", err);
         return 1;
     }
+    t.site_depth = depth;
     int status = 1;
-    struct candidate *cands = NULL;
-    size_t ncand = 0, capcand = 0;
-    struct keymap m = {0};
-    struct growth *growth = NULL;
-    size_t ngrowth = 0;
-    struct rs_chain_tree tree = {0};
-    uint64_t since = endp ? (uint64_t)(since_s * 1e9) : (t.startup_end_ns == UINT64_MAX ? 0 : t.startup_end_ns);
-
+    struct leak_report r = {
+        .path = path,
+        .t = &t,
+        .limit = (size_t)limit,
+        .since_given = endp != NULL,
+        .since = endp ? (uint64_t)(since_s * 1e9) : (t.startup_end_ns == UINT64_MAX ? 0 : t.startup_end_ns),
+    };
     size_t count = rs_snapshots_count(t.snaps);
-    const struct rs_snapshot *s = NULL;
     if (want >= 0) {
-        s = rs_snapshots_find(t.snaps, (uint32_t)want);
-        if (!s) {
-            fprintf(stderr, "refscope leaks: %s: no snapshot numbered %d\n", path, want);
+        r.snap = rs_snapshots_find(t.snaps, (uint32_t)want);
+        if (!r.snap) {
+            char have[64];
+            fprintf(stderr, "refscope leaks: %s: no snapshot numbered %d (the trace has %s)\n", path, want,
+                    rs_snapshots_range_text(t.snaps, have, sizeof(have)));
             goto out;
         }
     } else if (count) {
-        s = rs_snapshots_get(t.snaps, count - 1);
+        r.snap = rs_snapshots_get(t.snaps, count - 1);
     }
-    if (s) {
-        for (size_t i = 0; i < s->nobjs; i++) {
-            const struct rs_snap_object *o = &s->objs[i];
-            if (!o->has_block || o->alloc_ns < since || (o->flags & RS_SNAP_OBJ_IMMORTAL))
-                continue;
-            if (add_to(&cands, &ncand, &capcand, &m, o->stack, o->type, o->size, (uint32_t)i, o->alloc_ns) < 0)
-                goto oom;
-        }
-        if (rs_chain_tree_build(s, &tree) < 0)
-            goto oom;
-    } else {
-        struct block_ctx bc = {&cands, &ncand, &capcand, &m, since, 0};
-        rs_heap_foreach(t.heap, 0, block_candidate, &bc);
-        if (bc.rc < 0)
-            goto oom;
+    if (report_build(&r, err, sizeof(err)) < 0) {
+        fprintf(stderr, "refscope leaks: %s: %s\n", path, err);
+        goto out;
     }
-    qsort(cands, ncand, sizeof(*cands), cmp_candidate);
-    if (snapshot_growth(&t, &growth, &ngrowth) < 0 || window_growth(&t, &growth, &ngrowth, err, sizeof(err)) < 0)
-        goto oom;
-    qsort(growth, ngrowth, sizeof(*growth), cmp_growth);
-
-    size_t shown = ncand < (size_t)limit ? ncand : (size_t)limit;
-    size_t gshown = ngrowth < (size_t)limit ? ngrowth : (size_t)limit;
-    static char chain[1 << 16];
     if (json) {
-        json_t *root = json_object(), *arr = json_array(), *garr = json_array();
-        json_object_set_new(root, "trace", json_string(path));
-        json_object_set_new(root, "snapshot", s ? json_integer(s->seq) : json_null());
-        json_object_set_new(root, "since_ns", json_integer((json_int_t)since));
-        json_object_set_new(root, "startup_end_ns",
-                            t.startup_end_ns == UINT64_MAX ? json_null() : json_integer((json_int_t)t.startup_end_ns));
-        json_object_set_new(root, "total_candidates", json_integer((json_int_t)ncand));
-        for (size_t k = 0; k < shown; k++) {
-            const struct candidate *cd = &cands[k];
-            json_t *o = json_object(), *ch = json_array();
-            char site[512];
-            json_object_set_new(o, "frames", rs_snapshot_frames_json(&t, cd->stack));
-            json_object_set_new(o, "site", json_string(rs_snapshot_site_text(&t, cd->stack, site, sizeof(site))));
-            json_object_set_new(o, "type", json_string(cd->type == RS_SNAP_NONE ? "(memory)"
-                                                       : s->types[cd->type].name));
-            json_object_set_new(o, "count", json_integer((json_int_t)cd->count));
-            json_object_set_new(o, "bytes", json_integer((json_int_t)cd->bytes));
-            if (s && cd->representative != RS_SNAP_NONE) {
-                char addr[32];
-                snprintf(addr, sizeof(addr), "0x%llx", (unsigned long long)s->objs[cd->representative].addr);
-                json_object_set_new(o, "representative", json_string(addr));
-                int steps = rs_chain_steps(s, &tree, cd->representative, chain, sizeof(chain));
-                const char *p = chain;
-                for (int i = 0; i < steps; i++, p += strlen(p) + 1)
-                    json_array_append_new(ch, json_string(p));
-            }
-            json_object_set_new(o, "chain", ch);
-            json_array_append_new(arr, o);
-        }
-        for (size_t k = 0; k < gshown; k++) {
-            const struct growth *g = &growth[k];
-            json_t *o = json_object(), *smp = json_array();
-            char site[512];
-            json_object_set_new(o, "frames", rs_snapshot_frames_json(&t, g->stack));
-            json_object_set_new(o, "site", json_string(rs_snapshot_site_text(&t, g->stack, site, sizeof(site))));
-            json_object_set_new(o, "source", json_string(g->source));
-            json_object_set_new(o, "slope_bytes_per_s", json_real(g->slope));
-            for (int i = 0; i < g->nsamples; i++)
-                json_array_append_new(smp, json_integer((json_int_t)g->samples[i]));
-            json_object_set_new(o, "live_bytes", smp);
-            json_array_append_new(garr, o);
-        }
-        json_object_set_new(root, "candidates", arr);
-        json_object_set_new(root, "growth", garr);
+        json_t *root = render_json(&r);
         json_dumpf(root, stdout, JSON_INDENT(2));
         putchar('\n');
         json_decref(root);
     } else {
-        char b[32];
-        if (s)
-            printf("leak candidates in snapshot %u (%zu objects), allocated after %.3f s (%s)\n", s->seq, s->nobjs,
-                   since / 1e9, endp ? "--since" : "end of import-time start-up");
-        else
-            printf("no heap snapshot in this trace: live blocks at the end, allocated after %.3f s\n", since / 1e9);
-        if (!shown)
-            printf("  none\n");
-        for (size_t k = 0; k < shown; k++) {
-            const struct candidate *cd = &cands[k];
-            char site[512];
-            printf("\n#%zu %s in %llu %s object%s at %s\n", k + 1, rs_snapshot_bytes_text(cd->bytes, b, sizeof(b)),
-                   (unsigned long long)cd->count, cd->type == RS_SNAP_NONE ? "(memory)" : s->types[cd->type].name,
-                   cd->count == 1 ? "" : "s", rs_snapshot_site_text(&t, cd->stack, site, sizeof(site)));
-            if (s && cd->representative != RS_SNAP_NONE) {
-                int steps = rs_chain_steps(s, &tree, cd->representative, chain, sizeof(chain));
-                const char *p = chain;
-                printf("   alive because: ");
-                if (!steps)
-                    printf("(no chain from a root)");
-                for (int i = 0; i < steps; i++, p += strlen(p) + 1)
-                    printf("%s%s", i ? " -> " : "", p);
-                printf("\n");
-            }
-        }
-        if (gshown)
-            printf("\ngrowing sites:\n");
-        for (size_t k = 0; k < gshown; k++) {
-            char site[512];
-            printf("  %+.0f B/s over %d %s  %s\n", growth[k].slope, growth[k].nsamples, growth[k].source,
-                   rs_snapshot_site_text(&t, growth[k].stack, site, sizeof(site)));
-        }
+        render_text(&r);
     }
     status = 0;
-    goto out;
-oom:
-    fprintf(stderr, "refscope leaks: out of memory or unreadable trace\n");
 out:
-    rs_chain_tree_free(&tree);
-    keymap_free(&m);
-    free(cands);
-    free(growth);
+    report_free(&r);
     rs_snapshot_trace_close(&t);
     return status;
 }

@@ -1,7 +1,8 @@
 /*
  * Graph algorithms on heap snapshots (see cycles.h): the collector's
  * unreachable test (subtract internal references, propagate reachability),
- * Tarjan's SCCs, grouping of unreachable objects, and BFS chains from roots.
+ * liveness (what only garbage keeps alive), Tarjan's SCCs, grouping of
+ * unreachable objects, and BFS chains from roots.
  * Everything is iterative: snapshots hold millions of objects and chains of
  * any length.
  */
@@ -99,6 +100,87 @@ long rs_cycles_unreachable(const struct rs_snapshot *s, uint8_t *unreachable, in
     free(gc_refs);
     free(queue);
     return count;
+}
+
+/* Breadth-first from queue[0..tail) over objects whose state is `from`,
+ * setting them to `to`; never through the gc.garbage list `holder`. */
+static void spread(const struct rs_snapshot *s, uint8_t *state, uint8_t from, uint8_t to, uint32_t holder,
+                   uint32_t *queue, size_t tail)
+{
+    size_t head = 0;
+    while (head < tail) {
+        uint32_t i = queue[head++];
+        if (i == holder)
+            continue;
+        for (uint64_t e = s->edge_start[i]; e < s->edge_start[i + 1]; e++) {
+            uint32_t j = s->edges[e];
+            if (j == RS_SNAP_NONE || state[j] != from)
+                continue;
+            state[j] = to;
+            queue[tail++] = j;
+        }
+    }
+}
+
+/* Liveness in three spreads over the objects the collector did not find
+ * unreachable (all start as "not yet known"): from the roots; from the
+ * unreachable objects (what they hold); from whatever neither reached,
+ * which we cannot explain and so do not call garbage. A root is an object
+ * with references from outside the graph (refcount above its known
+ * referrers), not merely one the collector finds reachable: the collector
+ * counts a reference from an untracked object as external, but when that
+ * object is itself held by garbage, both go when the garbage does. */
+enum { LIVE_UNKNOWN = 3, LIVE_FROM_GARBAGE = 4 };
+
+long rs_cycles_liveness(const struct rs_snapshot *s, uint8_t *state, int64_t *gc_refs)
+{
+    size_t n = s->nobjs;
+    uint64_t *incoming = calloc(n ? n : 1, sizeof(uint64_t));
+    uint32_t *queue = malloc((n ? n : 1) * sizeof(uint32_t));
+    long rc = -ENOMEM;
+    if (!incoming || !queue)
+        goto out;
+    if ((rc = rs_cycles_unreachable(s, state, gc_refs)) < 0)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        for (uint64_t e = s->edge_start[i]; e < s->edge_start[i + 1]; e++)
+            if (s->edges[e] != RS_SNAP_NONE)
+                incoming[s->edges[e]]++;
+    uint32_t holder = find_garbage_list(s);
+    size_t tail = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct rs_snap_object *o = &s->objs[i];
+        if (state[i]) /* unreachable */
+            continue;
+        if ((o->flags & (RS_SNAP_OBJ_IMMORTAL | RS_SNAP_OBJ_FROZEN)) || o->refcnt > incoming[i])
+            queue[tail++] = (uint32_t)i; /* stays RS_LIVE_ALIVE */
+        else
+            state[i] = LIVE_UNKNOWN;
+    }
+    spread(s, state, LIVE_UNKNOWN, RS_LIVE_ALIVE, holder, queue, tail);
+    tail = 0;
+    for (size_t i = 0; i < n; i++)
+        if (state[i] == RS_LIVE_UNREACHABLE)
+            queue[tail++] = (uint32_t)i;
+    spread(s, state, LIVE_UNKNOWN, LIVE_FROM_GARBAGE, RS_SNAP_NONE, queue, tail);
+    tail = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (state[i] == LIVE_UNKNOWN) {
+            state[i] = RS_LIVE_ALIVE;
+            queue[tail++] = (uint32_t)i;
+        }
+    }
+    spread(s, state, LIVE_FROM_GARBAGE, RS_LIVE_ALIVE, holder, queue, tail);
+    rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (state[i] == LIVE_FROM_GARBAGE)
+            state[i] = RS_LIVE_HELD;
+        rc += state[i] != RS_LIVE_ALIVE;
+    }
+out:
+    free(incoming);
+    free(queue);
+    return rc;
 }
 
 int rs_cycles_scc(const struct rs_snapshot *s, const uint8_t *mask, uint32_t *comp, uint32_t *ncomp,
@@ -204,18 +286,24 @@ int rs_cycles_find(const struct rs_snapshot *s, struct rs_cycles *out)
 {
     size_t n = s->nobjs;
     memset(out, 0, sizeof(*out));
-    uint8_t *mask = malloc(n ? n : 1);
+    uint8_t *mask = calloc(n ? n : 1, 1);
     uint32_t *uf = malloc((n ? n : 1) * sizeof(uint32_t));
     uint32_t *group_of = malloc((n ? n : 1) * sizeof(uint32_t));
+    uint32_t *queue = malloc((n ? n : 1) * sizeof(uint32_t));
     out->comp = malloc((n ? n : 1) * sizeof(uint32_t));
     out->cyclic = calloc(n ? n : 1, 1);
+    out->state = malloc(n ? n : 1);
     int rc = -ENOMEM;
-    if (!mask || !uf || !group_of || !out->comp || !out->cyclic)
+    if (!mask || !uf || !group_of || !queue || !out->comp || !out->cyclic || !out->state)
         goto out;
-    long un = rs_cycles_unreachable(s, mask, NULL);
-    if (un < 0)
+    if (rs_cycles_liveness(s, out->state, NULL) < 0)
         goto out;
-    out->unreachable = (size_t)un;
+    for (size_t i = 0; i < n; i++) {
+        mask[i] = out->state[i] == RS_LIVE_UNREACHABLE;
+        out->unreachable += mask[i];
+        if (mask[i])
+            out->unreachable_bytes += s->objs[i].size;
+    }
     uint32_t ncomp;
     if (rs_cycles_scc(s, mask, out->comp, &ncomp, out->cyclic) < 0)
         goto out;
@@ -274,12 +362,35 @@ int rs_cycles_find(const struct rs_snapshot *s, struct rs_cycles *out)
         }
     }
     free(counted);
+    /* held objects: breadth-first from every group at once; group_of[] now
+     * maps objects (not union-find roots) to their group */
+    size_t tail = 0;
+    for (size_t i = 0; i < n; i++) {
+        group_of[i] = mask[i] ? group_of[uf_find(uf, (uint32_t)i)] : RS_SNAP_NONE;
+        if (mask[i])
+            queue[tail++] = (uint32_t)i;
+    }
+    for (size_t head = 0; head < tail;) {
+        uint32_t i = queue[head++];
+        for (uint64_t e = s->edge_start[i]; e < s->edge_start[i + 1]; e++) {
+            uint32_t j = s->edges[e];
+            if (j == RS_SNAP_NONE || out->state[j] != RS_LIVE_HELD || group_of[j] != RS_SNAP_NONE)
+                continue;
+            group_of[j] = group_of[i];
+            out->groups[group_of[j]].held++;
+            out->groups[group_of[j]].held_bytes += s->objs[j].size;
+            out->held++;
+            out->held_bytes += s->objs[j].size;
+            queue[tail++] = j;
+        }
+    }
     qsort(out->groups, ng, sizeof(*out->groups), cmp_group);
     rc = 0;
 out:
     free(mask);
     free(uf);
     free(group_of);
+    free(queue);
     if (rc < 0)
         rs_cycles_free(out);
     return rc;
@@ -292,6 +403,7 @@ void rs_cycles_free(struct rs_cycles *c)
     free(c->groups);
     free(c->comp);
     free(c->cyclic);
+    free(c->state);
     memset(c, 0, sizeof(*c));
 }
 
@@ -324,6 +436,7 @@ int rs_chain_tree_build(const struct rs_snapshot *s, struct rs_chain_tree *t)
     t->depth = malloc((n ? n : 1) * sizeof(uint32_t));
     uint32_t *queue = malloc((n ? n : 1) * sizeof(uint32_t));
     uint64_t *incoming = calloc(n ? n : 1, sizeof(uint64_t));
+    uint8_t *state = NULL;
     int rc = -ENOMEM;
     if (!t->parent || !t->parent_edge || !t->depth || !queue || !incoming)
         goto out;
@@ -356,10 +469,23 @@ int rs_chain_tree_build(const struct rs_snapshot *s, struct rs_chain_tree *t)
         }
     }
     bfs_from(s, t, queue, tail);
+    /* Alive objects no chain reached yet (kept by frozen objects, or by
+     * references the graph cannot explain): each one not reached from an
+     * earlier one starts its own chain, so that every alive object has one. */
+    if (!(state = malloc(n ? n : 1)) || rs_cycles_liveness(s, state, NULL) < 0)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (t->depth[i] == UINT32_MAX && state[i] == RS_LIVE_ALIVE) {
+            t->depth[i] = 0;
+            queue[0] = (uint32_t)i;
+            bfs_from(s, t, queue, 1);
+        }
+    }
     rc = 0;
 out:
     free(queue);
     free(incoming);
+    free(state);
     if (rc < 0)
         rs_chain_tree_free(t);
     return rc;

@@ -25,6 +25,25 @@
  * objects or -ENOMEM. */
 long rs_cycles_unreachable(const struct rs_snapshot *s, uint8_t *unreachable, int64_t *gc_refs);
 
+/* Liveness of every object, the collector's view extended to the objects
+ * it does not track (str, int, bytes, untracked tuples and dicts):
+ *   RS_LIVE_ALIVE        reachable from a root; what leak hunting is about.
+ *   RS_LIVE_UNREACHABLE  cyclic garbage, exactly as rs_cycles_unreachable.
+ *   RS_LIVE_HELD         not unreachable itself, but every reference to it
+ *                        comes from unreachable or held objects: it is freed
+ *                        when they are (the name strings of garbage objects,
+ *                        or a tracked object the garbage reaches through an
+ *                        untracked one).
+ * Roots are the objects referenced from outside the graph: refcount above
+ * the references the snapshot knows, immortal or frozen. Like the
+ * collector, the gc.garbage list does not make what it holds alive. An
+ * object neither a root nor unreachable objects reach is counted alive:
+ * nothing in the graph explains what keeps it, so it is not called garbage.
+ * gc_refs (optional) as for rs_cycles_unreachable. Returns the number of
+ * objects not alive, or -ENOMEM. */
+enum rs_liveness { RS_LIVE_ALIVE = 0, RS_LIVE_UNREACHABLE = 1, RS_LIVE_HELD = 2 };
+long rs_cycles_liveness(const struct rs_snapshot *s, uint8_t *state, int64_t *gc_refs);
+
 /* Strongly connected components of the subgraph induced by mask[i] != 0
  * (iterative Tarjan). comp[i] receives the component of each masked node
  * (RS_SNAP_NONE for the others); *ncomp their number. cyclic[c] (optional,
@@ -34,11 +53,13 @@ int rs_cycles_scc(const struct rs_snapshot *s, const uint8_t *mask, uint32_t *co
                   uint8_t *cyclic);
 
 struct rs_cycle_group {
-    uint32_t *members;        /* object indices                               */
+    uint32_t *members;        /* object indices, in index order               */
     size_t n;
     uint64_t bytes;           /* sum of sizes                                 */
     int uncollectable;        /* a member is in gc.garbage                     */
     size_t cycles;            /* number of cyclic SCCs inside                  */
+    size_t held;              /* RS_LIVE_HELD objects freed with this group    */
+    uint64_t held_bytes;
 };
 
 struct rs_cycles {
@@ -46,18 +67,27 @@ struct rs_cycles {
     size_t n;
     uint32_t *comp;           /* SCC id per object (RS_SNAP_NONE: reachable)  */
     uint8_t *cyclic;          /* per SCC id                                   */
+    uint8_t *state;           /* enum rs_liveness per object                   */
     size_t unreachable;       /* objects                                      */
+    uint64_t unreachable_bytes;
+    size_t held;              /* RS_LIVE_HELD objects (sum over the groups)    */
+    uint64_t held_bytes;
 };
 
 /* Unreachable groups: weakly connected parts of the unreachable subgraph,
- * each a union of SCCs. Returns 0 or -ENOMEM. */
+ * each a union of SCCs, with the held objects each one alone keeps alive
+ * (one reached from two groups counts for one of them). Returns 0 or
+ * -ENOMEM. */
 int rs_cycles_find(const struct rs_snapshot *s, struct rs_cycles *out);
 void rs_cycles_free(struct rs_cycles *c);
 
 /* Shortest reference chains. Roots: module objects first (a chain then
  * starts at a module global), then objects referenced from outside the
  * snapshot's graph (a thread's frame, the interpreter: refcount above the
- * references the snapshot knows, or immortal). parent[i] / parent_edge[i]
+ * references the snapshot knows, or immortal), then, so that every object
+ * rs_cycles_liveness finds alive has a chain, each alive object still
+ * unreached (kept by frozen objects, or by nothing the graph shows) in
+ * index order. parent[i] / parent_edge[i]
  * describe the BFS tree (RS_SNAP_NONE for roots and unreached objects);
  * depth[i] is UINT32_MAX for unreached ones. Returns 0 or -ENOMEM. */
 struct rs_chain_tree {

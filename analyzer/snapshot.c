@@ -6,6 +6,7 @@
  * and each object gets its allocation site from the live heap at that moment.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +211,18 @@ const struct rs_snapshot *rs_snapshots_find(const struct rs_snapshots *s, uint32
         if (s->v[i]->seq == seq)
             return s->v[i];
     return NULL;
+}
+
+const char *rs_snapshots_range_text(const struct rs_snapshots *s, char *buf, size_t len)
+{
+    size_t n = rs_snapshots_count(s);
+    if (!n)
+        snprintf(buf, len, "no snapshot");
+    else if (n == 1)
+        snprintf(buf, len, "snapshot %u", s->v[0]->seq);
+    else
+        snprintf(buf, len, "snapshots %u to %u", s->v[0]->seq, s->v[n - 1]->seq);
+    return buf;
 }
 
 static int add_string(struct builder *b, const uint8_t *p, uint32_t n, uint32_t *off)
@@ -530,18 +543,41 @@ const char *rs_snapshot_edge_key(const struct rs_snapshot *s, uint64_t e)
     return lo < s->nkeys && s->key_edge[lo] == e ? s->strings + s->key_text[lo] : NULL;
 }
 
+/* A label as one printable line: control characters escaped (a docstring
+ * must not break a report's line), cut at max bytes with "...". */
+static const char *label_text(const char *in, size_t max, char *out, size_t len)
+{
+    size_t o = 0, i = 0;
+    for (; in[i] && i < max && o + 5 < len; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch == '\n' || ch == '\t' || ch == '\r') {
+            out[o++] = '\\';
+            out[o++] = ch == '\n' ? 'n' : ch == '\t' ? 't' : 'r';
+        } else if (ch < 0x20 || ch == 0x7f) {
+            o += (size_t)snprintf(out + o, len - o, "\\x%02x", ch);
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = 0;
+    if (in[i] && o + 4 <= len)
+        strcat(out, "...");
+    return out;
+}
+
 const char *rs_snapshot_describe(const struct rs_snapshot *s, uint32_t i, char *buf, size_t len)
 {
     const char *type = rs_snapshot_type_name(s, i);
     const char *label = rs_snapshot_label(s, i);
+    char text[4 * RS_SNAP_LABEL_MAX + 8];
     if (!label)
         snprintf(buf, len, "%s", type);
     else if (!strcmp(type, "module"))
-        snprintf(buf, len, "module %s", label);
+        snprintf(buf, len, "module %s", label_text(label, RS_SNAP_LABEL_MAX, text, sizeof(text)));
     else if (!strcmp(type, "str"))
-        snprintf(buf, len, "str '%.40s'", label);
+        snprintf(buf, len, "str '%s'", label_text(label, 40, text, sizeof(text)));
     else
-        snprintf(buf, len, "%s %s", type, label);
+        snprintf(buf, len, "%s %s", type, label_text(label, RS_SNAP_LABEL_MAX, text, sizeof(text)));
     return buf;
 }
 
@@ -551,8 +587,9 @@ const char *rs_snapshot_describe_edge(const struct rs_snapshot *s, uint32_t i, u
     const char *type = rs_snapshot_type_name(s, i);
     const char *key = rs_snapshot_edge_key(s, e);
     buf[0] = 0;
+    char text[4 * RS_SNAP_LABEL_MAX + 8];
     if (key)
-        snprintf(buf, len, "key '%s'", key);
+        snprintf(buf, len, "key '%s'", label_text(key, RS_SNAP_LABEL_MAX, text, sizeof(text)));
     else if (!strcmp(type, "list") || !strcmp(type, "tuple"))
         snprintf(buf, len, "index %llu", (unsigned long long)(e - s->edge_start[i]));
     else if (!strcmp(type, "dict"))
@@ -560,23 +597,33 @@ const char *rs_snapshot_describe_edge(const struct rs_snapshot *s, uint32_t i, u
     return buf;
 }
 
+static void site_index_free(struct rs_site_index *x);
+
 /* ---- one-pass trace reading --------------------------------------------------------- */
 
 /* Start-up detection: import-time start-up ends with the first allocation
  * whose Python stack runs no import machinery and no frozen start-up code
  * (no frame in an importlib or "<frozen ...>" file), starts at module-level code
  * ("<module>", the main script) and has a function frame above it: the
- * program has finished importing and started calling its own code. */
+ * program has finished importing and started calling its own code.
+ * A class body is a frame above <module> too, but executing a class
+ * statement still defines the program rather than running it (else the
+ * script's own classes and functions would all look like leaks). The frame
+ * data has no co_flags, so it is recognised by its place: in the script's
+ * own file, below the <module> frame's current line (the body follows its
+ * class statement), where a function called from module level was defined
+ * above the call. */
 static int stack_after_startup(struct rs_stacks *st, uint32_t id)
 {
     const struct rs_frame *f;
     int n = rs_stacks_resolve(st, id, &f);
     int python = 0, function = 0;
-    const struct rs_frame *outermost = NULL;
+    const struct rs_frame *outermost = NULL, *entry = NULL; /* entry: the frame <module> called */
     for (int i = 0; i < n; i++) {
         if (f[i].native)
             continue;
         python++;
+        entry = outermost;
         outermost = &f[i];
         if (f[i].file && (strstr(f[i].file, "importlib") || !strncmp(f[i].file, "<frozen ", 8)))
             return 0; /* import machinery, or start-up code such as <frozen getpath> (3.11+) */
@@ -586,13 +633,18 @@ static int stack_after_startup(struct rs_stacks *st, uint32_t id)
     /* the main script's module-level code calling into a function (C code
      * calling Python during start-up, e.g. the codec search, has no
      * <module> frame below it) */
-    return python >= 2 && function && outermost->function && !strcmp(outermost->function, "<module>");
+    if (python < 2 || !function || !outermost->function || strcmp(outermost->function, "<module>"))
+        return 0;
+    int class_body = entry->file && outermost->file && !strcmp(entry->file, outermost->file) &&
+                     entry->line > outermost->line;
+    return !class_body;
 }
 
 int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *err, size_t errlen)
 {
     memset(t, 0, sizeof(*t));
     t->startup_end_ns = UINT64_MAX;
+    t->site_depth = 1;
     int rc = rs_trace_open(path, &t->trace, err, errlen);
     if (rc < 0)
         return rc;
@@ -605,6 +657,7 @@ int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *
         goto fail;
     }
     uint32_t checked_stack = 0;
+    uint64_t finalize_ns = UINT64_MAX;
     struct rs_event ev;
     while ((rc = rs_trace_next(t->trace, &ev, err, errlen)) > 0) {
         if ((rc = rs_stacks_feed(t->stacks, &ev)) < 0 || (rc = rs_heap_apply(t->heap, &ev, NULL)) < 0 ||
@@ -618,10 +671,17 @@ int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *
             if (stack_after_startup(t->stacks, ev.stack))
                 t->startup_end_ns = ev.time_ns;
         }
+        if (ev.kind == RS_EV_GC_START && (ev.flags & RS_GC_F_SHUTDOWN) && finalize_ns == UINT64_MAX)
+            finalize_ns = ev.time_ns;
         t->end_ns = ev.time_ns;
     }
     if (rc < 0)
         goto fail;
+    t->run_end_ns = finalize_ns < t->end_ns ? finalize_ns : t->end_ns;
+    size_t nsnaps = rs_snapshots_count(t->snaps);
+    const struct rs_snapshot *last = nsnaps ? rs_snapshots_get(t->snaps, nsnaps - 1) : NULL;
+    if (last && last->reason == RS_SNAP_REASON_EXIT && last->time_ns < t->run_end_ns)
+        t->run_end_ns = last->time_ns;
     return 0;
 fail:
     rs_snapshot_trace_close(t);
@@ -630,6 +690,7 @@ fail:
 
 void rs_snapshot_trace_close(struct rs_snapshot_trace *t)
 {
+    site_index_free(t->sites);
     if (t->snaps)
         rs_snapshots_free(t->snaps);
     if (t->stacks)
@@ -685,19 +746,203 @@ struct json_t *rs_snapshot_frames_json(struct rs_snapshot_trace *t, uint32_t sta
     return arr;
 }
 
-const char *rs_snapshot_site_text(struct rs_snapshot_trace *t, uint32_t stack, char *buf, size_t len)
+/* ---- sites --------------------------------------------------------------------- */
+
+/* Site texts are interned (one id per distinct text) and every stack id is
+ * looked up once: reports ask for each object of a snapshot, and snapshots
+ * hold millions of objects over a few thousand stacks. */
+struct rs_site_index {
+    char **names;            /* id -> text (owned); names[0] is "(unknown site)" */
+    size_t nnames, names_cap;
+    uint32_t *by_text;       /* open addressing: id + 1, 0 = empty         */
+    size_t text_cap;
+    uint32_t *memo_stack;    /* open addressing: stack id, 0 = empty       */
+    uint32_t *memo_site;
+    size_t memo_cap, memo_used;
+    char *buf;               /* text being built                           */
+    size_t buf_len, buf_cap;
+};
+
+static void site_index_free(struct rs_site_index *x)
+{
+    if (!x)
+        return;
+    for (size_t i = 0; i < x->nnames; i++)
+        free(x->names[i]);
+    free(x->names);
+    free(x->by_text);
+    free(x->memo_stack);
+    free(x->memo_site);
+    free(x->buf);
+    free(x);
+}
+
+static uint64_t text_hash(const char *p)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+    return h;
+}
+
+static int site_append(struct rs_site_index *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int site_append(struct rs_site_index *x, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(x->buf + x->buf_len, x->buf_cap - x->buf_len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return -EINVAL;
+        if ((size_t)n < x->buf_cap - x->buf_len) {
+            x->buf_len += (size_t)n;
+            return 0;
+        }
+        if (grow(&x->buf, &x->buf_cap, x->buf_len + (size_t)n + 1, 1))
+            return -ENOMEM;
+    }
+}
+
+/* The id of text (x->buf), adding it when new. */
+static int site_intern(struct rs_site_index *x, uint32_t *id)
+{
+    if ((x->nnames + 1) * 2 > x->text_cap) {
+        size_t cap = x->text_cap ? x->text_cap * 2 : 256;
+        uint32_t *n = calloc(cap, sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        for (size_t i = 0; i < x->nnames; i++) {
+            size_t j = text_hash(x->names[i]) & (cap - 1);
+            while (n[j])
+                j = (j + 1) & (cap - 1);
+            n[j] = (uint32_t)i + 1;
+        }
+        free(x->by_text);
+        x->by_text = n;
+        x->text_cap = cap;
+    }
+    size_t j = text_hash(x->buf) & (x->text_cap - 1);
+    while (x->by_text[j]) {
+        if (!strcmp(x->names[x->by_text[j] - 1], x->buf)) {
+            *id = x->by_text[j] - 1;
+            return 0;
+        }
+        j = (j + 1) & (x->text_cap - 1);
+    }
+    if (grow(&x->names, &x->names_cap, x->nnames + 1, sizeof(char *)))
+        return -ENOMEM;
+    char *copy = strdup(x->buf);
+    if (!copy)
+        return -ENOMEM;
+    x->names[x->nnames] = copy;
+    x->by_text[j] = (uint32_t)x->nnames + 1;
+    *id = (uint32_t)x->nnames++;
+    return 0;
+}
+
+static struct rs_site_index *site_index_new(void)
+{
+    struct rs_site_index *x = calloc(1, sizeof(*x));
+    if (!x || site_append(x, "(unknown site)") < 0)
+        goto fail;
+    uint32_t id;
+    if (site_intern(x, &id) < 0)
+        goto fail;
+    return x;
+fail:
+    site_index_free(x);
+    return NULL;
+}
+
+static int site_text_build(struct rs_snapshot_trace *t, struct rs_site_index *x, uint32_t stack)
 {
     int n = python_frames(t, stack);
-    if (!n) {
-        snprintf(buf, len, "(unknown site)");
-        return buf;
+    int depth = t->site_depth > 0 && t->site_depth < n ? t->site_depth : n;
+    x->buf_len = 0;
+    if (!n)
+        return site_append(x, "(unknown site)");
+    for (int i = 0; i < depth; i++) {
+        const struct rs_frame *f = python_only[i];
+        const char *fn = f->function ? f->function : "??";
+        int rc = f->file ? site_append(x, "%s%s (%s:%u)", i ? " <- " : "", fn, f->file, f->line)
+                         : site_append(x, "%s%s", i ? " <- " : "", fn);
+        if (rc < 0)
+            return rc;
     }
-    const struct rs_frame *f = python_only[0];
-    if (f->file)
-        snprintf(buf, len, "%s (%s:%u)", f->function ? f->function : "??", f->file, f->line);
+    return 0;
+}
+
+int rs_snapshot_site(struct rs_snapshot_trace *t, uint32_t stack, uint32_t *site)
+{
+    *site = 0;
+    if (!stack)
+        return 0;
+    if (!t->sites && !(t->sites = site_index_new()))
+        return -ENOMEM;
+    struct rs_site_index *x = t->sites;
+    if ((x->memo_used + 1) * 2 > x->memo_cap) {
+        size_t cap = x->memo_cap ? x->memo_cap * 2 : 1024;
+        uint32_t *k = calloc(cap, sizeof(*k)), *v = malloc(cap * sizeof(*v));
+        if (!k || !v) {
+            free(k);
+            free(v);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < x->memo_cap; i++) {
+            if (!x->memo_stack[i])
+                continue;
+            size_t j = addr_hash(x->memo_stack[i], cap - 1);
+            while (k[j])
+                j = (j + 1) & (cap - 1);
+            k[j] = x->memo_stack[i];
+            v[j] = x->memo_site[i];
+        }
+        free(x->memo_stack);
+        free(x->memo_site);
+        x->memo_stack = k;
+        x->memo_site = v;
+        x->memo_cap = cap;
+    }
+    size_t j = addr_hash(stack, x->memo_cap - 1);
+    while (x->memo_stack[j]) {
+        if (x->memo_stack[j] == stack) {
+            *site = x->memo_site[j];
+            return 0;
+        }
+        j = (j + 1) & (x->memo_cap - 1);
+    }
+    int rc = site_text_build(t, x, stack);
+    if (rc < 0 || (rc = site_intern(x, site)) < 0)
+        return rc;
+    x->memo_stack[j] = stack;
+    x->memo_site[j] = *site;
+    x->memo_used++;
+    return 0;
+}
+
+const char *rs_snapshot_site_name(const struct rs_snapshot_trace *t, uint32_t site)
+{
+    if (!t->sites || site >= t->sites->nnames)
+        return "(unknown site)";
+    return t->sites->names[site];
+}
+
+const char *rs_snapshot_site_depth_text(const struct rs_snapshot_trace *t, char *buf, size_t len)
+{
+    if (t->site_depth <= 0)
+        snprintf(buf, len, "whole stack");
+    else if (t->site_depth == 1)
+        snprintf(buf, len, "innermost Python frame");
     else
-        snprintf(buf, len, "%s", f->function ? f->function : "??");
+        snprintf(buf, len, "%d innermost frames", t->site_depth);
     return buf;
+}
+
+const char *rs_snapshot_reason_name(uint8_t reason)
+{
+    static const char *const names[] = {"exit", "signal", "interval"};
+    return reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "?";
 }
 
 const char *rs_snapshot_bytes_text(uint64_t bytes, char *buf, size_t len)
@@ -710,5 +955,13 @@ const char *rs_snapshot_bytes_text(uint64_t bytes, char *buf, size_t len)
         snprintf(buf, len, "%.1f MiB", bytes / 1048576.0);
     else
         snprintf(buf, len, "%.2f GiB", bytes / 1073741824.0);
+    return buf;
+}
+
+const char *rs_snapshot_delta_bytes_text(int64_t delta, char *buf, size_t len)
+{
+    char abs_text[32];
+    uint64_t magnitude = delta < 0 ? (uint64_t)0 - (uint64_t)delta : (uint64_t)delta;
+    snprintf(buf, len, "%c%s", delta < 0 ? '-' : '+', rs_snapshot_bytes_text(magnitude, abs_text, sizeof(abs_text)));
     return buf;
 }

@@ -79,6 +79,9 @@ size_t rs_snapshots_count(const struct rs_snapshots *s);
 const struct rs_snapshot *rs_snapshots_get(const struct rs_snapshots *s, size_t i);
 /* The snapshot numbered seq (as the shim numbered it), or NULL. */
 const struct rs_snapshot *rs_snapshots_find(const struct rs_snapshots *s, uint32_t seq);
+/* "snapshot 1", "snapshots 1 to 4" or "no snapshot", for messages about a
+ * snapshot number that does not exist. Returns buf. */
+const char *rs_snapshots_range_text(const struct rs_snapshots *s, char *buf, size_t len);
 
 /* Index of the object at addr, or RS_SNAP_NONE. */
 uint32_t rs_snapshot_lookup(const struct rs_snapshot *snap, uint64_t addr);
@@ -101,6 +104,7 @@ const char *rs_snapshot_describe_edge(const struct rs_snapshot *snap, uint32_t i
  * Convenience for the three commands. On success *out owns everything
  * (free with rs_snapshot_trace_close). Returns 0 or a negative errno with a
  * one-line message in err. */
+struct rs_site_index;
 struct rs_snapshot_trace {
     struct rs_trace *trace;
     struct rs_heap *heap;
@@ -108,6 +112,12 @@ struct rs_snapshot_trace {
     struct rs_snapshots *snaps;
     uint64_t end_ns;
     uint64_t startup_end_ns;   /* end of import-time start-up (see cmd_leaks.c), UINT64_MAX unknown */
+    uint64_t run_end_ns;       /* end of the program's own run: the exit snapshot, else the
+                                  start of interpreter finalization, else end_ns (teardown
+                                  frees what the program left behind, leaks included) */
+    int site_depth;            /* frames per site (rs_snapshot_site): 1 after open, 0 = all;
+                                  set it before the first rs_snapshot_site call */
+    struct rs_site_index *sites;
 };
 int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *err, size_t errlen);
 void rs_snapshot_trace_close(struct rs_snapshot_trace *t);
@@ -120,10 +130,24 @@ int rs_snapshot_frames(struct rs_snapshot_trace *t, uint32_t stack, const struct
 struct json_t;
 struct json_t *rs_snapshot_frames_json(struct rs_snapshot_trace *t, uint32_t stack);
 
-/* "function (file:line)" of the innermost Python frame, or "(unknown site)". */
-const char *rs_snapshot_site_text(struct rs_snapshot_trace *t, uint32_t stack, char *buf, size_t len);
+/* Allocation sites as the three reports print and group them: the
+ * innermost t->site_depth frames of a stack (its Python frames when it has
+ * any), "f (file:line) <- g (file:line)". Stacks differ in what a report
+ * does not show (bytecode offsets, native frames, outer callers), so reports
+ * group by site, not by stack id: two rows never print the same. *site
+ * receives the site id; site 0 is "(unknown site)". Returns 0 or -ENOMEM. */
+int rs_snapshot_site(struct rs_snapshot_trace *t, uint32_t stack, uint32_t *site);
+/* The text of a site id from rs_snapshot_site. */
+const char *rs_snapshot_site_name(const struct rs_snapshot_trace *t, uint32_t site);
+/* "innermost Python frame", "2 innermost frames", "whole stack": what a
+ * site is at t->site_depth, for report headers. */
+const char *rs_snapshot_site_depth_text(const struct rs_snapshot_trace *t, char *buf, size_t len);
 
-/* "1.5 MiB" style byte counts. */
+/* "exit", "signal", "interval" or "?" for enum rs_snap_reason. */
+const char *rs_snapshot_reason_name(uint8_t reason);
+
+/* "1.5 MiB" style byte counts; the signed form prints "+1.5 MiB" / "-12 B". */
 const char *rs_snapshot_bytes_text(uint64_t bytes, char *buf, size_t len);
+const char *rs_snapshot_delta_bytes_text(int64_t delta, char *buf, size_t len);
 
 #endif
