@@ -70,12 +70,17 @@ static void warnings(const struct rs_gc_model *m, const struct rs_trace_info *in
                               "the process ended before the first safe point)"
                             : "not a Python process: no gc events",
            arg);
-    if (m->have_gc && !m->census && m->generational)
-        fn("no gc census: examined/promoted unknown (run without --gc-census=off)", arg);
-    if (m->census && m->generational)
-        fn("promotions after generation-1/2 collections count objects the collector untracked "
-           "(atomic tuples) as promoted; generation-0 promotions are exact",
-           arg);
+    if (m->have_gc && !m->census && m->generational) {
+        int unavailable = 0; /* the shim said why in a note, repeated above */
+        for (uint32_t i = 0; i < m->nnotes; i++)
+            unavailable |= m->note_codes[i] == RS_NOTE_GC_CENSUS_UNAVAILABLE;
+        if (m->census_format)
+            fn("this trace's gc census is in a format this refscope does not read (format 1, "
+               "from an older refscope): examined/promoted unknown; record the program again",
+               arg);
+        else if (!unavailable)
+            fn("no gc census: examined/promoted unknown (run without --gc-census=off)", arg);
+    }
     if (!info->has_trailer || info->truncated)
         fn("trace is truncated: the last collections may be missing", arg);
     if (info->lost_events) {

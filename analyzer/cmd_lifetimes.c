@@ -6,9 +6,10 @@
  *
  * On 3.13+ an object's lifetime runs from OBJ_CREATE to OBJ_DESTROY. Before
  * 3.13 (no object events) it is the lifetime of the PyObject-domain block,
- * with the block's stack; the type is attached when a gc census listed the
- * object. Deaths during interpreter shutdown are counted apart: they end
- * with the process, not with the program. Deaths come from gcmodel.c.
+ * with the block's stack; the type is known for the objects the gc census
+ * listed as reaching the oldest generation (the tenured ones). Deaths during
+ * interpreter shutdown are counted apart: they end with the process, not
+ * with the program. Deaths come from gcmodel.c.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -268,9 +269,12 @@ int cmd_lifetimes(int argc, char **argv)
     if (k == 1)
         json_array_append_new(warn, json_string("no object events (CPython < 3.13 or tracer unavailable): "
                                                 "lifetimes are PyObject-domain block lifetimes; types only "
-                                                "for objects a gc census listed"));
+                                                "for objects that reached the oldest gc generation"));
     if (!m.census)
         json_array_append_new(warn, json_string("no gc census: tenured garbage unknown"));
+    else if (m.tenured_listed < m.tenured_expected)
+        json_array_append_new(warn, json_string("some gc census records are missing (lost events?): "
+                                                "tenured garbage is a lower bound"));
     if (!rs_trace_info(t)->has_trailer || rs_trace_info(t)->truncated)
         json_array_append_new(warn, json_string("trace is truncated"));
     if (rs_stacks_warnings(stacks))

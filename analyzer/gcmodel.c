@@ -2,20 +2,20 @@
  * GC model (gcmodel.h): replays GC_START/GC_STOP, GC_INFO (baseline, config,
  * census, mode), NOTE, OBJ_CREATE/OBJ_DESTROY and ALLOC/FREE records.
  *
- * Promotions. A START census lists the objects of the generations about to be
- * collected (all are examined); an object of that census that does not die
- * between START and STOP survived and moves to generation g+1 (g = 2 stays).
- * After a generation-0 collection the shim adds a STOP census of generation
- * 1: then promoted = |start census ∩ stop census|, exact even for tuples the
- * collector untracks. For older generations promoted = census − deaths in
- * the window (objects the collector untracks count as promoted; documented).
- * Deaths are OBJ_DESTROY (3.13+) or the free of the OBJ-domain block that
- * holds the object: the block starts 0, 16 or 32 bytes before it (GC header,
- * managed dict/weakref pre-header).
+ * Promotions come from the shim, exact (census format 2, events.h): each
+ * collection's SURVIVAL record, right after its STOP, says how many objects
+ * each examined generation held at START and how many of them are in the
+ * next generation at STOP. TENURED records name the objects that reached
+ * the oldest generation; the model marks them "tenured" so that lifetimes
+ * can report tenured garbage, and before 3.13 (no object events) they are
+ * also where object types come from. A trace with census format 1 (an older
+ * shim) is read as one without census, with a note.
  *
  * Objects are tracked in an open-addressing map keyed by address (backward
- * shift deletion), holding birth time, type, site, generation and whether
- * they reached the oldest generation.
+ * shift deletion), holding birth time, type, site and whether they reached
+ * the oldest generation. Deaths are OBJ_DESTROY (3.13+) or the free of the
+ * OBJ-domain block that holds the object: the block starts 0, 16 or 32
+ * bytes before it (GC header, managed dict/weakref pre-header).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -27,8 +27,6 @@ struct obj {
     uint64_t addr;        /* 0 = empty slot */
     uint64_t born_ns;     /* RS_GC_UNKNOWN  */
     uint32_t type, stack;
-    uint32_t census_seq;  /* collection whose START census listed it last */
-    uint32_t stop_seq;    /* collection whose STOP census listed it       */
     uint8_t  tenured;
     uint8_t  created;     /* seen by OBJ_CREATE                           */
 };
@@ -38,24 +36,12 @@ struct obj_map {
     uint64_t mask, count;
 };
 
-struct u64_vec {
-    uint64_t *v;
-    uint64_t n, cap;
-};
-
 struct rs_gc_model_priv {
     rs_gc_death_fn on_death;
     void *arg;
     struct obj_map objs;
     struct rs_heap *heap;
     uint64_t baseline[RS_GC_GENS][3];
-    /* the collection being assembled */
-    struct u64_vec census;      /* START census addresses of the next/current collection */
-    struct rs_gc_collection *cur;
-    uint64_t cur_index;
-    uint64_t dead_in_window;
-    uint64_t stop_matched;
-    int stop_census_open;
     uint64_t cols_cap, cfg_cap;
     uint32_t notes_cap;
 };
@@ -138,20 +124,6 @@ static void map_remove(struct obj_map *m, struct obj *o)
     }
 }
 
-static int vec_push(struct u64_vec *v, uint64_t x)
-{
-    if (v->n == v->cap) {
-        uint64_t cap = v->cap ? v->cap * 2 : 4096;
-        uint64_t *n = realloc(v->v, cap * sizeof(*n));
-        if (!n)
-            return -ENOMEM;
-        v->v = n;
-        v->cap = cap;
-    }
-    v->v[v->n++] = x;
-    return 0;
-}
-
 static uint64_t le(const uint8_t *p, int n)
 {
     uint64_t v = 0;
@@ -208,13 +180,9 @@ static void report_death(struct rs_gc_model *m, const struct obj *o, const struc
     p->on_death(p->arg, &d);
 }
 
-/* An object is gone: counts it against the collection in progress. */
 static void object_died(struct rs_gc_model *m, struct obj *o)
 {
-    struct rs_gc_model_priv *p = m->priv;
-    if (p->cur && !p->cur->complete && o->census_seq == p->cur->seq)
-        p->dead_in_window++;
-    map_remove(&p->objs, o);
+    map_remove(&m->priv->objs, o);
 }
 
 static void on_destroy(struct rs_gc_model *m, const struct rs_event *ev)
@@ -262,7 +230,7 @@ static int on_gc_start(struct rs_gc_model *m, const struct rs_event *ev)
         m->collections = c;
         p->cols_cap = cap;
     }
-    c = &m->collections[m->ncollections];
+    c = &m->collections[m->ncollections++];
     memset(c, 0, sizeof(*c));
     c->seq = ev->stack;
     c->generation = ev->flags & RS_GC_GEN_MASK;
@@ -271,29 +239,17 @@ static int on_gc_start(struct rs_gc_model *m, const struct rs_event *ev)
     c->counts[0] = ev->addr;
     c->counts[1] = ev->size & 0xffffffffu;
     c->counts[2] = ev->size >> 32;
-    c->examined = m->census && m->generational ? p->census.n : RS_GC_UNKNOWN;
+    c->examined = RS_GC_UNKNOWN; /* until its SURVIVAL record */
     c->promoted = RS_GC_UNKNOWN;
     if ((c->flags & RS_GC_F_SHUTDOWN) && m->shutdown_ns == RS_GC_UNKNOWN)
         m->shutdown_ns = ev->time_ns;
-    /* Census objects of this collection carry its sequence number. */
-    for (uint64_t i = 0; i < p->census.n; i++) {
-        struct obj *o = map_find(&p->objs, p->census.v[i]);
-        if (o)
-            o->census_seq = c->seq;
-    }
-    p->cur = c;
-    p->cur_index = m->ncollections++;
-    p->dead_in_window = 0;
-    p->stop_matched = 0;
-    p->stop_census_open = 0;
     m->have_gc = 1;
     return 0;
 }
 
 static void on_gc_stop(struct rs_gc_model *m, const struct rs_event *ev)
 {
-    struct rs_gc_model_priv *p = m->priv;
-    struct rs_gc_collection *c = p->cur;
+    struct rs_gc_collection *c = m->ncollections ? &m->collections[m->ncollections - 1] : NULL;
     if (!c || c->complete)
         return;
     c->complete = 1;
@@ -302,71 +258,114 @@ static void on_gc_stop(struct rs_gc_model *m, const struct rs_event *ev)
     c->pause_ns = ev->stack && ev->stack != UINT32_MAX ? ev->stack
                   : ev->time_ns > c->start_ns          ? ev->time_ns - c->start_ns
                                                        : 0;
-    if (c->examined != RS_GC_UNKNOWN) {
-        c->promoted = c->examined >= p->dead_in_window ? c->examined - p->dead_in_window : 0;
-        /* Survivors of a collection of generation >= 1 reach the oldest one. */
-        if (c->generation >= 1 && c->generation < RS_GC_GENS)
-            for (uint64_t i = 0; i < p->census.n; i++) {
-                struct obj *o = map_find(&p->objs, p->census.v[i]);
-                if (o && o->census_seq == c->seq)
-                    o->tenured = 1;
-            }
-    }
-    p->census.n = 0;
 }
 
-static int on_census(struct rs_gc_model *m, const struct rs_event *ev)
+/* LEB128 at *off; on a payload cut short, 0 with *off past len. */
+static uint64_t get_varint(const uint8_t *d, uint32_t len, uint32_t *off)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; *off < len && shift < 64; shift += 7) {
+        uint8_t byte = d[(*off)++];
+        v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return v;
+    }
+    *off = len + 1;
+    return 0;
+}
+
+static void on_survival(struct rs_gc_model *m, const struct rs_event *ev)
+{
+    const uint8_t *d = ev->payload;
+    uint32_t len = ev->payload_len, off = 8, seq;
+    uint64_t examined = 0, promoted, tenured;
+    struct rs_gc_collection *c = NULL;
+
+    if (len < 8 || m->census_format != RS_GC_CENSUS_FORMAT)
+        return;
+    seq = (uint32_t)le(d + 4, 4);
+    /* its collection: the last one, unless records were lost */
+    for (uint64_t i = m->ncollections, k = 0; i-- > 0 && k < 16 && !c; k++)
+        if (m->collections[i].seq == seq)
+            c = &m->collections[i];
+    if (!c || d[1] >= RS_GC_GENS || (d[2] & RS_GC_SURVIVAL_FAILED))
+        return;
+    for (unsigned g = 0; g <= d[1]; g++)
+        examined += get_varint(d, len, &off);
+    promoted = get_varint(d, len, &off);
+    tenured = get_varint(d, len, &off); /* the TENURED records say which */
+    if (off > len)
+        return;
+    m->tenured_expected += tenured;
+    c->examined = examined;
+    c->promoted = promoted;
+}
+
+/* Marks one object tenured, adding it to the map (with its block's birth
+ * and site before 3.13) when object events did not. */
+static int mark_tenured(struct rs_gc_model *m, uint64_t addr, int has_type, uint32_t type)
 {
     struct rs_gc_model_priv *p = m->priv;
-    const uint8_t *d = ev->payload;
-    uint32_t count;
-    uint8_t phase;
-
-    if (ev->payload_len < 8)
-        return 0;
-    phase = d[1];
-    count = (uint32_t)le(d + 4, 4);
-    if (8 + (uint64_t)count * 12 > ev->payload_len)
-        return 0;
-    for (uint32_t i = 0; i < count; i++) {
-        uint64_t addr = le(d + 8 + i * 12, 8);
-        uint32_t type = (uint32_t)le(d + 16 + i * 12, 4);
-        int fresh;
-        if (phase == 0) {
-            struct obj *o = map_get(&p->objs, addr, &fresh);
-            if (!o)
-                return -ENOMEM;
-            if (fresh) {
-                /* Before 3.13: the object's block tells when and where it was born. */
-                static const uint64_t pre[] = {16, 32, 0};
-                for (int k = 0; k < 3; k++) {
-                    const struct rs_block *b = rs_heap_find(p->heap, addr - pre[k]);
-                    if (b && b->domain == RS_DOMAIN_OBJ) {
-                        o->born_ns = b->alloc_ns;
-                        o->stack = b->stack;
-                        break;
-                    }
-                }
-            }
-            if (type)
-                o->type = type;
-            if (vec_push(&p->census, addr) != 0)
-                return -ENOMEM;
-        } else if (p->cur && p->cur->complete) {
-            struct obj *o = map_find(&p->objs, addr);
-            if (!p->stop_census_open) {
-                p->stop_census_open = 1;
-                p->stop_matched = 0;
-            }
-            if (o && o->census_seq == p->cur->seq && o->stop_seq != p->cur->seq) {
-                o->stop_seq = p->cur->seq;
-                p->stop_matched++;
+    int fresh;
+    struct obj *o = map_get(&p->objs, addr, &fresh);
+    if (!o)
+        return -ENOMEM;
+    if (fresh) {
+        static const uint64_t pre[] = {16, 32, 0};
+        for (int k = 0; k < 3; k++) {
+            const struct rs_block *b = rs_heap_find(p->heap, addr - pre[k]);
+            if (b && b->domain == RS_DOMAIN_OBJ) {
+                o->born_ns = b->alloc_ns;
+                o->stack = b->stack;
+                break;
             }
         }
     }
-    if (phase == 1 && p->cur && p->cur->complete && (d[3] & RS_GC_CENSUS_LAST) &&
-        p->cur->examined != RS_GC_UNKNOWN)
-        p->cur->promoted = p->stop_matched; /* exact: start ∩ stop census */
+    if (has_type && type)
+        o->type = type;
+    o->tenured = 1;
+    return 0;
+}
+
+/* A TENURED record: the address stream, then (TYPES) the type stream. */
+static int on_tenured(struct rs_gc_model *m, const struct rs_event *ev)
+{
+    const uint8_t *d = ev->payload;
+    uint32_t len = ev->payload_len, off = 8, toff;
+    uint64_t n, addr = 0, done = 0, type = 0, type_left = 0;
+    int types, shift;
+
+    if (len < 8 || m->census_format != RS_GC_CENSUS_FORMAT)
+        return 0;
+    types = (d[1] & RS_GC_TENURED_TYPES) != 0;
+    shift = (d[1] & RS_GC_TENURED_BYTES) ? 0 : 4;
+    n = get_varint(d, len, &off);
+    if (off > len || n > RS_GC_TENURED_MAX_ENTRIES)
+        return 0; /* malformed */
+    if (d[4] | d[5] | d[6] | d[7]) /* a collection's, not registration's */
+        m->tenured_listed += n;
+    /* the type stream starts where the address stream ends */
+    toff = off;
+    for (uint64_t k = 0; k < n && toff <= len;) {
+        uint64_t t = get_varint(d, len, &toff);
+        k += (t & 1) ? get_varint(d, len, &toff) : 1;
+    }
+    while (done < n && off <= len) {
+        uint64_t t = get_varint(d, len, &off), reps = (t & 1) ? get_varint(d, len, &off) : 1;
+        for (uint64_t k = 0; k < reps && done < n && off <= len; k++, done++) {
+            addr += (t >> 1) << shift;
+            if (types && !type_left) {
+                type = get_varint(d, len, &toff);
+                type_left = get_varint(d, len, &toff);
+                if (toff > len || !type_left)
+                    return 0; /* malformed: keep what was read */
+            }
+            type_left -= types;
+            int r = mark_tenured(m, addr, types, (uint32_t)type);
+            if (r < 0)
+                return r;
+        }
+    }
     return 0;
 }
 
@@ -467,11 +466,15 @@ static int on_gc_info(struct rs_gc_model *m, const struct rs_event *ev)
         return 0;
     case RS_GC_INFO_CONFIG:
         return on_config(m, ev);
-    case RS_GC_INFO_CENSUS:
-        return on_census(m, ev);
+    case RS_GC_INFO_SURVIVAL:
+        on_survival(m, ev);
+        return 0;
+    case RS_GC_INFO_TENURED:
+        return on_tenured(m, ev);
     case RS_GC_INFO_MODE:
         if (ev->payload_len >= 4) {
-            m->census = d[1];
+            m->census_format = d[1];
+            m->census = d[1] == RS_GC_CENSUS_FORMAT;
             m->generational = d[2] != 0;
             m->incremental = d[3];
         }
@@ -595,7 +598,6 @@ void rs_gcmodel_free(struct rs_gc_model *m)
         return;
     rs_heap_free(m->priv->heap);
     free(m->priv->objs.slots);
-    free(m->priv->census.v);
     free(m->priv);
     for (uint32_t i = 0; i < m->nnotes; i++)
         free(m->notes[i]);

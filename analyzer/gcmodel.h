@@ -2,9 +2,9 @@
  * The GC model: replays GC records, census records, object events and
  * OBJ-domain frees (records of issue 4, events.h) into per-collection and
  * per-generation facts — collections, objects examined, collected,
- * uncollectable, promoted (census objects that survived into the next
- * generation), pauses — plus the threshold history and the notes reports
- * must repeat. It also tracks objects (by address) so that `lifetimes` gets
+ * uncollectable, promoted (examined objects still tracked in the next
+ * generation when the collection ended, exact), pauses — plus the threshold
+ * history and the notes reports must repeat. It also tracks objects (by address) so that `lifetimes` gets
  * one death per object with its type, allocation site and whether it had
  * been promoted to the oldest generation ("tenured").
  *
@@ -81,9 +81,15 @@ struct rs_gc_model {
     uint32_t nnotes;
     int have_gc;                   /* any GC record                            */
     int have_baseline;
-    int census;                    /* census on (GC_INFO MODE)                 */
+    int census;                    /* census on, in the format this reader knows
+                                      (RS_GC_CENSUS_FORMAT)                     */
+    int census_format;             /* GC_INFO MODE census byte: 0 = off, 1 = an
+                                      older shim's format (not read)            */
     int generational;              /* 0: free-threaded whole-heap collections  */
     int incremental;               /* 3.14.0-3.14.4                            */
+    uint64_t tenured_expected;     /* objects SURVIVAL records said were tenured */
+    uint64_t tenured_listed;       /* ... and those their TENURED records named;
+                                      fewer: census records were lost          */
     uint64_t object_creates;       /* OBJ_CREATE records (3.13+)               */
     uint64_t object_destroys;
     uint64_t shutdown_ns;          /* first shutdown collection, or UINT64_MAX */

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "chunk_pack.h"
 #include "codec.h"
 #include "trace_read.h"
 
@@ -204,6 +205,11 @@ static int read_header(struct rs_trace *t, uint64_t *data_off, char *err, size_t
     if (h.major > RS_TRACE_MAJOR) {
         set_err(err, errlen, "%s: trace format %u.%u is newer than this refscope (reads %u.x)",
                 t->path, h.major, h.minor, RS_TRACE_MAJOR);
+        return -EPROTONOSUPPORT;
+    }
+    if (h.major < RS_TRACE_MAJOR) {
+        set_err(err, errlen, "%s: trace format %u.%u is older than this refscope reads (%u.x); "
+                "record it again", t->path, h.major, h.minor, RS_TRACE_MAJOR);
         return -EPROTONOSUPPORT;
     }
     if (h.header_len < sizeof(h) || h.header_len > 4096 || h.meta_len < sizeof(pi) ||
@@ -491,5 +497,6 @@ void rs_trace_close(struct rs_trace *t)
     free(t->chunks);
     free(t->stored);
     free(t->raw);
+    rs_dec_release(&t->dec);
     free(t);
 }

@@ -1,6 +1,12 @@
 /*
  * Trace file writer: header, zstd chunks via the codec, trailer. One writer
  * per file; not thread-safe (the recorder drives all writers from one thread).
+ *
+ * A full chunk is compressed in steps (rs_trace_pump) while the next one
+ * fills: compressing a whole chunk at once would stop the recorder for
+ * several ms, long enough for a ring to fall far behind its producer. The pending
+ * chunk's body is the encoder's, untouched until the encoder's next finish,
+ * so the pending chunk is always completed before that.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -8,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "chunk_pack.h"
 #include "codec.h"
 #include "refscope/clock.h"
 #include "trace_write.h"
@@ -19,8 +26,9 @@ struct rs_trace_writer {
     uint64_t records;     /* records written in chunks */
     uint64_t chunks;
     uint64_t bytes;
-    uint8_t *out;
-    size_t out_cap;
+    struct rs_pack *pack;
+    uint32_t pending;     /* records of the chunk being packed, 0 = none */
+    uint32_t pending_raw;
 };
 
 static int write_all(int fd, const void *buf, size_t len)
@@ -53,7 +61,8 @@ int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
     w->fd = -1;
     w->level = opts->zstd_level ? opts->zstd_level : 1;
     w->enc = rs_enc_new(opts->time_shift);
-    if (!w->enc) {
+    w->pack = rs_pack_new();
+    if (!w->enc || !w->pack) {
         ret = -ENOMEM;
         goto fail;
     }
@@ -108,20 +117,44 @@ static int write_chunk(struct rs_trace_writer *w, uint8_t codec, uint32_t record
     return 0;
 }
 
-int rs_trace_flush(struct rs_trace_writer *w)
+int rs_trace_pump(struct rs_trace_writer *w, size_t budget)
+{
+    const uint8_t *stored;
+    size_t stored_len;
+    uint8_t codec;
+    if (!w->pending)
+        return 0;
+    int ret = rs_pack_step(w->pack, budget);
+    if (ret <= 0)
+        return ret;
+    rs_pack_result(w->pack, &codec, &stored, &stored_len);
+    ret = write_chunk(w, codec, w->pending, w->pending_raw, stored, stored_len);
+    w->pending = 0;
+    return ret;
+}
+
+/* Close the encoder's chunk and start packing it (the previous one must be
+ * written first: its body is about to be replaced). */
+static int start_chunk(struct rs_trace_writer *w)
 {
     const uint8_t *body;
-    size_t raw_len, stored_len;
-    uint8_t codec;
+    size_t raw_len;
     int ret;
     uint32_t records = rs_enc_records(w->enc);
     if (!records)
         return 0;
-    if ((ret = rs_enc_finish(w->enc, &body, &raw_len)) < 0)
+    if ((ret = rs_trace_pump(w, 0)) < 0 || (ret = rs_enc_finish(w->enc, &body, &raw_len)) < 0 ||
+        (ret = rs_pack_start(w->pack, body, raw_len, w->level)) < 0)
         return ret;
-    if ((ret = rs_chunk_pack(body, raw_len, w->level, &w->out, &w->out_cap, &codec, &stored_len)) < 0)
-        return ret;
-    return write_chunk(w, codec, records, (uint32_t)raw_len, w->out, stored_len);
+    w->pending = records;
+    w->pending_raw = (uint32_t)raw_len;
+    return 0;
+}
+
+int rs_trace_flush(struct rs_trace_writer *w)
+{
+    int ret = start_chunk(w);
+    return ret < 0 ? ret : rs_trace_pump(w, 0);
 }
 
 int rs_trace_append(struct rs_trace_writer *w, const struct rs_slot *rec,
@@ -130,7 +163,26 @@ int rs_trace_append(struct rs_trace_writer *w, const struct rs_slot *rec,
     int ret = rs_enc_add(w->enc, rec, payload, len);
     if (ret < 0)
         return ret;
-    return rs_enc_full(w->enc) ? rs_trace_flush(w) : 0;
+    return rs_enc_full(w->enc) ? start_chunk(w) : 0;
+}
+
+int rs_trace_append_fixed(struct rs_trace_writer *w, const struct rs_slot *recs, size_t n)
+{
+    while (n) {
+        long added = rs_enc_add_fixed(w->enc, recs, n);
+        if (added < 0)
+            return (int)added;
+        if (added == 0 && !rs_enc_full(w->enc))
+            return -EINVAL; /* a VAR kind */
+        recs += added;
+        n -= (size_t)added;
+        if (rs_enc_full(w->enc)) {
+            int ret = start_chunk(w);
+            if (ret < 0)
+                return ret;
+        }
+    }
+    return 0;
 }
 
 int rs_trace_finish(struct rs_trace_writer *w, const struct rs_trailer *trailer)
@@ -156,13 +208,13 @@ void rs_trace_abandon(struct rs_trace_writer *w)
     if (w->fd >= 0)
         close(w->fd);
     rs_enc_free(w->enc);
-    free(w->out);
+    rs_pack_free(w->pack);
     free(w);
 }
 
 uint64_t rs_trace_writer_records(const struct rs_trace_writer *w)
 {
-    return w->records + rs_enc_records(w->enc);
+    return w->records + w->pending + rs_enc_records(w->enc);
 }
 
 uint64_t rs_trace_writer_bytes(const struct rs_trace_writer *w) { return w->bytes; }

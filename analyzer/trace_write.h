@@ -31,8 +31,18 @@ int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
 int rs_trace_append(struct rs_trace_writer *w, const struct rs_slot *rec,
                     const void *payload, uint32_t len);
 
+/* Append n fixed records (no VAR kind among them: -EINVAL), the fast path
+ * for batches. Returns 0 or -errno. */
+int rs_trace_append_fixed(struct rs_trace_writer *w, const struct rs_slot *recs, size_t n);
+
 /* Write the pending records as a chunk (no-op when none). */
 int rs_trace_flush(struct rs_trace_writer *w);
+
+/* A full chunk is compressed in steps: do up to `budget` bytes of that work
+ * (0: all of it), writing the chunk when done. Appends and flushes finish
+ * any such work themselves; calling this between them only spreads it out.
+ * Returns 0 or -errno. */
+int rs_trace_pump(struct rs_trace_writer *w, size_t budget);
 
 /* Flush, write the trailer (its records/chunks fields are filled in here),
  * close and free w. Returns 0 or -errno; w is freed either way. */

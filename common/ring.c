@@ -73,12 +73,20 @@ static int ring_wait_step(struct rs_ring *ring, unsigned *step)
     return 0;
 }
 
-uint64_t rs_ring_reserve(struct rs_ring *ring, uint32_t n)
+uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
 {
     struct rs_ring_header *hdr = ring->hdr;
     uint64_t capacity = ring->mask + 1;
     if (n == 0 || n > capacity)
         return UINT64_MAX;
+    /* Lossless mode: a producer that finds less than n + `slack` slots free
+     * waits until that much is free. With a consumer slower than the
+     * producers the ring stays full; waiting for a sixteenth of it rather
+     * than for one slot keeps producer and consumer from trading `tail` and
+     * the slots' cache lines record by record (each side then works on its
+     * own part of the ring, in batches). Lossy mode drops only when full. */
+    int lossy = (hdr->flags & RS_RING_LOSSY) != 0;
+    uint64_t slack = lossy ? 0 : capacity / 16 < capacity - n ? capacity / 16 : capacity - n;
 
     uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
     unsigned step = 0;
@@ -89,11 +97,15 @@ uint64_t rs_ring_reserve(struct rs_ring *ring, uint32_t n)
         /* The acquire on tail (or on a tail_cache stored with release after
          * such an acquire) orders our slot writes after the consumer's. */
         uint64_t tail = __atomic_load_n(&ring->tail_cache, __ATOMIC_ACQUIRE);
-        if (__builtin_expect(head + n - tail > capacity, 0)) {
+        if (__builtin_expect(head + n - tail > capacity, 0) || waited) {
             tail = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
             __atomic_store_n(&ring->tail_cache, tail, __ATOMIC_RELEASE);
-            if (head + n - tail > capacity) {
-                if (hdr->flags & RS_RING_LOSSY) {
+            if (tail > head) { /* our head is stale: others reserved and were consumed */
+                head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+                continue;
+            }
+            if (head + n + slack - tail > capacity) {
+                if (lossy) {
                     __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
                     return UINT64_MAX;
                 }

@@ -5,13 +5,28 @@
  * recycled when the thread exits (RS_EV_THREAD_EXIT from a pthread key
  * destructor). Everything here runs inside malloc hooks: no allocation, no
  * stdio, no locks; per-thread state is initial-exec TLS.
+ *
+ * Solo mode. The ring's CAS on `head` is a locked instruction (~6 ns here,
+ * and it drains the store buffer), needed only while two threads may reserve
+ * at once. So the first thread to reserve in a trace claims the ring, and
+ * reserves with an unlocked compare-and-exchange (rs_ring_reserve_solo)
+ * bracketed by `solo_busy`; every other thread, before its first
+ * reservation, ends solo mode for good: it marks it ending, runs
+ * membarrier(PRIVATE_EXPEDITED) so that the solo thread either sees the mark
+ * or has its busy count visible (an asymmetric Dekker handshake: the solo
+ * side has compiler fences only), waits for the count to drop to zero, and
+ * from then on everyone uses the CAS. Records stay ordered by head
+ * increments, exactly as with the CAS. Without membarrier the mode is off.
  */
 #include <errno.h>
 #include <limits.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "refscope/clock.h"
@@ -19,12 +34,68 @@
 #include "guard.h"
 
 int rs_emit_on;
+_Alignas(64) struct rs_emit_hot rs_emit_hot;
+__thread struct rs_emit_tls rs_emit_tls __attribute__((tls_model("initial-exec")));
 
-static struct rs_ring emit_ring;
-static uint32_t emit_clock;
-static uint32_t emit_epoch;
-static int emit_lossy;
 static uint64_t emit_lost_reported; /* lossy mode: dropped count already in LOST records */
+
+/* rs_emit_hot.solo besides 0 and a thread value: */
+#define SOLO_OPEN   0xfffffffeu /* no thread has reserved yet: the first one claims it */
+#define SOLO_ENDING 0xffffffffu /* another thread is waiting for the solo thread to leave */
+static int solo_ok;             /* membarrier is registered for this process      */
+
+/* membarrier(2) registration; needed again in a fork child (a new mm). */
+static int solo_register(void)
+{
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
+static void solo_wait(unsigned *step)
+{
+    if ((*step)++ < 64) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        return;
+    }
+    sched_yield();
+}
+
+/* The calling thread (value `thread`, 0 when it has no index) is about to
+ * reserve with the CAS: afterwards rs_emit_hot.solo is 0 or `thread`. */
+void rs_emit_solo_settle(uint32_t thread)
+{
+    unsigned step = 0;
+    for (;;) {
+        uint32_t solo = __atomic_load_n(&rs_emit_hot.solo, __ATOMIC_ACQUIRE);
+        if (solo == 0 || solo == thread)
+            return;
+        if (solo == SOLO_ENDING) {
+            solo_wait(&step);
+            continue;
+        }
+        if (solo == SOLO_OPEN) {
+            /* claim it; RS_THREAD_NONE + 1 is shared by every thread without an index */
+            uint32_t claim = thread >= 1 && thread <= RS_THREAD_NONE ? thread : 0;
+            __atomic_compare_exchange_n(&rs_emit_hot.solo, &solo, claim, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_ACQUIRE);
+            continue;
+        }
+        if (!__atomic_compare_exchange_n(&rs_emit_hot.solo, &solo, SOLO_ENDING, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+            /* registered, so this does not fail; if it did, give the solo
+             * thread's store buffer far more time than it needs to drain */
+            struct timespec ts = { 0, 10000000 };
+            nanosleep(&ts, NULL);
+        }
+        while (__atomic_load_n(&rs_emit_hot.solo_busy, __ATOMIC_ACQUIRE) != 0)
+            solo_wait(&step);
+        __atomic_store_n(&rs_emit_hot.solo, 0, __ATOMIC_RELEASE);
+        return;
+    }
+}
 
 /* Thread indices: bit set = index in use. RS_THREAD_NONE is never handed out. */
 #define THREAD_WORDS (65536 / 64)
@@ -33,14 +104,27 @@ static uint32_t thread_hint;
 static pthread_key_t thread_key;
 static int thread_key_ok;
 
-/* This thread's index + 1; 0 = none yet. */
-static __thread uint32_t tls_thread __attribute__((tls_model("initial-exec")));
-
 int rs_emit_active(void) { return __atomic_load_n(&rs_emit_on, __ATOMIC_ACQUIRE); }
 
-uint32_t rs_emit_epoch(void) { return __atomic_load_n(&emit_epoch, __ATOMIC_ACQUIRE); }
+uint64_t rs_emit_now(void)
+{
+    struct rs_emit_tls *t = &rs_emit_tls;
+    t->ticks = rs_clock_ticks(rs_emit_hot.clock_kind);
+    /* the record stamped exactly counts as the reading's first; `seen` stays,
+     * so the recorder's next `now` still refreshes */
+    t->left = RS_EMIT_CLOCK_RECORDS - 1;
+    return t->ticks;
+}
 
-uint64_t rs_emit_now(void) { return rs_clock_ticks(emit_clock); }
+/* rs_emit_clock found the cached reading used up or older than the
+ * recorder's latest `now`: read the clock. */
+uint64_t rs_emit_clock_read(struct rs_emit_tls *t, uint64_t now_word)
+{
+    t->seen = now_word;
+    t->left = RS_EMIT_CLOCK_RECORDS - 1;
+    t->ticks = rs_clock_ticks(rs_emit_hot.clock_kind);
+    return t->ticks;
+}
 
 static int thread_index_take(void)
 {
@@ -77,7 +161,8 @@ static void emit_thread_record(uint16_t index)
     rs_buf_u32(&b, (uint32_t)syscall(SYS_gettid));
     rs_buf_str(&b, name, (uint32_t)strnlen(name, 16));
     struct rs_slot rec = { .kind = RS_EV_THREAD, .thread = index, .time = rs_emit_now() };
-    rs_ring_put_var(&emit_ring, &rec, data, b.len);
+    rs_emit_claim();
+    rs_ring_put_var(&rs_emit_hot.ring, &rec, data, b.len);
 }
 
 /* Slow path of thread_current(): bind this thread to a fresh index. */
@@ -85,10 +170,10 @@ static uint16_t thread_assign(void)
 {
     int index = thread_index_take();
     if (index < 0) {
-        tls_thread = RS_THREAD_NONE + 1;
+        rs_emit_tls.thread = RS_THREAD_NONE + 1;
         return RS_THREAD_NONE;
     }
-    tls_thread = (uint32_t)index + 1;
+    rs_emit_tls.thread = (uint32_t)index + 1;
     emit_thread_record((uint16_t)index);
     /* pthread_setspecific may allocate (keys >= 32): keep that unrecorded. */
     rs_guard_depth++;
@@ -100,7 +185,7 @@ static uint16_t thread_assign(void)
 
 static inline uint16_t thread_current(void)
 {
-    uint32_t t = tls_thread;
+    uint32_t t = rs_emit_tls.thread;
     if (__builtin_expect(t != 0, 1))
         return (uint16_t)(t - 1);
     return thread_assign();
@@ -108,7 +193,7 @@ static inline uint16_t thread_current(void)
 
 uint16_t rs_emit_thread(void)
 {
-    uint32_t t = tls_thread;
+    uint32_t t = rs_emit_tls.thread;
     if (t)
         return (uint16_t)(t - 1);
     /* No index is handed out (and none announced) while nothing is written. */
@@ -121,7 +206,7 @@ uint16_t rs_emit_thread(void)
 static void thread_key_destructor(void *value)
 {
     uintptr_t round = (uintptr_t)value;
-    uint32_t t = tls_thread;
+    uint32_t t = rs_emit_tls.thread;
     if (t == 0 || t > RS_THREAD_NONE)
         return;
     if (round < PTHREAD_DESTRUCTOR_ITERATIONS) {
@@ -130,11 +215,15 @@ static void thread_key_destructor(void *value)
         rs_guard_depth--;
         return;
     }
-    tls_thread = RS_THREAD_NONE + 1;
+    /* the solo thread leaves solo mode (it is not inside a reservation) */
+    uint32_t mine = t;
+    __atomic_compare_exchange_n(&rs_emit_hot.solo, &mine, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    rs_emit_tls.thread = RS_THREAD_NONE + 1;
     if (rs_emit_active()) {
         struct rs_slot rec = { .kind = RS_EV_THREAD_EXIT, .thread = (uint16_t)(t - 1),
                                .time = rs_emit_now() };
-        rs_ring_put(&emit_ring, &rec);
+        rs_emit_claim();
+        rs_ring_put(&rs_emit_hot.ring, &rec);
     }
     thread_index_give(t - 1);
 }
@@ -145,14 +234,17 @@ int rs_emit_init(void)
     if (rc)
         return -rc;
     thread_key_ok = 1;
+    solo_ok = solo_register();
     return 0;
 }
 
 void rs_emit_start(const struct rs_ring *ring, uint32_t clock_kind)
 {
-    emit_ring = *ring;
-    emit_clock = clock_kind;
-    emit_lossy = (ring->hdr->flags & RS_RING_LOSSY) != 0;
+    rs_emit_hot.ring = *ring;
+    rs_emit_hot.clock_kind = clock_kind;
+    rs_emit_hot.lossy = (ring->hdr->flags & RS_RING_LOSSY) != 0;
+    rs_emit_hot.solo_busy = 0;
+    rs_emit_hot.solo = solo_ok ? SOLO_OPEN : 0;
     emit_lost_reported = 0;
     __atomic_store_n(&rs_emit_on, 1, __ATOMIC_RELEASE);
 }
@@ -167,14 +259,19 @@ void rs_emit_fork_child(void)
     rs_emit_stop();
     memset(thread_used, 0, sizeof(thread_used));
     thread_hint = 0;
-    tls_thread = 0;
-    __atomic_fetch_add(&emit_epoch, 1, __ATOMIC_ACQ_REL);
+    rs_emit_tls.thread = 0;
+    rs_emit_tls.left = 0; /* the child's first record reads the clock */
+    /* the parent's solo thread may not exist here (and left its count as it was) */
+    rs_emit_hot.solo = 0;
+    rs_emit_hot.solo_busy = 0;
+    solo_ok = solo_ok && solo_register();
+    __atomic_fetch_add(&rs_emit_hot.epoch, 1, __ATOMIC_ACQ_REL);
 }
 
 /* Lossy mode: turn drops counted by the ring into RS_EV_LOST records. */
-static void emit_report_lost(uint16_t thread)
+void rs_emit_report_lost(uint16_t thread)
 {
-    uint64_t dropped = __atomic_load_n(&emit_ring.hdr->dropped, __ATOMIC_RELAXED);
+    uint64_t dropped = __atomic_load_n(&rs_emit_hot.ring.hdr->dropped, __ATOMIC_RELAXED);
     uint64_t seen = __atomic_load_n(&emit_lost_reported, __ATOMIC_RELAXED);
     if (dropped == seen ||
         !__atomic_compare_exchange_n(&emit_lost_reported, &seen, dropped, 0,
@@ -182,41 +279,34 @@ static void emit_report_lost(uint16_t thread)
         return;
     struct rs_slot rec = { .kind = RS_EV_LOST, .thread = thread, .time = rs_emit_now(),
                            .addr = dropped - seen };
-    rs_ring_put(&emit_ring, &rec);
+    rs_emit_claim();
+    rs_ring_put(&rs_emit_hot.ring, &rec);
 }
 
 static inline void emit_one(uint8_t kind, uint8_t flags, uint16_t thread, uint32_t stack,
                             uint64_t time, uint64_t addr, uint64_t size)
 {
-    uint64_t index = rs_ring_reserve(&emit_ring, 1);
+    uint64_t index = rs_emit_reserve1(rs_emit_tls.thread);
     if (__builtin_expect(index == UINT64_MAX, 0))
         return;
-    struct rs_slot *slot = rs_ring_slot(&emit_ring, index);
+    struct rs_slot *slot = rs_ring_slot(&rs_emit_hot.ring, index);
     slot->flags = flags;
     slot->thread = thread;
     slot->stack = stack;
     slot->time = time;
     slot->addr = addr;
     slot->size = size;
-    rs_ring_commit(&emit_ring, index, kind);
-    if (__builtin_expect(emit_lossy, 0))
-        emit_report_lost(thread);
+    rs_ring_commit(&rs_emit_hot.ring, index, kind);
+    if (__builtin_expect(rs_emit_hot.lossy, 0))
+        rs_emit_report_lost(thread);
 }
 
-void rs_emit_alloc(uint8_t domain_flags, uint64_t addr, uint64_t size, uint32_t stack)
+/* rs_emit_event on a thread's first record: bind an index (RS_EV_THREAD),
+ * then write the record with a fresh clock reading. */
+void rs_emit_event_first(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size, uint32_t stack)
 {
-    if (__builtin_expect(!__atomic_load_n(&rs_emit_on, __ATOMIC_ACQUIRE), 0))
-        return;
     uint16_t thread = thread_current();
-    emit_one(RS_EV_ALLOC, domain_flags, thread, stack, rs_clock_ticks(emit_clock), addr, size);
-}
-
-void rs_emit_free(uint8_t domain_flags, uint64_t addr)
-{
-    if (__builtin_expect(!__atomic_load_n(&rs_emit_on, __ATOMIC_ACQUIRE), 0))
-        return;
-    uint16_t thread = thread_current();
-    emit_one(RS_EV_FREE, domain_flags, thread, 0, rs_clock_ticks(emit_clock), addr, 0);
+    emit_one(kind, flags, thread, stack, rs_emit_now(), addr, size);
 }
 
 void rs_emit_fixed(struct rs_slot *rec)
@@ -239,7 +329,8 @@ void rs_emit_var(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
         return;
     struct rs_slot rec = { .kind = kind, .flags = flags, .thread = thread_current(),
                            .time = rs_emit_now() };
-    rs_ring_put_var(&emit_ring, &rec, payload, len);
+    rs_emit_claim();
+    rs_ring_put_var(&rs_emit_hot.ring, &rec, payload, len);
 }
 
 /* ---- payload builder ------------------------------------------------------------ */

@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include "refscope/events.h"
+#include "refscope/ring.h"
 
 /* Nonzero while records are being written (ring attached, not closed). */
 int rs_emit_active(void);
@@ -20,18 +21,38 @@ uint16_t rs_emit_thread(void);
 /* Increments each time this process starts a new trace (a fork child gets
  * its own ring and file). Every dedup table (code objects, stacks, types,
  * native stacks, module maps) must forget what it emitted when this changes,
- * so that each trace defines everything it uses. */
-uint32_t rs_emit_epoch(void);
+ * so that each trace defines everything it uses. Inline, below. */
+static inline uint32_t rs_emit_epoch(void);
 
-/* Current tick count of the event clock. */
+/* An exact reading of the event clock, now. Also becomes this thread's
+ * cached reading (see rs_emit_event), so a thread's record times never go
+ * backwards. For records that are rare or need an exact time. */
 uint64_t rs_emit_now(void);
+
+/* Any fixed record on the hot path (allocations, frees, object events),
+ * stamped with this thread's cached clock reading: see "Resolution" in
+ * include/refscope/clock.h. Inline, below: always inlined, because the hooks
+ * are the callers and a call would cost about as much as the record. */
+__attribute__((always_inline))
+static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
+                                 uint32_t stack);
 
 /* Allocation/free records. `stack` is a stack id or 0. Call rs_emit_free
  * BEFORE the real free and rs_emit_alloc AFTER the real allocation. */
-void rs_emit_alloc(uint8_t domain_flags, uint64_t addr, uint64_t size, uint32_t stack);
-void rs_emit_free(uint8_t domain_flags, uint64_t addr);
+__attribute__((always_inline))
+static inline void rs_emit_alloc(uint8_t domain_flags, uint64_t addr, uint64_t size, uint32_t stack)
+{
+    rs_emit_event(RS_EV_ALLOC, domain_flags, addr, size, stack);
+}
 
-/* Any fixed record; rec->thread and rec->time are filled in when zero. */
+__attribute__((always_inline))
+static inline void rs_emit_free(uint8_t domain_flags, uint64_t addr)
+{
+    rs_emit_event(RS_EV_FREE, domain_flags, addr, 0, 0);
+}
+
+/* Any fixed record; rec->thread and rec->time (exact: rs_emit_now) are
+ * filled in when zero. */
 void rs_emit_fixed(struct rs_slot *rec);
 
 /* Any VAR record with payload; thread/time filled in as above. */
@@ -53,7 +74,6 @@ void rs_buf_bytes(struct rs_buf *b, const void *p, uint32_t n);
 void rs_buf_str(struct rs_buf *b, const char *s, uint32_t n); /* u16 length + bytes */
 
 /* ---- core set-up: shim.c, forkexec.c and hooks_libc.c only -------------------- */
-#include "refscope/ring.h"
 
 /* Hot-path copy of rs_emit_active() for the libc hooks. */
 extern int rs_emit_on;
@@ -72,8 +92,133 @@ void rs_emit_start(const struct rs_ring *ring, uint32_t clock_kind);
 /* Stop writing: every emit returns at once from now on. */
 void rs_emit_stop(void);
 
+/* Before writing into the ring outside emit.c (shim.c's END record): see
+ * rs_emit_claim below. */
+static inline void rs_emit_claim(void);
+
 /* Fork child: forget every thread index (only the caller survives a fork)
  * and start a new epoch. Call before rs_emit_start on the child's ring. */
 void rs_emit_fork_child(void);
+
+
+/* ---- the hot path, inline (state owned by emit.c) ------------------------------ */
+/* Everything one fixed record needs, together: one cache line of globals read
+ * per record, no calls. Set up by rs_emit_start/fork_child; while recording
+ * only solo/solo_busy (solo mode) and ring.tail_cache (full ring) change. */
+struct rs_emit_hot {
+    int lossy;             /* RS_RING_LOSSY: drops are reported as RS_EV_LOST     */
+    uint32_t clock_kind;   /* enum rs_clock_kind                                 */
+    uint32_t solo;         /* solo mode (emit.c): the thread value (index + 1) that
+                              may reserve without a locked instruction; 0 = none */
+    uint32_t solo_busy;    /* nonzero while that thread is inside such a reservation */
+    struct rs_ring ring;   /* this process's ring while rs_emit_on              */
+    uint32_t epoch;        /* rs_emit_epoch()                                    */
+};
+extern struct rs_emit_hot rs_emit_hot;
+
+/* Per-thread state (initial-exec TLS: no allocation on first touch). */
+struct rs_emit_tls {
+    uint32_t thread;       /* thread index + 1; 0 = none assigned yet            */
+    uint32_t left;         /* records the cached reading may still stamp         */
+    uint64_t ticks;        /* cached event-clock reading                          */
+    uint64_t seen;         /* the ring's `now` word when `ticks` was read        */
+};
+extern __thread struct rs_emit_tls rs_emit_tls __attribute__((tls_model("initial-exec")));
+
+/* A thread re-reads the clock at least every RS_EMIT_CLOCK_RECORDS records
+ * (and whenever the recorder has refreshed the ring's `now` since): reading
+ * the TSC costs ~15-20 ns in our VMs, more than the rest of a record. */
+#define RS_EMIT_CLOCK_RECORDS 64u
+
+/* Out-of-line parts of rs_emit_event (emit.c). */
+void rs_emit_event_first(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size, uint32_t stack);
+void rs_emit_report_lost(uint16_t thread);
+uint64_t rs_emit_clock_read(struct rs_emit_tls *t, uint64_t now_word);
+void rs_emit_solo_settle(uint32_t thread);
+
+/* Make the calling thread's next locked reservation safe: it claims solo
+ * mode when nobody has, or ends another thread's (emit.c). Every ring
+ * reservation of the shim goes through here or rs_emit_reserve1. */
+static inline void rs_emit_claim(void)
+{
+    uint32_t me = rs_emit_tls.thread;
+    uint32_t solo = __atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED);
+    if (__builtin_expect(solo != 0 && solo != me, 0))
+        rs_emit_solo_settle(me);
+}
+
+/* One slot for the calling thread, whose thread value (index + 1, or 0 when
+ * it has none) is `thread`: unlocked in solo mode, else rs_ring_reserve's CAS. The busy
+ * count brackets the unlocked reservation; the fences there are compiler
+ * fences only, the CPU half is the membarrier of whoever ends solo mode. */
+__attribute__((always_inline))
+static inline uint64_t rs_emit_reserve1(uint32_t thread)
+{
+    struct rs_ring *ring = &rs_emit_hot.ring;
+    uint32_t solo = __atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED);
+    if (__builtin_expect(solo == thread && thread != 0, 1)) {
+        uint64_t index = RS_RING_RESERVE_RETRY;
+        uint32_t busy = __atomic_load_n(&rs_emit_hot.solo_busy, __ATOMIC_RELAXED);
+        __atomic_store_n(&rs_emit_hot.solo_busy, busy + 1, __ATOMIC_RELAXED);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED) == thread)
+            index = rs_ring_reserve_solo(ring, 1);
+        /* restores (not decrements): a signal handler in between left it as it found it */
+        __atomic_store_n(&rs_emit_hot.solo_busy, busy, __ATOMIC_RELEASE);
+        if (__builtin_expect(index != RS_RING_RESERVE_RETRY, 1))
+            return index;
+    } else if (__builtin_expect(solo != 0, 0)) {
+        rs_emit_solo_settle(thread);
+    }
+    return rs_ring_reserve(ring, 1);
+}
+
+static inline uint32_t rs_emit_epoch(void)
+{
+    return __atomic_load_n(&rs_emit_hot.epoch, __ATOMIC_ACQUIRE);
+}
+
+/* This thread's clock reading for a hot-path record: the cached one, unless
+ * it has stamped RS_EMIT_CLOCK_RECORDS records already or the recorder has
+ * stored a new `now` since it was taken (then a fresh reading). */
+static inline uint64_t rs_emit_clock(struct rs_emit_tls *t, const struct rs_ring_header *hdr)
+{
+    uint64_t now_word = __atomic_load_n(&hdr->now, __ATOMIC_RELAXED);
+    uint32_t left = t->left;
+    if (__builtin_expect(now_word == t->seen && left != 0, 1)) {
+        t->left = left - 1;
+        return t->ticks;
+    }
+    return rs_emit_clock_read(t, now_word);
+}
+
+__attribute__((always_inline))
+static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
+                                 uint32_t stack)
+{
+    if (__builtin_expect(!__atomic_load_n(&rs_emit_on, __ATOMIC_ACQUIRE), 0))
+        return;
+    struct rs_emit_tls *t = &rs_emit_tls;
+    uint32_t thread = t->thread;
+    if (__builtin_expect(thread == 0, 0)) {
+        rs_emit_event_first(kind, flags, addr, size, stack);
+        return;
+    }
+    struct rs_ring *ring = &rs_emit_hot.ring;
+    uint64_t time = rs_emit_clock(t, ring->hdr);
+    uint64_t index = rs_emit_reserve1(thread);
+    if (__builtin_expect(index == UINT64_MAX, 0))
+        return;
+    struct rs_slot *slot = rs_ring_slot(ring, index);
+    slot->flags = flags;
+    slot->thread = (uint16_t)(thread - 1);
+    slot->stack = stack;
+    slot->time = time;
+    slot->addr = addr;
+    slot->size = size;
+    rs_ring_commit(ring, index, kind);
+    if (__builtin_expect(rs_emit_hot.lossy, 0))
+        rs_emit_report_lost((uint16_t)(thread - 1));
+}
 
 #endif

@@ -14,15 +14,34 @@
  * changes made through the C API (PyGC_Disable) or through a reference to a
  * gc function taken before refscope registered.
  *
- * Census: at a collection of generation g, gc.get_objects(generation=i) for
- * every i <= g (the objects about to be examined), as (address, type id)
- * pairs; after a generation-0 collection also gc.get_objects(generation=1),
- * which makes the promotions of the frequent young collections exact even
- * for tuples the collector untracks. Cost: one Python list of the examined
- * objects plus 12 bytes per object in the trace, i.e. of the same order as
- * the collection's own traversal; REFSCOPE_GC_CENSUS=off turns it off.
- * The census is off on free-threaded builds (whole-heap collections) and on
- * 3.14.0-3.14.4 (incremental collector); a note says so.
+ * Census (format 2: exact promotions at a small cost; REFSCOPE_GC_CENSUS=off
+ * turns it off). At the start of a collection of generation g we walk the
+ * generation lists 0..g (the PyGC_Head chains, located by pyver.c; no
+ * Python object is made), counting them and keeping their addresses, and
+ * note a mark: the last object of generation g+1 that the collector cannot
+ * move (not a weakref: handle_weakrefs moves weakrefs whose callback it
+ * runs to the tail of g+1, from any generation). The collector appends
+ * everything of 0..g that survives to the tail of g+1, so at stop the
+ * promoted objects are those past the mark. Usually every object past the
+ * mark is one; they are checked against a hash of the kept addresses only
+ * when the walk meets a weakref, never meets the mark (it died or left the
+ * list: then the whole list is walked), when the permanent generation
+ * changed (gc.unfreeze() in a finalizer, 3.12+ immortal objects), or when
+ * other gc callbacks run after ours (they may track objects the collector
+ * then examines too). For g = 2 survivors stay in place: all of generation
+ * 2 is walked against the hash (full collections are rare and walk it too).
+ * CPython sources: gc_collect_main(), Modules/gcmodule.c (3.9-3.12),
+ * Python/gc.c (3.13).
+ *
+ * What is written per collection is a few varints (RS_GC_INFO_SURVIVAL).
+ * Addresses are written only for objects that reach the oldest generation
+ * (RS_GC_INFO_TENURED: sorted, delta- and run-length-coded, with type ids
+ * before 3.13), which "tenured garbage" needs: promoted by a generation-1
+ * collection, survivors from 0-1 of a generation-2 collection, generation
+ * 2 at registration, and what gc.unfreeze() moves there. The census is off
+ * on free-threaded builds (whole-heap collections) and on 3.14+ (3.14.0-
+ * 3.14.4 run the incremental collector; later lists not verified); a note
+ * says so.
  *
  * Everything here runs at safe points (GIL held) with the recursion guard
  * held, so refscope's own temporary objects are not recorded.
@@ -31,6 +50,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include "refscope/clock.h"
 #include "emit.h"
 #include "guard.h"
@@ -65,7 +85,6 @@ static struct {
     long (*tuple_size)(pyobj *);
     pyobj *(*tuple_get)(pyobj *, long);
     int (*tuple_set)(pyobj *, long, pyobj *);
-    pyobj *(*long_from)(long);
     long long (*long_as)(pyobj *);
     pyobj *(*dict_get)(pyobj *, const char *);
     const char *(*utf8)(pyobj *);
@@ -75,6 +94,8 @@ static struct {
     void (*err_clear)(void);
     void (*incref)(pyobj *);
     void (*decref)(pyobj *);
+    pyobj *(*dict_new)(void);
+    int (*dict_set)(pyobj *, const char *, pyobj *);
     pyobj *none;
 } api;
 
@@ -95,9 +116,10 @@ static const struct api_entry api_entries[] = {
     {"PyTuple_Size", (void **)&api.tuple_size},
     {"PyTuple_GetItem", (void **)&api.tuple_get},
     {"PyTuple_SetItem", (void **)&api.tuple_set},
-    {"PyLong_FromLong", (void **)&api.long_from},
     {"PyLong_AsLongLong", (void **)&api.long_as},
     {"PyDict_GetItemString", (void **)&api.dict_get},
+    {"PyDict_New", (void **)&api.dict_new},
+    {"PyDict_SetItemString", (void **)&api.dict_set},
     {"PyUnicode_AsUTF8", (void **)&api.utf8},
     {"PyUnicode_FromString", (void **)&api.str_from},
     {"PyObject_IsTrue", (void **)&api.is_true},
@@ -110,8 +132,8 @@ static const struct api_entry api_entries[] = {
 
 /* gc module functions refscope calls (the originals, never our wrappers). */
 static struct {
-    pyobj *get_count, *get_threshold, *isenabled, *get_freeze_count, *get_objects, *get_stats;
-    pyobj *gen_args[3]; /* (0,), (1,), (2,) */
+    pyobj *get_count, *get_threshold, *isenabled, *get_freeze_count, *get_stats;
+    pyobj *callbacks; /* the interpreter's gc.callbacks list */
 } gcf;
 
 struct gc_config {
@@ -121,18 +143,20 @@ struct gc_config {
 };
 
 static struct {
-    int census;            /* census on                                   */
+    int census;            /* census on (lists found)                     */
+    int census_types;      /* tenured lists carry type ids (< 3.13)       */
+    int census_unavailable; /* wanted, but the lists were not found        */
     int generational;      /* 0 on free-threaded and incremental builds   */
     int in_collection;
-    int start_gen;
     uint8_t start_flags;
     uint64_t start_mono;
     uint32_t seq;
     struct gc_config config; /* last recorded                             */
     int have_config;
+    uint32_t trace_epoch;  /* rs_emit_epoch() of the trace that has our MODE */
 } st;
 
-static uint8_t census_buf[16 + RS_GC_CENSUS_MAX * 12];
+static void ensure_trace_start(void);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -249,52 +273,446 @@ static void check_config(uint8_t reason, const char *fn_name)
     }
 }
 
-/* ---- census ----------------------------------------------------------------- */
+/* ---- census: scratch memory --------------------------------------------------- */
+/* Growable arrays of u64 in anonymous mappings: sized by the heap, reused
+ * from one collection to the next, never through malloc (which we trace). */
+struct u64_vec {
+    uint64_t *v;
+    size_t n, cap;
+};
 
-static void census(uint8_t phase, int generation)
+static int vec_reserve(struct u64_vec *a, size_t want)
 {
-    pyobj *list;
-    long n;
-    uint32_t count = 0, last_id = 0;
-    const void *last_type = NULL;
-    struct rs_buf b;
+    size_t cap = a->cap ? a->cap : 4096;
+    void *p;
+    if (want <= a->cap)
+        return 0;
+    while (cap < want)
+        cap *= 2;
+    p = a->v ? mremap(a->v, a->cap * 8, cap * 8, MREMAP_MAYMOVE)
+             : mmap(NULL, cap * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -ENOMEM;
+    a->v = p;
+    a->cap = cap;
+    return 0;
+}
 
-    if (generation < 0 || generation > 2)
-        return;
-    list = api.call(gcf.get_objects, gcf.gen_args[generation], NULL);
-    if (!list) {
-        api.err_clear();
+static inline int vec_push(struct u64_vec *a, uint64_t x)
+{
+    if (a->n == a->cap && vec_reserve(a, a->n + 1) != 0)
+        return -ENOMEM;
+    a->v[a->n++] = x;
+    return 0;
+}
+
+/* ---- census: the examined set ------------------------------------------------- */
+/* Addresses of the objects a collection examines, as keys addr << 2 | tag
+ * (tag 1: from generations 0-1, 2: from generation 2; user-space addresses
+ * stay below 2^48), listed in `examined` at start and, when the stop walk
+ * needs them, hashed into `set`: open addressing, at least twice as many
+ * slots as keys. */
+#define TAG_YOUNG 1u
+#define TAG_OLD   2u
+
+static struct {
+    struct u64_vec examined;   /* keys, in list order                           */
+    struct u64_vec set;        /* the hash table (0 = empty slot)               */
+    struct u64_vec tenured;    /* addresses reaching generation 2               */
+    struct u64_vec sort_tmp;
+    uint64_t counts[3];        /* objects per generation at start               */
+    unsigned set_bits;
+    int gen;                   /* generation being collected; -1 = no census open */
+    int failed;                /* out of memory: counts unknown                 */
+    int hashed;                /* `set` holds `examined`                         */
+    const void *mark;          /* see census_start                               */
+    const void *permanent[2];  /* ends of the permanent generation at start      */
+    const void *weakref_types[3];
+    int (*is_subtype)(const void *, const void *);
+} cs = {.gen = -1};
+
+static inline uint64_t set_slot(uint64_t addr, unsigned bits)
+{
+    return ((addr >> 4) * 0x9e3779b97f4a7c15ull) >> (64 - bits);
+}
+
+static int set_build(void)
+{
+    size_t n = cs.examined.n;
+    unsigned bits = 10;
+    while (((size_t)1 << bits) < 2 * n)
+        bits++;
+    if (vec_reserve(&cs.set, (size_t)1 << bits) != 0)
+        return -ENOMEM;
+    cs.set_bits = bits;
+    memset(cs.set.v, 0, ((size_t)1 << bits) * 8);
+    uint64_t mask = ((uint64_t)1 << bits) - 1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = cs.examined.v[i];
+        uint64_t j = set_slot(key >> 2, bits);
+        while (cs.set.v[j])
+            j = (j + 1) & mask;
+        cs.set.v[j] = key;
+    }
+    return 0;
+}
+
+/* The tag of addr, 0 when the collection did not examine it. */
+static inline unsigned set_tag(uint64_t addr)
+{
+    uint64_t mask = ((uint64_t)1 << cs.set_bits) - 1;
+    for (uint64_t j = set_slot(addr, cs.set_bits);; j = (j + 1) & mask) {
+        uint64_t key = cs.set.v[j];
+        if (!key)
+            return 0;
+        if (key >> 2 == addr)
+            return (unsigned)(key & 3);
+    }
+}
+
+/* ---- census: tenured lists ---------------------------------------------------- */
+
+/* In-place ascending sort: LSD radix over the bits that differ. */
+static void sort_addrs(uint64_t *v, uint64_t *tmp, size_t n)
+{
+    static size_t count[2048];
+    uint64_t diff = 0;
+    uint64_t *src = v, *dst = tmp;
+
+    if (n < 32) {
+        for (size_t i = 1; i < n; i++) {
+            uint64_t x = v[i];
+            size_t j = i;
+            for (; j > 0 && v[j - 1] > x; j--)
+                v[j] = v[j - 1];
+            v[j] = x;
+        }
         return;
     }
-    n = api.list_size(list);
-    for (long i = 0; i <= n; i++) {
-        if (count == RS_GC_CENSUS_MAX || (i == n)) {
-            b = (struct rs_buf){census_buf, 0, sizeof(census_buf), 0};
-            rs_buf_u8(&b, RS_GC_INFO_CENSUS);
-            rs_buf_u8(&b, phase);
-            rs_buf_u8(&b, (uint8_t)generation);
-            rs_buf_u8(&b, i == n ? RS_GC_CENSUS_LAST : 0);
-            rs_buf_u32(&b, count);
-            b.len += count * 12;
-            rs_emit_var(RS_EV_GC_INFO, 0, 0, 0, census_buf, b.len);
-            count = 0;
-            if (i == n)
-                break;
+    for (size_t i = 1; i < n; i++)
+        diff |= v[i] ^ v[0];
+    if (!diff)
+        return;
+    for (int shift = __builtin_ctzll(diff); shift < 64 - __builtin_clzll(diff); shift += 11) {
+        size_t sum = 0;
+        memset(count, 0, sizeof(count));
+        for (size_t i = 0; i < n; i++)
+            count[(src[i] >> shift) & 2047]++;
+        for (size_t d = 0; d < 2048; d++) {
+            size_t c = count[d];
+            count[d] = sum;
+            sum += c;
         }
-        pyobj *obj = api.list_get(list, i);
-        uint8_t *p = census_buf + 8 + count * 12;
-        uint64_t addr = (uint64_t)(uintptr_t)obj;
-        const void *tp = obj ? rs_py_type(obj) : NULL;
-        if (tp != last_type) { /* neighbours in a generation often share a type */
-            last_type = tp;
-            last_id = tp ? rs_pytype_id_safe(tp) : 0;
-        }
-        uint32_t type = last_id;
-        memcpy(p, &addr, 8);
-        memcpy(p + 8, &type, 4);
-        count++;
+        for (size_t i = 0; i < n; i++)
+            dst[count[(src[i] >> shift) & 2047]++] = src[i];
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
     }
-    api.decref(list);
+    if (src != v)
+        memcpy(v, src, n * 8);
+}
+
+static void put_varint(uint8_t *buf, uint32_t *len, uint64_t v)
+{
+    while (v >= 0x80) {
+        buf[(*len)++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    buf[(*len)++] = (uint8_t)v;
+}
+
+/* One RS_GC_INFO_TENURED record being filled: the address stream and the
+ * type stream grow apart and are joined at flush. */
+static struct {
+    uint8_t addr[RS_GC_TENURED_MAX_PAYLOAD], types[RS_GC_TENURED_MAX_PAYLOAD];
+    uint8_t out[RS_GC_TENURED_MAX_PAYLOAD];
+    uint32_t alen, tlen, n;
+    uint64_t prev, delta, run; /* pending address run: `run` deltas of `delta` */
+    uint32_t type, type_run;   /* pending type run                            */
+} tw;
+
+static void tw_close_addr_run(void)
+{
+    if (tw.run == 1)
+        put_varint(tw.addr, &tw.alen, tw.delta << 1);
+    else if (tw.run > 1) {
+        put_varint(tw.addr, &tw.alen, tw.delta << 1 | 1);
+        put_varint(tw.addr, &tw.alen, tw.run);
+    }
+    tw.run = 0;
+}
+
+static void tw_close_type_run(void)
+{
+    if (tw.type_run) {
+        put_varint(tw.types, &tw.tlen, tw.type);
+        put_varint(tw.types, &tw.tlen, tw.type_run);
+    }
+    tw.type_run = 0;
+}
+
+static void tw_flush(uint32_t seq, uint8_t flags)
+{
+    uint32_t len = 0;
+    if (!tw.n)
+        return;
+    tw_close_addr_run();
+    tw_close_type_run();
+    tw.out[len++] = RS_GC_INFO_TENURED;
+    tw.out[len++] = flags;
+    tw.out[len++] = 0;
+    tw.out[len++] = 0;
+    memcpy(tw.out + len, &seq, 4);
+    len += 4;
+    put_varint(tw.out, &len, tw.n);
+    memcpy(tw.out + len, tw.addr, tw.alen);
+    len += tw.alen;
+    memcpy(tw.out + len, tw.types, tw.tlen);
+    len += tw.tlen;
+    rs_emit_var(RS_EV_GC_INFO, 0, 0, 0, tw.out, len);
+    tw.alen = tw.tlen = tw.n = 0;
+    tw.prev = 0;
+}
+
+/* Emits cs.tenured (sorted here: cs.sort_tmp must hold as many) as
+ * TENURED records of collection seq. */
+static void emit_tenured(uint32_t seq)
+{
+    uint64_t *v = cs.tenured.v, any = 0;
+    size_t n = cs.tenured.n;
+    const void *last_type = NULL;
+    uint32_t last_id = 0;
+    uint8_t flags = st.census_types ? RS_GC_TENURED_TYPES : 0;
+    unsigned shift;
+
+    if (!n)
+        return;
+    sort_addrs(v, cs.sort_tmp.v, n);
+    for (size_t i = 0; i < n; i++)
+        any |= v[i];
+    shift = (any & 15) ? 0 : 4;
+    if (!shift)
+        flags |= RS_GC_TENURED_BYTES;
+    tw.alen = tw.tlen = tw.n = 0;
+    tw.prev = tw.run = tw.type_run = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u = v[i] >> shift, d;
+        if (i && v[i] == v[i - 1])
+            continue;
+        /* room, worst case, for the header (8), n (5), closing the pending
+         * runs (address 20, type 15) and then this entry's runs (35) */
+        if (13 + tw.alen + tw.tlen + 2 * 35 > RS_GC_TENURED_MAX_PAYLOAD ||
+            tw.n == RS_GC_TENURED_MAX_ENTRIES)
+            tw_flush(seq, flags);
+        d = u - tw.prev;
+        tw.prev = u;
+        if (tw.run && d == tw.delta)
+            tw.run++;
+        else {
+            tw_close_addr_run();
+            tw.delta = d;
+            tw.run = 1;
+        }
+        if (flags & RS_GC_TENURED_TYPES) {
+            const void *tp = rs_py_type((const void *)(uintptr_t)v[i]);
+            if (tp != last_type) {
+                last_type = tp;
+                last_id = tp ? rs_pytype_id_safe(tp) : 0;
+            }
+            if (tw.type_run && last_id == tw.type)
+                tw.type_run++;
+            else {
+                tw_close_type_run();
+                tw.type = last_id;
+                tw.type_run = 1;
+            }
+        }
+        tw.n++;
+    }
+    tw_flush(seq, flags);
+}
+
+/* ---- census: collections ------------------------------------------------------ */
+
+/* Can the collector move this object to the tail of a list it is not
+ * collecting? Only weakrefs with a callback (handle_weakrefs). `cache`
+ * remembers the last type looked at during one walk (types cannot die
+ * while we walk). */
+struct type_cache {
+    const void *type;
+    int movable;
+};
+
+static int movable(const void *node, struct type_cache *cache)
+{
+    const void *tp = rs_py_type(rs_py_gc_object(node));
+    if (tp != cache->type) {
+        cache->type = tp;
+        cache->movable = tp == cs.weakref_types[0] || tp == cs.weakref_types[1] ||
+                         tp == cs.weakref_types[2] || cs.is_subtype(tp, cs.weakref_types[0]);
+    }
+    return cache->movable;
+}
+
+/* Both ends of the permanent generation: when they are the same at stop as
+ * at start, nothing left it or joined it but moved weakrefs. */
+static void permanent_ends(const void *ends[2])
+{
+    const void *head = rs_py_gc_head(RS_PYVER_GEN_PERMANENT);
+    ends[0] = rs_py_gc_next(head);
+    ends[1] = rs_py_gc_prev(head);
+}
+
+/* At the start of a collection of generation g: counts and remembers the
+ * objects of generations 0..g, and marks the end of the list survivors go
+ * to. The examined set is hashed now only for g = 2; otherwise at stop and
+ * only when needed (see census_promoted). */
+static void census_start(int g)
+{
+    struct type_cache cache = {NULL, 0};
+    cs.gen = g;
+    cs.failed = 0;
+    cs.hashed = 0;
+    cs.examined.n = 0;
+    for (int i = 0; i <= g; i++) {
+        const void *head = rs_py_gc_head(i);
+        uint64_t tag = i < 2 ? TAG_YOUNG : TAG_OLD;
+        size_t before = cs.examined.n;
+        for (const void *node = rs_py_gc_next(head); node != head; node = rs_py_gc_next(node))
+            if (vec_push(&cs.examined, (uint64_t)(uintptr_t)rs_py_gc_object(node) << 2 | tag) != 0) {
+                cs.failed = 1;
+                return;
+            }
+        cs.counts[i] = cs.examined.n - before;
+    }
+    /* Other gc callbacks run after this one may track new objects, which
+     * the collector then examines too: only the hash can leave them out. */
+    if (g == 2 || api.list_size(gcf.callbacks) > 1) {
+        cs.failed = set_build() != 0;
+        cs.hashed = 1;
+    }
+    if (g == 2)
+        return;
+    const void *head = rs_py_gc_head(g + 1), *node = rs_py_gc_prev(head);
+    while (node != head && movable(node, &cache))
+        node = rs_py_gc_prev(node);
+    cs.mark = node;
+    permanent_ends(cs.permanent);
+}
+
+/* Walks generation g+1 back from its tail to the mark (g = 2: all of
+ * generation 2), counting the examined objects found there and listing in
+ * cs.tenured those that reached generation 2 from a younger one. Without
+ * the hash (`hashed` = 0) every object walked is taken as examined, which
+ * holds unless the mark was not met (it died or left the list during the
+ * collection), a weakref was walked (the collector moves those from any
+ * generation) or the permanent generation changed (gc.unfreeze() from a
+ * finalizer, 3.12+ immortal objects): then returns -EAGAIN. */
+static int census_promoted(int g, int hashed, uint64_t *promoted)
+{
+    const void *head = rs_py_gc_head(g < 2 ? g + 1 : 2);
+    const void *stop = g < 2 ? cs.mark : head;
+    struct type_cache cache = {NULL, 0};
+
+    *promoted = 0;
+    cs.tenured.n = 0;
+    for (const void *node = rs_py_gc_prev(head); node != stop; node = rs_py_gc_prev(node)) {
+        if (node == head) {
+            if (!hashed)
+                return -EAGAIN; /* the mark died or left: old members were walked too */
+            break;
+        }
+        uint64_t addr = (uint64_t)(uintptr_t)rs_py_gc_object(node);
+        unsigned tag = TAG_YOUNG;
+        if (hashed)
+            tag = set_tag(addr);
+        else if (movable(node, &cache))
+            return -EAGAIN;
+        if (!tag)
+            continue; /* a moved weakref, or unfrozen during the collection */
+        ++*promoted;
+        if (g >= 1 && tag == TAG_YOUNG && vec_push(&cs.tenured, addr) != 0)
+            return -ENOMEM;
+    }
+    if (!hashed) {
+        const void *now[2];
+        permanent_ends(now);
+        if (now[0] != cs.permanent[0] || now[1] != cs.permanent[1])
+            return -EAGAIN;
+    }
+    return 0;
+}
+
+/* At the stop of the collection census_start saw: promoted objects, the
+ * SURVIVAL record and the TENURED records. */
+static void census_stop(uint32_t seq)
+{
+    uint8_t data[8 + 5 * 10];
+    uint32_t len = 0;
+    uint64_t promoted = 0;
+    int g = cs.gen, r;
+
+    cs.gen = -1;
+    if (!cs.failed) {
+        r = census_promoted(g, cs.hashed, &promoted);
+        if (r == -EAGAIN)
+            r = set_build() != 0 ? -ENOMEM : census_promoted(g, 1, &promoted);
+        if (r == 0)
+            r = vec_reserve(&cs.sort_tmp, cs.tenured.n);
+        cs.failed = r != 0;
+    }
+    data[len++] = RS_GC_INFO_SURVIVAL;
+    data[len++] = (uint8_t)g;
+    data[len++] = cs.failed ? RS_GC_SURVIVAL_FAILED : 0;
+    data[len++] = 0;
+    memcpy(data + len, &seq, 4);
+    len += 4;
+    for (int i = 0; i <= g; i++)
+        put_varint(data, &len, cs.failed ? 0 : cs.counts[i]);
+    put_varint(data, &len, cs.failed ? 0 : promoted);
+    put_varint(data, &len, cs.failed ? 0 : cs.tenured.n);
+    rs_emit_var(RS_EV_GC_INFO, 0, 0, 0, data, len);
+    if (!cs.failed)
+        emit_tenured(seq);
+}
+
+/* Lists objects that reached generation 2 outside a collection: the whole
+ * generation at registration (mark = NULL), or what follows `mark` (its
+ * tail before gc.unfreeze()). */
+static void census_list_gen2(const void *mark)
+{
+    const void *head = rs_py_gc_head(2);
+    cs.tenured.n = 0;
+    for (const void *node = rs_py_gc_prev(head); node != head && node != mark; node = rs_py_gc_prev(node))
+        if (vec_push(&cs.tenured, (uint64_t)(uintptr_t)rs_py_gc_object(node)) != 0)
+            goto oom;
+    if (vec_reserve(&cs.sort_tmp, cs.tenured.n) != 0)
+        goto oom;
+    emit_tenured(0);
+    return;
+oom:
+    rs_warn("gc census: out of memory listing generation 2; tenured garbage will be incomplete");
+}
+
+/* Finds the generation lists and what the census needs; 0 or -errno. */
+static int census_setup(void)
+{
+    int r = rs_py_gc_lists_init();
+    if (r != 0)
+        return r;
+    cs.weakref_types[0] = dlsym(RTLD_DEFAULT, "_PyWeakref_RefType");
+    cs.weakref_types[1] = dlsym(RTLD_DEFAULT, "_PyWeakref_ProxyType");
+    cs.weakref_types[2] = dlsym(RTLD_DEFAULT, "_PyWeakref_CallableProxyType");
+    cs.is_subtype = (int (*)(const void *, const void *))dlsym(RTLD_DEFAULT, "PyType_IsSubtype");
+    if (!cs.weakref_types[0] || !cs.weakref_types[1] || !cs.weakref_types[2] || !cs.is_subtype)
+        return -ENOSYS;
+    /* the lists found must be the ones gc.get_threshold() describes */
+    for (int i = 0; i < 3 && i < st.config.nthresh; i++)
+        if ((uint64_t)rs_py_gc_threshold(i) != st.config.thresh[i])
+            return -ENOENT;
+    st.census_types = dlsym(RTLD_DEFAULT, "PyRefTracer_SetTracer") == NULL;
+    return 0;
 }
 
 /* ---- the gc.callbacks entry ---------------------------------------------------- */
@@ -314,15 +732,13 @@ static void on_start(pyobj *info)
             c[i] = int_item(counts, i);
         api.decref(counts);
     }
-    st.start_gen = gen;
     st.start_flags = (uint8_t)(gen >= 0 && gen < 15 ? (unsigned)gen : RS_GC_GEN_MASK);
     if (rs_py.Py_IsInitialized && !rs_py.Py_IsInitialized())
         st.start_flags |= RS_GC_F_SHUTDOWN;
     if (!st.generational)
         st.start_flags |= RS_GC_F_WHOLEHEAP;
-    if (st.census && st.generational)
-        for (int i = 0; i <= gen && i <= 2; i++)
-            census(0, i);
+    if (st.census && gen >= 0 && gen <= 2)
+        census_start(gen);
     memset(&rec, 0, sizeof(rec));
     rec.kind = RS_EV_GC_START;
     rec.flags = st.start_flags;
@@ -349,8 +765,8 @@ static void on_stop(pyobj *info)
         return;
     st.in_collection = 0;
     rs_emit_fixed(&rec);
-    if (st.census && st.generational && st.start_gen == 0)
-        census(1, 1);
+    if (cs.gen >= 0)
+        census_stop(st.seq);
 }
 
 static pyobj *gc_callback(pyobj *self, pyobj *args)
@@ -368,8 +784,10 @@ static pyobj *gc_callback(pyobj *self, pyobj *args)
         api.err_clear();
         goto out;
     }
-    if (!strcmp(p, "start"))
+    if (!strcmp(p, "start")) {
+        ensure_trace_start();
         on_start(info);
+    }
     else if (!strcmp(p, "stop"))
         on_stop(info);
 out:
@@ -384,10 +802,16 @@ out:
 static pyobj *gc_wrapper(pyobj *self, pyobj *args, pyobj *kwargs)
 {
     pyobj *orig = api.tuple_get(self, 0);
+    const char *name = api.utf8(api.tuple_get(self, 1));
+    /* gc.unfreeze() appends the permanent generation to generation 2 */
+    int unfreeze = st.census && name && !strcmp(name, "unfreeze");
+    const void *gen2_tail = unfreeze ? rs_py_gc_prev(rs_py_gc_head(2)) : NULL;
     pyobj *res = api.call(orig, args, kwargs);
     if (res && rs_emit_active()) {
         rs_guard_depth++;
-        check_config(RS_GC_CFG_CALL, api.utf8(api.tuple_get(self, 1)));
+        check_config(RS_GC_CFG_CALL, name);
+        if (unfreeze)
+            census_list_gen2(gen2_tail);
         rs_guard_depth--;
     }
     return res;
@@ -441,6 +865,31 @@ static pyobj *at_exit(pyobj *self, pyobj *unused)
     return api.none;
 }
 
+static void emit_trace_start(void);
+
+/* A fork child writes a trace of its own (new epoch): it needs the mode,
+ * baseline and configuration records too, or its census is unreadable. Run
+ * from os.register_at_fork(after_in_child=...) and, for forks made outside
+ * Python, checked again at each collection. */
+static void ensure_trace_start(void)
+{
+    if (rs_emit_epoch() != st.trace_epoch)
+        emit_trace_start();
+}
+
+static pyobj *at_fork_child(pyobj *self, pyobj *unused)
+{
+    rs_guard_depth++;
+    if (rs_emit_active())
+        ensure_trace_start();
+    api.err_clear();
+    rs_guard_depth--;
+    api.incref(api.none);
+    return api.none;
+}
+
+static struct py_methoddef fork_def = {"refscope_gc_at_fork_child", (void *)at_fork_child, METH_NOARGS,
+                                       "refscope: starts the gc records of a fork child's trace"};
 static struct py_methoddef callback_def = {"refscope_gc_callback", (void *)gc_callback, METH_VARARGS,
                                            "refscope: records gc collections"};
 static struct py_methoddef exit_def = {"refscope_gc_at_exit", (void *)at_exit, METH_NOARGS,
@@ -474,9 +923,49 @@ static void emit_baseline(void)
 
 static void emit_mode(void)
 {
-    uint8_t data[4] = {RS_GC_INFO_MODE, (uint8_t)st.census, (uint8_t)(st.generational ? 3 : 0),
+    uint8_t data[4] = {RS_GC_INFO_MODE, (uint8_t)(st.census ? RS_GC_CENSUS_FORMAT : 0),
+                       (uint8_t)(st.generational ? 3 : 0),
                        (uint8_t)rs_py_gc_incremental()};
     rs_emit_var(RS_EV_GC_INFO, 0, 0, 0, data, sizeof(data));
+}
+
+/* What every trace starts with: configuration, census mode, the
+ * interpreter's own counters so far, and what is already in the oldest
+ * generation. */
+static void emit_trace_start(void)
+{
+    st.trace_epoch = rs_emit_epoch();
+    st.have_config = 0;
+    check_config(RS_GC_CFG_INITIAL, NULL);
+    emit_mode();
+    emit_baseline();
+    if (st.census)
+        census_list_gen2(NULL); /* already in the oldest generation */
+}
+
+static void register_at_fork_child(void)
+{
+    pyobj *os = api.import("os");
+    pyobj *reg = os ? api.getattr(os, "register_at_fork") : NULL;
+    pyobj *fn = reg ? api.cfunc_new(&fork_def, NULL, NULL) : NULL;
+    pyobj *args = fn ? api.tuple_new(0) : NULL;
+    pyobj *kwargs = args ? api.dict_new() : NULL;
+    if (kwargs && api.dict_set(kwargs, "after_in_child", fn) == 0) {
+        pyobj *res = api.call(reg, args, kwargs);
+        if (res)
+            api.decref(res);
+    }
+    api.err_clear();
+    if (kwargs)
+        api.decref(kwargs);
+    if (args)
+        api.decref(args);
+    if (fn)
+        api.decref(fn);
+    if (reg)
+        api.decref(reg);
+    if (os)
+        api.decref(os);
 }
 
 static int register_callbacks(void)
@@ -490,27 +979,25 @@ static int register_callbacks(void)
     gcf.get_count = api.getattr(gc, "get_count");
     gcf.get_threshold = api.getattr(gc, "get_threshold");
     gcf.isenabled = api.getattr(gc, "isenabled");
-    gcf.get_objects = api.getattr(gc, "get_objects");
     gcf.get_stats = api.getattr(gc, "get_stats");
     gcf.get_freeze_count = api.getattr(gc, "get_freeze_count");
     api.err_clear();
-    if (!gcf.get_count || !gcf.get_threshold || !gcf.isenabled || !gcf.get_objects)
+    if (!gcf.get_count || !gcf.get_threshold || !gcf.isenabled)
         goto out;
-    for (long i = 0; i < 3; i++) {
-        gcf.gen_args[i] = api.tuple_new(1);
-        if (!gcf.gen_args[i])
-            goto out;
-        api.tuple_set(gcf.gen_args[i], 0, api.long_from(i));
-    }
     callbacks = api.getattr(gc, "callbacks");
     cb = callbacks ? api.cfunc_new(&callback_def, NULL, NULL) : NULL;
     if (!cb || api.list_append(callbacks, cb) != 0)
         goto out;
+    api.incref(callbacks);
+    gcf.callbacks = callbacks; /* kept: the census looks at its length */
 
-    emit_mode();
-    emit_baseline();
-    check_config(RS_GC_CFG_INITIAL, NULL);
+    if (st.census && census_setup() != 0) {
+        st.census = 0;
+        st.census_unavailable = 1;
+    }
+    emit_trace_start();
     wrap_gc_functions(gc);
+    register_at_fork_child();
 
     /* At exit (the last Python atexit handler, registered first): catches
      * configuration changes made without the wrappers. Optional. */
@@ -562,6 +1049,10 @@ static void gcwatch_at_init(void *arg)
     if (register_callbacks() != 0)
         emit_note(RS_NOTE_GC_UNAVAILABLE,
                   "could not register a gc.callbacks entry: no collection events in this trace");
+    else if (st.census_unavailable)
+        emit_note(RS_NOTE_GC_CENSUS_UNAVAILABLE,
+                  "gc census unavailable: the generation lists of this CPython were not found "
+                  "(verified on 3.9-3.13); promotions and tenured garbage unknown");
     else if (!st.census && st.generational)
         emit_note(RS_NOTE_GC_CENSUS_OFF,
                   "gc census off (REFSCOPE_GC_CENSUS=off): promotions and tenured garbage unknown");
@@ -586,7 +1077,7 @@ static void gcwatch_init(void)
             return; /* not an interpreter this file can drive */
     }
     st.generational = !rs_py.free_threaded && !rs_py_gc_incremental();
-    st.census = census_wanted();
+    st.census = census_wanted() && st.generational;
     if (rs_pysafe_on_init(gcwatch_at_init, NULL) != 0)
         rs_warn("gc events: no safe point slot left; gc events are off");
 }

@@ -46,24 +46,21 @@ static void emit_note(uint16_t code, const char *text)
     rs_emit_var(RS_EV_NOTE, 0, 0, 0, data, b.len);
 }
 
+/* Hot path like the allocator hooks (an event per object): rs_emit_event,
+ * with the thread's cached clock reading. */
 static int reftracer(void *obj, int event, void *data)
 {
-    struct rs_slot rec;
-
     if (!rs_guard_enter()) {
         rs_guard_leave();
         return 0;
     }
-    memset(&rec, 0, sizeof(rec));
-    rec.addr = (uint64_t)(uintptr_t)obj;
+    uint64_t addr = (uint64_t)(uintptr_t)obj;
     if (event == REFTRACER_CREATE) {
-        rec.kind = RS_EV_OBJ_CREATE;
-        rec.size = rs_pytype_id(rs_py_type(obj));
-        rec.stack = rs_stack_current();
-        rs_emit_fixed(&rec);
+        uint64_t type_id = rs_pytype_id(rs_py_type(obj)); /* may define the type first */
+        uint32_t stack = rs_stack_current();               /* may define the stack first */
+        rs_emit_event(RS_EV_OBJ_CREATE, 0, addr, type_id, stack);
     } else if (event == REFTRACER_DESTROY) {
-        rec.kind = RS_EV_OBJ_DESTROY;
-        rs_emit_fixed(&rec);
+        rs_emit_event(RS_EV_OBJ_DESTROY, 0, addr, 0, 0);
     }
     rs_guard_leave();
     return 0;

@@ -24,7 +24,7 @@ struct safe_cell {
 
 static struct { rs_safe_fn fn; void *arg; } init_fns[INIT_MAX];
 static int init_count;
-static int init_state;     /* 0 waiting, 1 queued, 2 done */
+int rs_pysafe_init_state;  /* 0 waiting, 1 queued, 2 done (read inline by pysafe.h) */
 static unsigned poll_ticks;
 static struct safe_cell cells[CELLS];
 
@@ -43,24 +43,22 @@ static int run_init(void *unused)
     (void)unused;
     for (int i = 0; i < init_count; i++)
         init_fns[i].fn(init_fns[i].arg);
-    __atomic_store_n(&init_state, 2, __ATOMIC_RELEASE);
+    __atomic_store_n(&rs_pysafe_init_state, 2, __ATOMIC_RELEASE);
     return 0;
 }
 
-void rs_pysafe_poll(void)
+void rs_pysafe_poll_slow(void)
 {
-    if (__builtin_expect(__atomic_load_n(&init_state, __ATOMIC_RELAXED) != 0, 1))
-        return;
     /* racy counter on purpose: it only spaces out the checks */
     if (++poll_ticks % POLL_EVERY != 0)
         return;
     if (!rs_py.is_python || !rs_py.Py_AddPendingCall || !rs_py.Py_IsInitialized())
         return;
     int expected = 0;
-    if (!__atomic_compare_exchange_n(&init_state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    if (!__atomic_compare_exchange_n(&rs_pysafe_init_state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
     if (rs_py.Py_AddPendingCall(run_init, NULL) != 0)
-        __atomic_store_n(&init_state, 0, __ATOMIC_RELEASE); /* queue full: retry later */
+        __atomic_store_n(&rs_pysafe_init_state, 0, __ATOMIC_RELEASE); /* queue full: retry later */
 }
 
 static int run_cell(void *p)

@@ -24,8 +24,15 @@ int rs_pysafe_on_init(rs_safe_fn fn, void *arg);
  * retries later), -ENOSYS when the process is not Python. */
 int rs_pysafe_schedule(rs_safe_fn fn, void *arg);
 
-/* Called by the allocation hooks (cheap; checks Py_IsInitialized at most
- * every few thousand calls) to notice start-up and schedule the init safe point. */
-void rs_pysafe_poll(void);
+/* Called by the allocation hooks to notice start-up and schedule the init
+ * safe point: inline, one load once that is done; until then it checks
+ * Py_IsInitialized at most every few thousand calls. */
+extern int rs_pysafe_init_state; /* 0 waiting, 1 queued, 2 done (pysafe.c) */
+void rs_pysafe_poll_slow(void);
+static inline void rs_pysafe_poll(void)
+{
+    if (__builtin_expect(__atomic_load_n(&rs_pysafe_init_state, __ATOMIC_RELAXED) == 0, 0))
+        rs_pysafe_poll_slow();
+}
 
 #endif

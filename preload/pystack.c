@@ -13,9 +13,18 @@
  *   - stack table: 64-bit hash of (code ids, offsets, flags, native id) ->
  *     stack id, defined once per trace by RS_EV_PY_STACK with lines resolved
  *     from the line table right there, so reports are exact.
- * A per-thread cache keyed by the hash of raw (code address, offset) pairs
- * skips both tables for stacks this thread saw recently; it is invalidated
- * whenever a known code object dies or the trace epoch changes.
+ * A per-thread cache keyed by a hash of the raw walk (code address, offset,
+ * flags per frame) skips both tables for stacks this thread saw recently;
+ * its ids are invalidated whenever a known code object dies or the trace
+ * epoch changes.
+ *
+ * Fast path. Consecutive allocations of a thread mostly share all frames but
+ * the innermost one, so the thread also keeps the outer frames of its
+ * previous walk, outermost first, with the hash of every prefix: a new walk's
+ * outer frames are compared with them from the outermost in, and only the
+ * frames that differ are hashed. The comparison covers every field the hash
+ * covers, so the key is the same function of the walk as if it had been
+ * hashed whole.
  * Payload layouts: include/refscope/events.h, "issue 3".
  */
 #include <errno.h>
@@ -49,8 +58,11 @@ struct stack_entry {
     uint32_t pad;
 };
 
+/* One stack this thread saw: its innermost frame exactly, the rest by key. */
 struct tcache_entry {
-    uint64_t raw;        /* hash of raw frames                               */
+    uint64_t outer;      /* walk_outer_key() of the other frames             */
+    const void *code;    /* innermost frame: code object ...                 */
+    uint64_t word;       /* ... and rs_pyframe_word() (offset, flags)         */
     uint32_t id;
     uint32_t stamp;      /* low bits of code_gen when filled                 */
 };
@@ -64,6 +76,18 @@ static int stacks_on, native_on;
 static uint32_t code_block_delta; /* GC header before a code object, if any */
 
 static __thread struct tcache_entry tcache[TCACHE_SLOTS] __attribute__((tls_model("initial-exec")));
+
+/* The outer frames of the thread's previous walk (see the top of the file). */
+struct walk_memo {
+    uint32_t n;                                  /* frames in fr[]              */
+    uint32_t tail;                               /* n, truncated, native of `key` */
+    uint32_t native;
+    uint32_t pad;
+    uint64_t key;                                /* walk_outer_key() of the walk */
+    struct rs_pyframe fr[RS_PYSTACK_MAX_FRAMES]; /* outermost first             */
+    uint64_t prefix[RS_PYSTACK_MAX_FRAMES + 1];  /* prefix[d]: hash of fr[0..d) */
+};
+static __thread struct walk_memo memo __attribute__((tls_model("initial-exec")));
 
 /* Weak fallback; preload/unwind.c provides the real one. */
 __attribute__((weak)) uint32_t rs_native_stack_current(int skip)
@@ -231,6 +255,46 @@ static uint32_t stack_define(const struct rs_pyframe *fr, int n, int truncated, 
     return 0; /* table full */
 }
 
+static inline int same_frame(const struct rs_pyframe *a, const struct rs_pyframe *b)
+{
+    return a->code == b->code && rs_pyframe_word(a) == rs_pyframe_word(b);
+}
+
+static inline uint64_t hash_frame(uint64_t h, const struct rs_pyframe *f)
+{
+    return mix(mix(h, (uint64_t)(uintptr_t)f->code), rs_pyframe_word(f));
+}
+
+/* Key of everything in a walk but its innermost frame: the outer frames
+ * fr[1..n), the frame count, the truncation flag and the native id. The outer
+ * frames are compared with the memo, outermost first, and only those that
+ * differ are hashed (the memo keeps the hash of every prefix); when none
+ * differs the key itself is the memo's. */
+static inline uint64_t walk_outer_key(struct walk_memo *m, const struct rs_pyframe *fr, uint32_t n,
+                                      uint32_t native, int truncated)
+{
+    uint32_t outer_n = n ? n - 1 : 0, d = 0, same = outer_n < m->n ? outer_n : m->n;
+    uint32_t tail = n | (uint32_t)truncated << 16;
+    const struct rs_pyframe *outer = fr + outer_n; /* outer[-d]: depth d from the outermost */
+    while (d < same && same_frame(outer - d, &m->fr[d]))
+        d++;
+    if (__builtin_expect(d == outer_n && d == m->n && tail == m->tail && native == m->native, 1))
+        return m->key;
+    uint64_t h = m->prefix[d];
+    for (; d < outer_n; d++) {
+        const struct rs_pyframe *f = outer - d;
+        uint64_t w = rs_pyframe_word(f);
+        rs_pyframe_set(&m->fr[d], f->code, (int32_t)(uint32_t)w, (uint32_t)(w >> 32));
+        h = hash_frame(h, f);
+        m->prefix[d + 1] = h;
+    }
+    m->n = outer_n;
+    m->tail = tail;
+    m->native = native;
+    m->key = mix(h, (uint64_t)tail | (uint64_t)native << 32);
+    return m->key;
+}
+
 uint32_t rs_stack_current(void)
 {
     if (!stacks_on && !native_on)
@@ -246,16 +310,22 @@ uint32_t rs_stack_current(void)
     if (n == 0 && native == 0)
         return 0;
 
-    uint64_t raw = mix((uint64_t)n, native);
-    for (int i = 0; i < n; i++)
-        raw = mix(raw, (uint64_t)(uintptr_t)fr[i].code ^ ((uint64_t)(uint32_t)fr[i].offset << 48));
+    /* The cache is indexed by a cheap fold (no multiply chain on the way to
+     * the load); the entry is checked field by field. */
+    uint64_t outer = walk_outer_key(&memo, fr, (uint32_t)n, native, truncated);
+    const void *code = n ? fr[0].code : NULL;
+    uint64_t word = n ? rs_pyframe_word(&fr[0]) : 0;
+    uint64_t fold = outer ^ (uint64_t)(uintptr_t)code ^ word * 0x9e3779b97f4a7c15ull;
     uint32_t stamp = (uint32_t)__atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
-    struct tcache_entry *c = &tcache[raw & (TCACHE_SLOTS - 1)];
-    if (c->raw == raw && c->stamp == stamp && c->id)
+    struct tcache_entry *c = &tcache[(fold ^ fold >> 29) & (TCACHE_SLOTS - 1)];
+    if (__builtin_expect(c->outer == outer && c->code == code && c->word == word &&
+                         c->stamp == stamp && c->id, 1))
         return c->id;
 
     uint32_t id = stack_define(fr, n, truncated, native);
-    c->raw = raw;
+    c->outer = outer;
+    c->code = code;
+    c->word = word;
     c->id = id;
     c->stamp = stamp;
     return id;

@@ -352,9 +352,92 @@ static int is_code(const void *p)
     return p && rs_py_type(p) == rs_py.code_type;
 }
 
+/* One walker per frame model. rs_py_frames runs for every allocation record
+ * with Python stacks on, so the model and the offsets are taken out of the
+ * loop: each loop reads only the fields its frames have. */
+
+/* 3.9/3.10: a chain of PyFrameObjects; each runs in its own eval-loop call. */
+static int frames_object(const char *f, struct rs_pyframe *out, int max, int *truncated)
+{
+    const uint32_t prev = rs_py.fr_previous, co = rs_py.fr_code, lasti = rs_py.fr_instr;
+    const int32_t scale = (int32_t)rs_py.lasti_scale;
+    int n = 0;
+    for (; f; f = field(f, prev)) {
+        const void *code = field(f, co);
+        if (!code)
+            continue;
+        if (n == max) {
+            *truncated = 1;
+            break;
+        }
+        int32_t offset = *(const int *)(f + lasti) * scale;
+        rs_pyframe_set(&out[n++], code, offset < 0 ? -1 : offset, RS_PYFRAME_ENTRY);
+    }
+    return n;
+}
+
+/* 3.11/3.12: _PyInterpreterFrames; f_code is always a code object there
+ * (no type check needed), entry frames are flagged (3.11 is_entry) or are
+ * frames of their own owned by the C stack (3.12). */
+static int frames_interp_311_312(const char *f, struct rs_pyframe *out, int max, int *truncated)
+{
+    const uint32_t prev = rs_py.fr_previous, co = rs_py.fr_code, ins = rs_py.fr_instr;
+    const uint32_t own = rs_py.fr_owner, entry = rs_py.fr_is_entry;
+    const uint32_t adaptive = rs_py.co_code_adaptive, traceable = rs_py.co_firsttraceable;
+    int n = 0;
+    for (; f; f = field(f, prev)) {
+        uint8_t owner = *(const uint8_t *)(f + own);
+        if (owner == 3) { /* FRAME_OWNED_BY_CSTACK (3.12): the eval loop's entry */
+            if (n)
+                rs_pyframe_add_flags(&out[n - 1], RS_PYFRAME_ENTRY);
+            continue;
+        }
+        const char *code = field(f, co);
+        const char *start = code + adaptive;
+        const char *instr = field(f, ins);
+        /* incomplete frame: pushed, not yet started (_PyFrame_IsIncomplete) */
+        if (owner != 1 && instr < start + 2 * *(const int *)(code + traceable))
+            continue;
+        if (n == max) {
+            *truncated = 1;
+            break;
+        }
+        uint32_t flags = owner == 1 ? RS_PYFRAME_GENERATOR : 0;
+        if (entry && *(const uint8_t *)(f + entry))
+            flags |= RS_PYFRAME_ENTRY;
+        int32_t offset = (int32_t)(instr - start);
+        rs_pyframe_set(&out[n++], code, offset < 0 ? -1 : offset, flags);
+    }
+    return n;
+}
+
+/* 3.13+: f_executable may be a non-code object (entry and base frames run
+ * None) and 3.14 tags the reference in its low bits. */
+static int frames_interp_313(const char *f, struct rs_pyframe *out, int max, int *truncated)
+{
+    const uint32_t prev = rs_py.fr_previous, co = rs_py.fr_code, ins = rs_py.fr_instr;
+    const uint32_t own = rs_py.fr_owner, adaptive = rs_py.co_code_adaptive;
+    int n = 0;
+    for (; f; f = field(f, prev)) {
+        const char *code = (const char *)((uintptr_t)field(f, co) & ~(uintptr_t)3);
+        if (!is_code(code)) {
+            if (n)
+                rs_pyframe_add_flags(&out[n - 1], RS_PYFRAME_ENTRY);
+            continue;
+        }
+        if (n == max) {
+            *truncated = 1;
+            break;
+        }
+        int32_t offset = (int32_t)((const char *)field(f, ins) - (code + adaptive));
+        rs_pyframe_set(&out[n++], code, offset < 0 ? -1 : offset,
+                       *(const uint8_t *)(f + own) == 1 ? RS_PYFRAME_GENERATOR : 0);
+    }
+    return n;
+}
+
 int rs_py_frames(struct rs_pyframe *out, int max, int *truncated)
 {
-    int n = 0;
     *truncated = 0;
     if (rs_py.frames == RS_PYFRAMES_NONE)
         return 0;
@@ -364,68 +447,15 @@ int rs_py_frames(struct rs_pyframe *out, int max, int *truncated)
     if (!ts)
         return 0;
     const char *f = field(ts, rs_py.ts_frame);
-    if (rs_py.frames == RS_PYFRAMES_INTERP_311 || rs_py.frames == RS_PYFRAMES_INTERP_312)
-        f = f ? field(f, rs_py.cframe_current) : NULL;
-
-    for (; f; f = field(f, rs_py.fr_previous)) {
-        const char *code;
-        int32_t offset;
-        uint32_t flags = 0;
-        switch (rs_py.frames) {
-        case RS_PYFRAMES_OBJECT:
-            code = field(f, rs_py.fr_code);
-            offset = *(const int *)(f + rs_py.fr_instr) * (int32_t)rs_py.lasti_scale;
-            flags = RS_PYFRAME_ENTRY; /* each frame runs in its own eval-loop call */
-            break;
-        case RS_PYFRAMES_INTERP_311:
-        case RS_PYFRAMES_INTERP_312: {
-            uint8_t owner = *(const uint8_t *)(f + rs_py.fr_owner);
-            if (owner == 3) { /* FRAME_OWNED_BY_CSTACK (3.12): the eval loop's entry */
-                if (n)
-                    out[n - 1].flags |= RS_PYFRAME_ENTRY;
-                continue;
-            }
-            code = field(f, rs_py.fr_code);
-            const char *start = code + rs_py.co_code_adaptive;
-            const char *instr = field(f, rs_py.fr_instr);
-            int first = *(const int *)(code + rs_py.co_firsttraceable);
-            /* incomplete frame: pushed, not yet started (_PyFrame_IsIncomplete) */
-            if (owner != 1 && instr < start + 2 * first)
-                continue;
-            offset = (int32_t)(instr - start);
-            if (owner == 1)
-                flags |= RS_PYFRAME_GENERATOR;
-            if (rs_py.fr_is_entry && *(const uint8_t *)(f + rs_py.fr_is_entry))
-                flags |= RS_PYFRAME_ENTRY;
-            break;
-        }
-        default: { /* RS_PYFRAMES_INTERP_313 */
-            /* 3.14 tags the executable stack reference in its low bits */
-            code = (const char *)((uintptr_t)field(f, rs_py.fr_code) & ~(uintptr_t)3);
-            if (!is_code(code)) { /* entry/base frames run None */
-                if (n)
-                    out[n - 1].flags |= RS_PYFRAME_ENTRY;
-                continue;
-            }
-            const char *instr = field(f, rs_py.fr_instr);
-            offset = (int32_t)(instr - (code + rs_py.co_code_adaptive));
-            if (*(const uint8_t *)(f + rs_py.fr_owner) == 1)
-                flags |= RS_PYFRAME_GENERATOR;
-            break;
-        }
-        }
-        if (!code)
-            continue;
-        if (n == max) {
-            *truncated = 1;
-            break;
-        }
-        out[n].code = code;
-        out[n].offset = offset < 0 ? -1 : offset;
-        out[n].flags = flags;
-        n++;
+    switch (rs_py.frames) {
+    case RS_PYFRAMES_OBJECT:
+        return frames_object(f, out, max, truncated);
+    case RS_PYFRAMES_INTERP_311:
+    case RS_PYFRAMES_INTERP_312:
+        return f ? frames_interp_311_312(field(f, rs_py.cframe_current), out, max, truncated) : 0;
+    default:
+        return frames_interp_313(f, out, max, truncated);
     }
-    return n;
 }
 
 /* ---- snapshots (issue 5) ---- */
@@ -876,4 +906,36 @@ out:
         snapapi.Py_DecRef(atexit);
     rs_pyver_snap_restore_error(saved);
     return rc;
+}
+
+/* ---- gc census (issue 4) ---- */
+/* The census walks the same lists as snapshots and finds them the same way
+ * (snap_find_gen0 above: the GC state's self-pointer signature). */
+static char *census_gen0;
+
+int rs_py_gc_lists_init(void)
+{
+    if (census_gen0)
+        return 0;
+    if (!rs_py.is_python || rs_py.free_threaded || rs_py.hex < 0x03090000u || rs_py.hex >= 0x030e0000u)
+        return -ENOTSUP;
+    if (!snapapi.PyInterpreterState_Get)
+        snapapi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
+    census_gen0 = snap_find_gen0();
+    return census_gen0 ? 0 : -ENOENT;
+}
+
+const void *rs_py_gc_head(int generation)
+{
+    if (!census_gen0 || generation < 0 || generation > RS_PYVER_GEN_PERMANENT)
+        return NULL;
+    return generation == RS_PYVER_GEN_PERMANENT ? census_gen0 + SNAP_GEN_PERMANENT
+                                                : census_gen0 + generation * SNAP_GEN_STRIDE;
+}
+
+int rs_py_gc_threshold(int generation)
+{
+    if (!census_gen0 || generation < 0 || generation > 2)
+        return -1;
+    return *(const int *)(census_gen0 + generation * SNAP_GEN_STRIDE + 16);
 }

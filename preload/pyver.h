@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* PyMemAllocatorEx / PyObjectArenaAllocator as CPython declares them
  * (identical layout on every supported version). */
@@ -132,6 +133,32 @@ struct rs_pyframe {
     int32_t  offset;     /* byte offset of the instruction being executed       */
     uint32_t flags;      /* RS_PYFRAME_* (events.h)                            */
 };
+
+/* A frame's offset and flags as one 64-bit word (offset in the low half, as
+ * laid out above). The walkers write that word with one store and the stack
+ * layer reads it with one load: a frame is read right after the walk, while
+ * its stores are still in the store buffer, and an 8-byte load of two 4-byte
+ * stores cannot be forwarded from it (it waits for both to reach the cache). */
+static inline uint64_t rs_pyframe_word(const struct rs_pyframe *f)
+{
+    uint64_t w;
+    memcpy(&w, (const char *)f + offsetof(struct rs_pyframe, offset), sizeof w);
+    return w;
+}
+
+static inline void rs_pyframe_set(struct rs_pyframe *f, const void *code, int32_t offset,
+                                  uint32_t flags)
+{
+    uint64_t w = (uint64_t)(uint32_t)offset | (uint64_t)flags << 32;
+    f->code = code;
+    memcpy((char *)f + offsetof(struct rs_pyframe, offset), &w, sizeof w);
+}
+
+static inline void rs_pyframe_add_flags(struct rs_pyframe *f, uint32_t flags)
+{
+    uint64_t w = rs_pyframe_word(f) | (uint64_t)flags << 32;
+    memcpy((char *)f + offsetof(struct rs_pyframe, offset), &w, sizeof w);
+}
 
 /* The current thread's Python frames, innermost first, into out[0..max).
  * Frames owned by the C stack and frames not running a code object are
@@ -268,5 +295,41 @@ void rs_pyver_snap_restore_error(void *saved[3]);
 /* Registers fn with atexit.register (through a C function object), so it
  * runs after every Python atexit handler registered later. Returns 0 or -EIO. */
 int rs_pyver_snap_atexit(void (*fn)(void));
+
+/* ---- gc census (issue 4) ---- */
+/* The generation lists the gc census walks (preload/gcwatch.c). Default
+ * builds 3.9-3.13 only: the lists are found the way snapshots find them
+ * (the GC state's signature, see pyver.c). Each list is circular through a
+ * PyGC_Head {uintptr_t _gc_next, _gc_prev} that sits right before its
+ * object; the low 2 bits of _gc_prev are collector flags. Read with the GIL
+ * held, outside a collection's own work (gc callbacks, wrappers). */
+
+/* Locates the lists (first call; needs an initialized interpreter). 0, or
+ * -ENOTSUP (free-threaded build, 3.14+: no census there) or -ENOENT (the GC
+ * state was not found). */
+int rs_py_gc_lists_init(void);
+
+/* Head of generation 0..2, or of the permanent generation
+ * (RS_PYVER_GEN_PERMANENT); NULL before rs_py_gc_lists_init() succeeded. */
+const void *rs_py_gc_head(int generation);
+
+/* The collection threshold of generation 0..2 as the GC state holds it. */
+int rs_py_gc_threshold(int generation);
+
+static inline const void *rs_py_gc_next(const void *node)
+{
+    return (const void *)(*(const uintptr_t *)node & ~(uintptr_t)3);
+}
+
+static inline const void *rs_py_gc_prev(const void *node)
+{
+    return (const void *)(((const uintptr_t *)node)[1] & ~(uintptr_t)3);
+}
+
+/* The object whose GC header is `node`. */
+static inline const void *rs_py_gc_object(const void *node)
+{
+    return (const char *)node + 16;
+}
 
 #endif

@@ -374,6 +374,7 @@ __attribute__((destructor(RS_CTOR_CORE))) static void shim_fini(void)
     };
     struct rs_slot rec = { .kind = RS_EV_END, .thread = rs_emit_thread(),
                            .time = rs_clock_ticks(config.clock_kind) };
+    rs_emit_claim();
     rs_ring_put_var(&trace.ring, &rec, &end, sizeof(end));
     __atomic_store_n(&trace.ring.hdr->closed, 1, __ATOMIC_RELEASE);
     int rc = rs_transport_bye(trace.sock, config.exit_wait_ms);

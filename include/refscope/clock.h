@@ -5,6 +5,33 @@
  * nanoseconds offline from RS_EV_CLOCK records (pairs of ticks and
  * CLOCK_MONOTONIC ns) that the shim writes at start and end and the recorder
  * writes about once a second; readers interpolate between pairs.
+ *
+ * Resolution. Even rdtsc costs 12-20 ns in our VMs, more than the rest of an
+ * allocation record, so the hot-path records (RS_EV_ALLOC, RS_EV_FREE,
+ * RS_EV_OBJ_CREATE, RS_EV_OBJ_DESTROY) carry the recording thread's cached
+ * reading of the clock (preload/emit.h, rs_emit_clock). A thread reads the
+ * clock afresh
+ *   - for its first record,
+ *   - after its cached reading has stamped 64 records (RS_EMIT_CLOCK_RECORDS),
+ *   - at its first record after the recorder stored a new value in the ring's
+ *     `now` word (ring.h), which it does once per loop iteration: about every
+ *     0.1-0.4 ms while it waits for records, after each batch of at most
+ *     65536 records of that ring while it drains,
+ *   - and whenever it stamps any other record (those are always exact).
+ * So a hot-path record made at true time T has a time t with
+ *     T - X <= t <= T,
+ * X being the shorter of the time the thread took for its 63 previous
+ * records (about 2 us for a thread allocating flat out) and the time since
+ * the recorder's last `now` store before T (one recorder loop turn; longer
+ * only if the recorder is not scheduled). Times never decrease within a
+ * thread; every other record kind is exact. (The recorder may also drop low
+ * bits of every time, `time_shift` in trace.h.) An interval between two
+ * records reads at most X1 longer and at most X2 shorter than it was (X1, X2:
+ * the X of its first and of its last record). A thread that was idle, e.g.
+ * sleeping, reads the clock afresh at its next record once the recorder has
+ * run meanwhile (X = 0 there), so an interval that ends after such a pause
+ * never reads short: lifetimes and pauses longer than a recorder loop turn
+ * come out right to within X1.
  */
 #ifndef REFSCOPE_CLOCK_H
 #define REFSCOPE_CLOCK_H

@@ -10,6 +10,10 @@
  * a free is reserved before the real free, an allocation after the real
  * allocation returned, so a reused address never appears out of order.
  * Timestamps are informational (lifetimes, pauses), never used for ordering.
+ * They are exact to within X for ALLOC, FREE and OBJ_CREATE/DESTROY records
+ * (a thread's cached clock reading: at most 64 of its records or one
+ * recorder loop turn old, never later than the event) and exact for every
+ * other kind: include/refscope/clock.h, "Resolution".
  *
  * Every record starts with the same 32-byte fixed part (struct rs_slot).
  * Fixed records use only that. Variable records ("VAR" kinds, kind >= 0x40)
@@ -86,7 +90,7 @@ struct rs_slot {
     uint8_t  flags;  /* per kind (domain and RS_F_* for ALLOC/FREE)           */
     uint16_t thread; /* shim thread index; bound to an OS tid by RS_EV_THREAD  */
     uint32_t stack;  /* stack id for ALLOC (0 = none); payload length for VAR */
-    uint64_t time;   /* clock ticks (see clock.h); converted to ns by readers */
+    uint64_t time;   /* clock ticks (see clock.h, "Resolution"); ns for readers */
     uint64_t addr;
     uint64_t size;
 };
@@ -262,24 +266,75 @@ enum rs_module_event { RS_MODULE_INITIAL = 0, RS_MODULE_DLOPEN = 1, RS_MODULE_DL
  *      u32 0, then nthresh x u64 threshold, then u64 gc.get_freeze_count()
  *      (UINT64_MAX when the interpreter has none), then str function name
  *      ("set_threshold", ...; "" when noticed rather than called).
- *  RS_GC_INFO_CENSUS    objects in a generation at a collection boundary:
- *      u8 kind, u8 phase (0 = at START, before the collection: the objects of
- *      one of the generations being collected; 1 = at STOP: the objects of
- *      generation+1, taken only after generation-0 collections),
- *      u8 generation listed, u8 flags (RS_GC_CENSUS_LAST on the last record
- *      of this census), u32 count, then count x { u64 object, u32 type id }.
- *      A census is split over records of at most RS_GC_CENSUS_MAX entries; a
- *      START census precedes its RS_EV_GC_START, a STOP census follows its
- *      RS_EV_GC_STOP. Objects = gc.get_objects(generation=g): tracked objects
- *      only (untracked tuples/dicts are not listed).
- *  RS_GC_INFO_MODE      u8 kind, u8 census (1 on, 0 off), u8 generations
+ *  RS_GC_INFO_CENSUS    census format 1 (per-object lists of whole
+ *      generations): no longer written; readers ignore it (see MODE).
+ *  RS_GC_INFO_SURVIVAL  census format 2: what one collection examined and
+ *      promoted. One per collection (generational builds, census on), right
+ *      after its RS_EV_GC_STOP; none when the STOP callback never ran.
+ *        0  u8  kind
+ *        1  u8  generation collected, g (0..2)
+ *        2  u8  flags: RS_GC_SURVIVAL_FAILED = the census could not be taken
+ *               (out of memory): the counts below are 0 and mean "unknown"
+ *        3  u8  0
+ *        4  u32 collection sequence number (its RS_EV_GC_START's stack)
+ *        8  varint examined[0], ..., examined[g]: tracked objects in
+ *               generation i at START (gc.get_objects(i) at that moment;
+ *               objects that gc callbacks run after refscope's track are
+ *               not counted, though the collector sees them)
+ *        .  varint promoted: examined objects that are in generation g + 1
+ *               (generation 2 when g = 2) at STOP, i.e. survived and are
+ *               still tracked. Exact: atomic tuples (and, when g = 2, dicts)
+ *               the collector untracked are not promoted, nor are objects it
+ *               moved to the permanent generation (3.12+: immortal ones),
+ *               nor weakrefs it moved into generation g + 1 from another.
+ *        .  varint tenured: objects the RS_GC_INFO_TENURED records of this
+ *               collection list (0 when g = 0)
+ *      varint: LEB128 (7 bits a byte, least significant first, high bit set
+ *      on every byte but the last).
+ *  RS_GC_INFO_TENURED   census format 2: objects that have just reached the
+ *      oldest generation (generation 2), so that readers can tell which
+ *      objects were "tenured" when they die: the promoted objects of a
+ *      generation-1 collection, the survivors that came from generations 0-1
+ *      of a generation-2 collection, every object in generation 2 when
+ *      refscope registered, and the objects gc.unfreeze() moved there. A
+ *      collection's records follow its SURVIVAL record; each payload is at
+ *      most RS_GC_TENURED_MAX_PAYLOAD bytes, lists at most
+ *      RS_GC_TENURED_MAX_ENTRIES objects (readers drop records with more)
+ *      and decodes on its own.
+ *        0  u8  kind
+ *        1  u8  flags: RS_GC_TENURED_TYPES (a type stream follows the
+ *               addresses), RS_GC_TENURED_BYTES (addresses are in units of
+ *               1 byte instead of 16: some object was not 16-byte aligned)
+ *        2  u16 0
+ *        4  u32 collection sequence number; 0 = not a collection (at
+ *               registration, or gc.unfreeze())
+ *        8  varint n: objects in this record (>= 1)
+ *        .  address stream: the n object addresses (PyObject *), strictly
+ *               ascending, each as the delta from the previous one (the
+ *               first from 0) divided by the unit (16 bytes: objects are
+ *               16-byte aligned). Tokens, until n deltas are decoded:
+ *               varint t; t even: one delta, t >> 1; t odd: the delta t >> 1
+ *               repeated k times, k >= 2 given by the varint that follows.
+ *               (Objects allocated one after another in a pymalloc pool
+ *               are a few runs.)
+ *        .  type stream (RS_GC_TENURED_TYPES only: CPython < 3.13, whose
+ *               objects have no RS_EV_OBJ_CREATE to carry their type): runs
+ *               of { varint type id (RS_EV_PY_TYPE, 0 = unknown), varint
+ *               count >= 1 } covering the n objects in address order.
+ *  RS_GC_INFO_MODE      u8 kind, u8 census (0 off or unavailable, 1 census
+ *      format 1 = RS_GC_INFO_CENSUS records, written by refscope before
+ *      format 2; 2 = format 2: SURVIVAL and TENURED records), u8 generations
  *      (3; 0 = free-threaded whole heap), u8 incremental (3.14.0-3.14.4).
+ *      Readers handle the format they know (RS_GC_CENSUS_FORMAT) and treat
+ *      others as "no census", saying so.
  */
 enum rs_gc_info {
     RS_GC_INFO_BASELINE = 1,
     RS_GC_INFO_CONFIG   = 2,
-    RS_GC_INFO_CENSUS   = 3,
+    RS_GC_INFO_CENSUS   = 3, /* format 1, retired */
     RS_GC_INFO_MODE     = 4,
+    RS_GC_INFO_SURVIVAL = 5,
+    RS_GC_INFO_TENURED  = 6,
 };
 enum rs_gc_cfg_reason {
     RS_GC_CFG_INITIAL  = 0, /* at registration                                  */
@@ -288,8 +343,12 @@ enum rs_gc_cfg_reason {
                                reference to the gc function taken before wrap)   */
     RS_GC_CFG_EXIT     = 3, /* differs at exit                                   */
 };
-#define RS_GC_CENSUS_LAST 0x01u
-#define RS_GC_CENSUS_MAX  4096u
+#define RS_GC_CENSUS_FORMAT        2u     /* MODE census value of the records above */
+#define RS_GC_SURVIVAL_FAILED      0x01u
+#define RS_GC_TENURED_TYPES        0x01u
+#define RS_GC_TENURED_BYTES        0x02u
+#define RS_GC_TENURED_MAX_PAYLOAD  16384u
+#define RS_GC_TENURED_MAX_ENTRIES  65536u
 
 /* RS_EV_NOTE codes of the gc/object feature (payload: u16 code, str text). */
 enum rs_note_gc {
@@ -304,6 +363,8 @@ enum rs_note_gc {
     RS_NOTE_GC_FREETHREADED   = 0x0406, /* free-threaded: whole-heap collections  */
     RS_NOTE_GC_UNAVAILABLE    = 0x0407, /* gc callbacks could not be registered   */
     RS_NOTE_GC_CENSUS_OFF     = 0x0408, /* REFSCOPE_GC_CENSUS=off                 */
+    RS_NOTE_GC_CENSUS_UNAVAILABLE = 0x0409, /* the generation lists of this CPython
+                                           were not found (3.14+, unknown layout) */
 };
 
 /* ---- issue 5: snapshots (preload/snapshot.c) -------------------------------------- */

@@ -10,10 +10,15 @@
  *
  * Protocol.
  *  - A producer reserves n consecutive slots by CAS on `head` (a 64-bit
- *    count of slots ever reserved, never wraps in practice). Slot index i
+ *    count of slots ever reserved, never wraps in practice), or, while it is
+ *    the only producer, by an unlocked compare-and-exchange
+ *    (rs_ring_reserve_solo; who may is the producer side's business). Either
+ *    way the order of head increments is the order of records. Slot index i
  *    lives at slots[i & (capacity - 1)]. Reservation fails while
  *    head + n - tail > capacity: lossless mode waits (counting one wait per
- *    reservation that had to wait), lossy mode drops the record and counts it.
+ *    reservation that had to wait) until n + capacity/16 slots are free
+ *    (batches, see rs_ring_reserve_slow), lossy mode drops the record and
+ *    counts it.
  *  - The producer writes the record; for a VAR record the continuation slots
  *    first (byte 0 = RS_EV_CONT), then the first slot's fields, then stores
  *    the first slot's `kind` byte with release order. That store commits.
@@ -28,6 +33,13 @@
  *  - A record never spans the wrap point in the reader's view: slots are
  *    addressed modulo capacity, so a VAR record may wrap; readers copy it out
  *    slot by slot.
+ *  - `now` is the event clock's coarse shared time: the recorder stores its
+ *    own reading of the producer's clock (clock.h) there about once per loop
+ *    iteration. Producers never write it; they compare it with the value
+ *    they saw when they last read the clock, to bound how stale a cached
+ *    reading may get (clock.h, "Resolution"). It sits in the header's spare
+ *    bytes, after every version-1 field, so older readers ignore it; 0 means
+ *    the recorder has not stored it yet.
  *
  * Nothing here allocates, locks or calls stdio: the producer side runs inside
  * malloc hooks and in fork children.
@@ -42,7 +54,13 @@
 #define RS_RING_MAGIC   0x474e495253464552ull /* "REFSRING" */
 #define RS_RING_VERSION 1u
 #define RS_RING_HEADER_BYTES 4096u
-#define RS_RING_DEFAULT_BYTES (64u << 20) /* slots area; REFSCOPE_RING_MB overrides */
+/* Default slots area (REFSCOPE_RING_MB overrides): 512 Ki records, ~20 ms of
+ * a producer at full speed, to ride out the recorder's sleeps and batches.
+ * Every page of the ring costs the traced process a page fault the first
+ * time it is written (~2-4 us each for this shared memory: 64 MiB cost
+ * 40-70 ms of CPU per process), and a ring that fits in the last-level cache
+ * keeps the slots' cache lines off the memory bus. */
+#define RS_RING_DEFAULT_BYTES (16u << 20)
 
 #define RS_RING_LOSSY 0x1u
 
@@ -61,8 +79,13 @@ struct rs_ring_header {
     _Alignas(64) uint64_t waits;    /* reservations that found the ring full  */
     uint64_t dropped;               /* records dropped in lossy mode          */
     uint64_t closed;                /* producer wrote RS_EV_END; no more records */
+    _Alignas(64) uint64_t now;      /* recorder's clock reading (ticks), about once per
+                                       loop iteration; its own line: read by every
+                                       record, written rarely                    */
 };
 _Static_assert(sizeof(struct rs_ring_header) <= RS_RING_HEADER_BYTES, "ring header");
+_Static_assert(offsetof(struct rs_ring_header, closed) == 208 &&
+               offsetof(struct rs_ring_header, now) == 256, "version-1 header layout");
 
 struct rs_ring {
     struct rs_ring_header *hdr;
@@ -97,10 +120,60 @@ int rs_ring_attach(struct rs_ring *ring, void *map, size_t map_bytes);
 
 /* ---- producer ------------------------------------------------------------------ */
 
+/* The general reservation (below): full ring, lost CAS race, closed ring. */
+uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n);
+
 /* Reserve n slots. Returns the first slot index, or UINT64_MAX when the
  * record was dropped (lossy mode, or the ring is closed). In lossless mode
- * waits (spin, then sched_yield, then short nanosleeps) while the ring is full. */
-uint64_t rs_ring_reserve(struct rs_ring *ring, uint32_t n);
+ * waits (spin, then sched_yield, then short nanosleeps) while the ring is full.
+ * Inline because every allocation record goes through it: the common case
+ * (room in the ring by the cached tail, no competing producer) is one CAS;
+ * anything else takes rs_ring_reserve_slow, which starts over. */
+static inline uint64_t rs_ring_reserve(struct rs_ring *ring, uint32_t n)
+{
+    struct rs_ring_header *hdr = ring->hdr;
+    uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+    /* acquire: see rs_ring_reserve_slow (orders our slot writes after the
+     * consumer's release of those slots) */
+    uint64_t tail = __atomic_load_n(&ring->tail_cache, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(n != 0 && head + n - tail <= ring->mask + 1 &&
+                         !__atomic_load_n(&hdr->closed, __ATOMIC_RELAXED), 1) &&
+        __builtin_expect(__atomic_compare_exchange_n(&hdr->head, &head, head + n, 1,
+                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED), 1))
+        return head;
+    return rs_ring_reserve_slow(ring, n);
+}
+
+/* rs_ring_reserve_solo's "use rs_ring_reserve instead". */
+#define RS_RING_RESERVE_RETRY (UINT64_MAX - 1)
+
+/* Reserve n slots without a locked instruction, for a producer that has made
+ * sure no other thread reserves in this ring meanwhile (preload/emit.c, "solo
+ * mode", ensures that with membarrier). The head is advanced by an unlocked
+ * compare-and-exchange: one instruction, so it is atomic against a signal
+ * handler that reserves on the same thread, though not against other CPUs.
+ * The order of records is the order of head increments, as with the CAS.
+ * Returns the first slot index, or RS_RING_RESERVE_RETRY when the ring looks
+ * full or closed, a nested handler reserved first, or the CPU has no such
+ * instruction: the caller then takes rs_ring_reserve. */
+static inline uint64_t rs_ring_reserve_solo(struct rs_ring *ring, uint32_t n)
+{
+#if defined(__x86_64__)
+    struct rs_ring_header *hdr = ring->hdr;
+    uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+    uint64_t tail = __atomic_load_n(&ring->tail_cache, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(n == 0 || head + n - tail > ring->mask + 1 ||
+                         __atomic_load_n(&hdr->closed, __ATOMIC_RELAXED), 0))
+        return RS_RING_RESERVE_RETRY;
+    uint64_t seen = head;
+    __asm__ __volatile__("cmpxchgq %2, %1" : "+a"(seen), "+m"(hdr->head) : "r"(head + n) : "cc", "memory");
+    return seen == head ? head : RS_RING_RESERVE_RETRY;
+#else
+    (void)ring;
+    (void)n;
+    return RS_RING_RESERVE_RETRY;
+#endif
+}
 
 static inline struct rs_slot *rs_ring_slot(struct rs_ring *ring, uint64_t index)
 {

@@ -49,7 +49,7 @@ struct rs_reply {
 #define RS_ENV_SOCK      "REFSCOPE_SOCK"       /* recorder socket path                 */
 #define RS_ENV_OUTPUT    "REFSCOPE_OUTPUT"     /* direct form: trace path (default refscope-<pid>.rfs) */
 #define RS_ENV_RECORDER  "REFSCOPE_RECORDER"   /* direct form: refscope binary (default: next to the .so) */
-#define RS_ENV_RING_MB   "REFSCOPE_RING_MB"    /* ring size in MiB (default 64)        */
+#define RS_ENV_RING_MB   "REFSCOPE_RING_MB"    /* ring size in MiB (default 16)        */
 #define RS_ENV_LOSSY     "REFSCOPE_LOSSY"      /* 1 = drop and count instead of waiting */
 #define RS_ENV_NATIVE    "REFSCOPE_NATIVE"     /* 1 = native stacks (run --native)      */
 #define RS_ENV_PYSTACKS  "REFSCOPE_PYSTACKS"   /* 0 = no Python stacks                  */

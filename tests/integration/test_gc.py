@@ -36,6 +36,11 @@ def _gc_report(traced):
     return refscope_json("gc", traced.trace, timeout=TIMEOUT)
 
 
+def _has_census(py):
+    """The census walks the generation lists of default builds 3.9-3.13."""
+    return not py.free_threaded and py.version < (3, 14)
+
+
 def _printed(traced, tag):
     for line in traced.proc.stdout.splitlines():
         if line.startswith(tag + " "):
@@ -60,9 +65,12 @@ def test_gc_stats_match_interpreter(py):
         for key in ("promoted", "pause_total_ns", "pause_max_ns"):
             expect(key in gens[g], "missing %s" % key)
     expect(sum(st["collections"] for st in truth) > 5, "workload should collect: %r" % truth)
-    if not py.free_threaded:
+    if _has_census(py):
         expect(rep["census"] and gens[0]["promoted"] is not None and gens[0]["promoted"] > 0,
                "gen-0 promotions expected with the census on: %r" % gens[0])
+    else:
+        expect(not rep["census"] and any("census" in w for w in rep["warnings"]),
+               "no census expected on %s, and a note saying so: %r" % (py.label, rep["warnings"]))
 
 
 PROMO_PROG = r"""
@@ -82,10 +90,8 @@ sys.stdout.flush()
 
 @per_interpreter
 def test_gc_promotions_exact(py):
-    if py.free_threaded:
-        raise Skip("free-threaded GC has no generations")
-    if (3, 14, 0) <= py.version < (3, 14, 5):
-        raise Skip("3.14.0-3.14.4 incremental GC: get_objects(1) is not a generation")
+    if not _has_census(py):
+        raise Skip("no census: free-threaded GC has no generations; 3.14+ not supported")
     traced = _trace(py, PROMO_PROG)
     truth = _printed(traced, "PROMOTED")
     rep = _gc_report(traced)
@@ -95,6 +101,122 @@ def test_gc_promotions_exact(py):
            "promoted by the last gen-0 collection: refscope %r, gc.get_objects(1) %d"
            % (last[-1]["promoted"], truth))
     expect(last[-1]["collected"] >= 400, "the 200 cycles should be collected: %r" % last[-1])
+
+
+# Promotions of every generation against gc.get_objects(), with generation 1
+# not empty and, at its tail, a weakref whose callback the collection runs
+# (the collector then moves that weakref to the tail of generation 1: the
+# census must not take it for the end of the old members). Truth for a
+# generation-g collection: objects in generation g+1 afterwards that were not
+# there before (by identity, with the old ones kept alive); for generation 2:
+# everything in generation 2 afterwards.
+PROMO_ALL_PROG = r"""
+import gc, json, sys, weakref
+gc.disable()
+gc.collect()
+out = {}
+saved = None
+class Res:
+    def __del__(self):
+        global saved
+        saved = self
+old = [[i] for i in range(100)]
+x = Res()
+cb = lambda r: None
+gc.collect(0)                  # old, x, cb, ... -> generation 1
+wr = weakref.ref(x, cb)
+gc.collect(0)                  # wr -> generation 1, last
+del x                          # __del__ resurrects x: tracked again, in generation 0
+x = saved
+saved = None
+x.cycle = x
+del x                          # cyclic garbage in generation 0, weakly referenced from generation 1
+young = [[i] for i in range(50)]
+before1 = gc.get_objects(1)
+ids1 = set(map(id, before1))
+gc.collect(0)
+out["gen0"] = sum(1 for o in gc.get_objects(1) if id(o) not in ids1)
+out["wr_cleared"] = wr() is None
+del before1, ids1
+mid = [[i] for i in range(70)]
+gc.collect(0)
+more = [[i] for i in range(30)]
+before2 = gc.get_objects(2)
+ids2 = set(map(id, before2))
+gc.collect(1)
+out["gen1"] = sum(1 for o in gc.get_objects(2) if id(o) not in ids2)
+del before2, ids2
+gc.collect(2)
+out["gen2"] = len(gc.get_objects(2))
+sys.stdout.write("PROMOTED " + json.dumps(out) + "\n")
+sys.stdout.flush()
+"""
+
+
+@per_interpreter
+def test_gc_promotions_exact_every_generation(py):
+    if not _has_census(py):
+        raise Skip("no census: free-threaded GC has no generations; 3.14+ not supported")
+    traced = _trace(py, PROMO_ALL_PROG)
+    truth = _printed(traced, "PROMOTED")
+    expect(truth["wr_cleared"], "the weakref callback scenario did not happen: %r" % truth)
+    rep = _gc_report(traced)
+    cols = [c for c in rep["collections"] if not c["shutdown"]]
+    expect(len(cols) >= 4, "collections: %r" % cols)
+    gen0, gen1, gen2 = cols[-4], cols[-2], cols[-1]  # the 4th, 6th and 7th collect()
+    expect([gen0["generation"], gen1["generation"], gen2["generation"]] == [0, 1, 2],
+           "unexpected collection sequence: %r" % cols[-4:])
+    for name, col in (("gen0", gen0), ("gen1", gen1), ("gen2", gen2)):
+        expect(col["promoted"] == truth[name],
+               "%s collection promoted: refscope %r, gc.get_objects %d" % (name, col["promoted"], truth[name]))
+    expect(gen0["promoted"] >= 51 and gen1["promoted"] >= 100, "too few promotions: %r" % truth)
+
+
+# The last object of generation 1 (the census's mark) dies during a
+# generation-0 collection: freed when the collector clears the young cycle
+# that held its only reference. Generation 1 is compared by id (keeping the
+# old objects alive would keep the mark alive).
+MARK_DIES_PROG = r"""
+import gc, sys
+gc.disable()
+gc.collect()
+died = []
+class Mark:
+    def __del__(self):
+        died.append(1)
+class Holder:
+    pass
+Mark(), Holder()               # whatever first instances create lazily
+gc.collect()                   # ... goes to generation 2 (weakrefs of the classes too)
+old = [[i] for i in range(100)]
+m = Mark()
+gc.collect(0)                  # old, m -> generation 1, m last
+h = Holder()
+h.cycle = h
+h.m = m
+del h, m                       # m is reachable only from young cyclic garbage
+young = [[i] for i in range(50)]
+ids1 = set(map(id, gc.get_objects(1)))
+died_before = len(died)
+gc.collect(0)
+n = sum(1 for o in gc.get_objects(1) if id(o) not in ids1)
+sys.stdout.write("PROMOTED %d %d\n" % (n, len(died) - died_before))
+sys.stdout.flush()
+"""
+
+
+@per_interpreter
+def test_gc_promotions_exact_when_mark_dies(py):
+    if not _has_census(py):
+        raise Skip("no census: free-threaded GC has no generations; 3.14+ not supported")
+    traced = _trace(py, MARK_DIES_PROG)
+    line = [l for l in traced.proc.stdout.splitlines() if l.startswith("PROMOTED ")]
+    expect(line, "no PROMOTED line: %s %s" % (traced.proc.stdout[-500:], traced.proc.stderr[-500:]))
+    truth, died = map(int, line[0].split()[1:])
+    expect(died == 1, "the mark object should have died during the collection")
+    cols = [c for c in _gc_report(traced)["collections"] if not c["shutdown"]]
+    expect(cols[-1]["generation"] == 0 and cols[-1]["promoted"] == truth,
+           "promoted by the last collection: refscope %r, gc.get_objects(1) %d" % (cols[-1], truth))
 
 
 CONFIG_PROG = r"""
@@ -149,6 +271,37 @@ def test_lifetime_of_known_object(py):
     # can fall after the following sleep(0.05).
     slack = 20e6 + (50e6 if py.free_threaded else 0)
     expect(0.3e9 <= life <= 0.3e9 + slack, "lifetime %d ns, expected ~300 ms" % life)
+
+
+# Tenured garbage: objects that reached the oldest generation (through a
+# generation-1 collection) and died later, by type; objects that only
+# reached generation 1 are not tenured.
+TENURED_PROG = r"""
+import gc
+gc.disable()
+class TenuredMarker:
+    pass
+class YoungMarker:
+    pass
+a = [TenuredMarker() for _ in range(300)]
+gc.collect(1)           # a and its items -> generation 2
+b = [YoungMarker() for _ in range(200)]
+gc.collect(0)           # b and its items -> generation 1 only
+del a[:100]
+del b[:50]
+gc.enable()             # the finalization collection marks where shutdown starts
+"""
+
+
+@per_interpreter
+def test_tenured_garbage_by_type(py):
+    if not _has_census(py):
+        raise Skip("no census: free-threaded GC has no generations; 3.14+ not supported")
+    traced = _trace(py, TENURED_PROG)
+    rep = refscope_json("lifetimes", traced.trace, timeout=TIMEOUT)
+    by_type = {t["type"].rsplit(".", 1)[-1]: t["count"] for t in rep["tenured_garbage"]["by_type"]}
+    expect(by_type.get("TenuredMarker") == 100, "100 tenured TenuredMarker deaths expected: %r" % by_type)
+    expect("YoungMarker" not in by_type, "YoungMarker never reached generation 2: %r" % by_type)
 
 
 TRACEMALLOC_PROG = r"""

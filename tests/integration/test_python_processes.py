@@ -71,3 +71,38 @@ def test_python_fork_and_subprocess_children(py):
     expect(_allocs_of(sub_path, (3456, 3457)) >= 2000, "%s: subprocess buffers missing" % py)
     # and the main trace has none of the children's allocations
     expect(_allocs_of(t.trace, (2345, 2346, 3456, 3457)) == 0, "%s: children's buffers in the main trace" % py)
+
+
+GC_FORK = """
+import gc, json, os
+class N: pass
+def garbage(n):
+    for _ in range(n):
+        a, b = N(), N(); a.b, b.a = b, a
+garbage(2000)
+pid = os.fork()
+if pid == 0:
+    garbage(5000)
+    stats = [(d["collections"], d["collected"]) for d in gc.get_stats()]
+    with open(os.environ["STATS_OUT"], "w") as f:
+        json.dump(stats, f)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("child", pid)
+"""
+
+
+@per_interpreter
+def test_fork_child_gc_report_matches_its_stats(py):
+    script = harness.write_script(GC_FORK)
+    stats_out = os.path.join(os.path.dirname(script), "stats.json")
+    t = harness.run_traced([py.path, script], env={"STATS_OUT": stats_out})
+    fork_pid = int(t.proc.stdout.split()[-1])
+    child = [p for p in t.traces()[1:] if harness.refscope_json("summary", p)["pid"] == fork_pid]
+    expect(child, "%s: no trace for the fork child" % py)
+    report = harness.refscope_json("gc", child[-1])
+    with open(stats_out) as f:
+        expected = json.load(f)
+    got = [(g["collections"], g["collected"]) for g in report["generations"]][:len(expected)]
+    expect(got == [tuple(e) for e in expected],
+           "%s: fork child's gc report %r, its gc.get_stats() %r" % (py, got, expected))

@@ -8,9 +8,11 @@
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "refscope/ring.h"
 
@@ -315,6 +317,74 @@ START_TEST(test_closed_and_stalled)
 }
 END_TEST
 
+/* A producer that found the ring full goes on only once a sixteenth of it
+ * (plus its record) is free again: producer and consumer work in batches. */
+static void *one_more_producer(void *p)
+{
+    struct rs_ring *ring = p;
+    struct rs_slot rec = { .kind = RS_EV_FREE, .addr = 64 };
+    return (void *)(uintptr_t)(rs_ring_put(ring, &rec) != 0);
+}
+
+START_TEST(test_full_ring_resumes_in_batches)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 64, 0);
+    for (uint64_t i = 0; i < 64; i++) {
+        struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = i };
+        ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    }
+    pthread_t thread;
+    ck_assert_int_eq(pthread_create(&thread, NULL, one_more_producer, &ring), 0);
+    while (__atomic_load_n(&ring.hdr->waits, __ATOMIC_RELAXED) == 0)
+        sched_yield();
+    struct rs_slot got;
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    struct timespec ts = { 0, 50000000 };
+    nanosleep(&ts, NULL);
+    /* one slot free: not enough */
+    ck_assert_uint_eq(__atomic_load_n(&ring.hdr->head, __ATOMIC_ACQUIRE), 64);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    void *failed;
+    pthread_join(thread, &failed);
+    ck_assert_ptr_null(failed);
+    ck_assert_uint_eq(ring.hdr->head, 65);
+    for (uint64_t i = 5; i < 65; i++) {
+        ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+        ck_assert_uint_eq(got.addr, i);
+    }
+    ck_assert_uint_eq(ring.hdr->waits, 1);
+    free(ring.hdr);
+}
+END_TEST
+
+/* The unlocked reservation of a lone producer: same indices as the CAS,
+ * interleaves with it, and defers (RETRY) when full or closed. */
+START_TEST(test_solo_reserve)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 16, 0);
+#if defined(__x86_64__)
+    for (uint64_t i = 0; i < 16; i++) {
+        uint64_t index = i % 3 ? rs_ring_reserve_solo(&ring, 1) : rs_ring_reserve(&ring, 1);
+        ck_assert_uint_eq(index, i);
+        rs_ring_commit(&ring, index, RS_EV_ALLOC);
+    }
+    ck_assert_uint_eq(rs_ring_reserve_solo(&ring, 1), RS_RING_RESERVE_RETRY); /* full */
+    struct rs_slot got;
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    ring.tail_cache = ring.hdr->tail; /* what rs_ring_reserve_slow would learn */
+    ck_assert_uint_eq(rs_ring_reserve_solo(&ring, 1), 16);
+    ring.hdr->closed = 1;
+    ck_assert_uint_eq(rs_ring_reserve_solo(&ring, 1), RS_RING_RESERVE_RETRY);
+#else
+    ck_assert_uint_eq(rs_ring_reserve_solo(&ring, 1), RS_RING_RESERVE_RETRY);
+#endif
+    free(ring.hdr);
+}
+END_TEST
+
 static Suite *ring_suite(void)
 {
     Suite *s = suite_create("ring");
@@ -327,6 +397,8 @@ static Suite *ring_suite(void)
     tcase_add_test(tc, test_dead_producer_skipped);
     tcase_add_test(tc, test_full_ring_waits);
     tcase_add_test(tc, test_closed_and_stalled);
+    tcase_add_test(tc, test_full_ring_resumes_in_batches);
+    tcase_add_test(tc, test_solo_reserve);
     suite_add_tcase(s, tc);
     return s;
 }

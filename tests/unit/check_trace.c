@@ -1,8 +1,9 @@
 /*
  * Trace files end to end (trace_write.c → trace_read.c): round trip with
  * tick→ns conversion, truncation at every offset (a warning and a prefix, or
- * a clean error), bit flips (crc errors), random bytes, directories, and a
- * newer major version refused by name.
+ * a clean error), bit flips (crc errors), random bytes, directories,
+ * newer and older major versions refused by name, and chunks compressed in
+ * steps between appends as the recorder writes them.
  */
 #include <check.h>
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "codec.h"
 #include "trace_read.h"
 #include "trace_write.h"
 
@@ -264,8 +266,101 @@ START_TEST(newer_major_refused)
     spill(path, buf, len);
     struct rs_trace *t;
     ck_assert_int_lt(rs_trace_open(path, &t, err, sizeof(err)), 0);
-    ck_assert_ptr_nonnull(strstr(err, "trace format 2.3 is newer than this refscope (reads 1.x)"));
+    char want[128];
+    snprintf(want, sizeof(want), "trace format %u.3 is newer than this refscope (reads %u.x)",
+             RS_TRACE_MAJOR + 1, RS_TRACE_MAJOR);
+    ck_assert_ptr_nonnull(strstr(err, want));
     free(buf);
+}
+END_TEST
+
+START_TEST(older_major_refused)
+{
+    char path[256], err[256];
+    path_in(path, "v1.rfs");
+    write_trace(path, 10, 1, 1);
+    size_t len;
+    uint8_t *buf = slurp(path, &len);
+    struct rs_file_header h;
+    memcpy(&h, buf, sizeof(h));
+    h.major = RS_TRACE_MAJOR - 1;
+    h.minor = 0;
+    memcpy(buf, &h, sizeof(h));
+    spill(path, buf, len);
+    struct rs_trace *t;
+    ck_assert_int_lt(rs_trace_open(path, &t, err, sizeof(err)), 0);
+    char want[128];
+    snprintf(want, sizeof(want), "trace format %u.0 is older than this refscope reads (%u.x)",
+             RS_TRACE_MAJOR - 1, RS_TRACE_MAJOR);
+    ck_assert_ptr_nonnull(strstr(err, want));
+    free(buf);
+}
+END_TEST
+
+/* The recorder's path: runs of fixed records, full chunks compressed in
+ * steps between appends (rs_trace_pump), VAR records in between; every
+ * record comes back in order. */
+static struct rs_slot pumped_record(uint64_t i)
+{
+    struct rs_slot s = {
+        .kind = i % 3 == 2 ? RS_EV_FREE : RS_EV_ALLOC, .flags = RS_DOMAIN_OBJ,
+        .time = 1000 + 2 * i, .addr = 0x7f0000000000ull + (i % 100000) * 48,
+        .size = i % 3 == 2 ? 0 : 32 + i % 5, .stack = i % 3 == 2 ? 0 : 1 + (uint32_t)(i % 7),
+    };
+    return s;
+}
+
+START_TEST(pumped_chunks)
+{
+    char path[256], err[256];
+    path_in(path, "pumped.rfs");
+    uint8_t meta[256];
+    size_t meta_len = make_meta(meta, RS_CLOCK_MONOTONIC_NS);
+    struct rs_trace_writer *w;
+    struct rs_writer_opts opts = {.force = 1};
+    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    const uint64_t n = 2 * (uint64_t)RS_CODEC_CHUNK_RECORDS + 5000;
+    struct rs_slot run[1000];
+    const char note[] = "\x01\x00\x02\x00hi";
+    struct rs_slot v = {.kind = RS_EV_NOTE, .stack = sizeof(note) - 1};
+    memcpy(&v.addr, note, sizeof(note) - 1); /* the first payload bytes, zero-padded */
+    for (uint64_t i = 0; i < n;) {
+        size_t k = 0;
+        while (k < 1000 && i + k < n) {
+            run[k] = pumped_record(i + k);
+            k++;
+        }
+        if (rs_trace_append_fixed(w, run, k) != 0)
+            ck_abort_msg("append_fixed failed at %llu", (unsigned long long)i);
+        i += k;
+        if (i % 100000 == 0 && rs_trace_append(w, &v, note, sizeof(note) - 1) != 0)
+            ck_abort_msg("append failed at %llu", (unsigned long long)i);
+        if (rs_trace_pump(w, 4096) != 0)
+            ck_abort_msg("pump failed at %llu", (unsigned long long)i);
+    }
+    uint64_t notes = n / 100000;
+    ck_assert_uint_eq(rs_trace_writer_records(w), n + notes);
+    struct rs_trailer tr = {0};
+    ck_assert_int_eq(rs_trace_finish(w, &tr), 0);
+    struct rs_trace *t;
+    struct rs_event ev;
+    ck_assert_int_eq(rs_trace_open(path, &t, err, sizeof(err)), 0);
+    uint64_t i = 0, seen_notes = 0;
+    int r;
+    while ((r = rs_trace_next(t, &ev, err, sizeof(err))) == 1) {
+        if (ev.kind == RS_EV_NOTE) {
+            seen_notes++;
+            continue;
+        }
+        struct rs_slot w = pumped_record(i++);
+        if (ev.kind != w.kind || ev.addr != w.addr || ev.size != w.size || ev.stack != w.stack)
+            ck_abort_msg("record %llu differs", (unsigned long long)(i - 1));
+    }
+    ck_assert_int_eq(r, 0);
+    ck_assert_uint_eq(i, n);
+    ck_assert_uint_eq(seen_notes, notes);
+    ck_assert_int_eq(rs_trace_info(t)->has_trailer, 1);
+    rs_trace_close(t);
 }
 END_TEST
 
@@ -304,6 +399,8 @@ int main(void)
     tcase_add_test(tc, bit_flips);
     tcase_add_test(tc, random_and_odd_files);
     tcase_add_test(tc, newer_major_refused);
+    tcase_add_test(tc, older_major_refused);
+    tcase_add_test(tc, pumped_chunks);
     tcase_add_test(tc, no_trailer_and_exclusive_create);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
