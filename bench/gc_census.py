@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def bench_gc_census(build, python=sys.executable, rounds=300000, repeat=5, churn
         lines.append("  census bytes (samples/churn.py %d): %d B over %d records = %.3f B/record (aim %.1f) %s"
                      % (churn_rounds, size["on"] - size["off"], records["off"], per_record, BYTES_AIM,
                         "ok" if per_record <= BYTES_AIM else "OVER AIM"))
+    shutil.rmtree(d, ignore_errors=True)
     return lines, ok
 
 

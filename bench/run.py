@@ -21,6 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import harness  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gc_census import bench_gc_census  # noqa: E402
 
 TIMEOUT = 600
 # --mode: what the traced run records (issue 3 targets: default <= 2x, native <= 5x)
@@ -124,8 +126,9 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1000, help="churn rounds (10000 objects each)")
-    ap.add_argument("--mode", choices=sorted(MODES), default="default",
-                    help="default (Python stacks), native (--native) or nostacks")
+    ap.add_argument("--mode", choices=sorted(MODES) + ["all"], default="all",
+                    help="default (Python stacks), native (--native), nostacks, or all: every mode on "
+                         "the first interpreter and the default mode on the others (make bench)")
     ap.add_argument("--only", default="", help="comma-separated interpreter labels or paths")
     opts = ap.parse_args()
     build = os.path.abspath(opts.build)
@@ -142,13 +145,24 @@ def main():
           % (opts.rounds, os.getloadavg()[0], os.cpu_count() or 0))
     print("%-16s %7s  %10s  %10s  %9s  %12s  %8s" % ("interpreter", "wall", "events/s", "bytes/ev",
                                                     "rec. CPU", "trace size", "events"))
+    # (interpreter, mode) pairs; targets: nostacks <= 1.5x, default <= 2x, native <= 5x
+    if opts.mode == "all":
+        runs = [(py, m) for py in pys[:1] for m in ("nostacks", "default", "native")]
+        runs += [(py, "default") for py in pys[1:]]
+    else:
+        runs = [(py, opts.mode) for py in pys]
     with tempfile.TemporaryDirectory(prefix="refscope-bench-") as d:
-        for py in pys:
+        for py, mode in runs:
             try:
-                print(bench_one(py, build, opts.rounds, opts.repeat, d, opts.mode), flush=True)
+                line = bench_one(py, build, opts.rounds, opts.repeat, d, mode)
+                print("%s  [%s]" % (line, mode), flush=True)
             except subprocess.TimeoutExpired:
-                print("%-16s timed out after %d s" % (py.label, TIMEOUT), flush=True)
+                print("%-16s timed out after %d s [%s]" % (py.label, TIMEOUT, mode), flush=True)
     if pys:
+        print()
+        lines, _ = bench_gc_census(build, pys[0].path)  # census cost on a GC-heavy workload (issue 4)
+        print("\n".join(lines), flush=True)
+        print()
         bench_snapshot(build, pys[0].path)  # heap snapshots (issue 5)
     return 0
 
