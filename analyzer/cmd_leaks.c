@@ -39,81 +39,19 @@
 #include "cycles.h"
 #include "heap.h"
 #include "snapshot.h"
+#include "u64map.h"
 
 #define LEAK_WINDOWS 8
 #define LEAK_MAX_SAMPLES 64       /* snapshots used for growth (the first ones) */
 #define LEAK_UNREACHABLE_TYPES 3  /* types named in the unreachable summary */
 #define LEAK_CHAIN_BYTES (1 << 16)
 
-/* ---- a small integer-keyed map ---------------------------------------------------- */
-
-struct keymap {
-    uint64_t *keys; /* key + 1; 0 = empty */
-    uint32_t *vals;
-    size_t cap, used;
-};
-
-/* Finds key; with insert, adds it with newval when missing. Returns 1 found,
- * 2 inserted, 0 missing, -ENOMEM. */
-static int keymap_get(struct keymap *m, uint64_t key, uint32_t *val, int insert, uint32_t newval)
-{
-    if (insert && (m->used + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 1024;
-        uint64_t *k = calloc(cap, sizeof(uint64_t));
-        uint32_t *v = malloc(cap * sizeof(uint32_t));
-        if (!k || !v) {
-            free(k);
-            free(v);
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < m->cap; i++) {
-            if (!m->keys[i])
-                continue;
-            size_t j = (m->keys[i] * 0x9e3779b97f4a7c15ull >> 20) & (cap - 1);
-            while (k[j])
-                j = (j + 1) & (cap - 1);
-            k[j] = m->keys[i];
-            v[j] = m->vals[i];
-        }
-        free(m->keys);
-        free(m->vals);
-        m->keys = k;
-        m->vals = v;
-        m->cap = cap;
-    }
-    if (!m->cap)
-        return 0;
-    uint64_t k1 = key + 1;
-    size_t j = (k1 * 0x9e3779b97f4a7c15ull >> 20) & (m->cap - 1);
-    while (m->keys[j]) {
-        if (m->keys[j] == k1) {
-            *val = m->vals[j];
-            return 1;
-        }
-        j = (j + 1) & (m->cap - 1);
-    }
-    if (!insert)
-        return 0;
-    m->keys[j] = k1;
-    m->vals[j] = newval;
-    m->used++;
-    *val = newval;
-    return 2;
-}
-
-static void keymap_free(struct keymap *m)
-{
-    free(m->keys);
-    free(m->vals);
-    memset(m, 0, sizeof(*m));
-}
-
 /* ---- the model --------------------------------------------------------------------- */
 
 /* Bytes per site, one row of nsamples per site: live bytes over time for
  * growth; alive and not alive bytes in the report's snapshot. */
 struct site_series {
-    struct keymap m;         /* site -> row                                  */
+    struct u64map m;         /* site -> row                                  */
     uint64_t *rows;
     uint32_t *sites, *stacks;
     size_t n, cap;
@@ -228,15 +166,17 @@ static const char *type_text(const struct leak_report *r, uint32_t type)
 static int series_add(struct rs_snapshot_trace *t, struct site_series *ss, uint32_t stack, int sample,
                       uint64_t bytes)
 {
-    uint32_t site, idx;
+    uint32_t site;
+    uint64_t *slot;
     int rc = rs_snapshot_site(t, stack, &site);
     if (rc < 0)
         return rc;
     if (!site)
         return 0; /* no site to point at */
-    if ((rc = keymap_get(&ss->m, site, &idx, 1, (uint32_t)ss->n)) < 0)
+    if ((rc = u64map_insert(&ss->m, site, ss->n, &slot)) < 0)
         return rc;
-    if (rc == 2) {
+    size_t idx = *slot;
+    if (rc == 1) {
         if (ss->n == ss->cap) {
             size_t cap = ss->cap ? ss->cap * 2 : 256;
             uint64_t *rows = realloc(ss->rows, cap * ss->nsamples * sizeof(uint64_t));
@@ -263,7 +203,7 @@ static int series_add(struct rs_snapshot_trace *t, struct site_series *ss, uint3
 
 static void series_free(struct site_series *ss)
 {
-    keymap_free(&ss->m);
+    u64map_free(&ss->m);
     free(ss->rows);
     free(ss->sites);
     free(ss->stacks);
@@ -271,16 +211,18 @@ static void series_free(struct site_series *ss)
 
 /* ---- candidates -------------------------------------------------------------------- */
 
-static int add_object(struct leak_report *r, struct keymap *m, uint32_t stack, uint32_t type, uint64_t bytes,
+static int add_object(struct leak_report *r, struct u64map *m, uint32_t stack, uint32_t type, uint64_t bytes,
                       uint32_t obj, uint64_t ns)
 {
-    uint32_t site, idx;
+    uint32_t site;
+    uint64_t *slot;
     int rc = rs_snapshot_site(r->t, stack, &site);
     if (rc < 0)
         return rc;
-    if ((rc = keymap_get(m, (uint64_t)site << 32 | type, &idx, 1, (uint32_t)r->nrows)) < 0)
+    if ((rc = u64map_insert(m, (uint64_t)site << 32 | type, r->nrows, &slot)) < 0)
         return rc;
-    if (rc == 2) {
+    size_t idx = *slot;
+    if (rc == 1) {
         if (r->nrows == r->rows_cap) {
             size_t c = r->rows_cap ? r->rows_cap * 2 : 256;
             struct leak_row *v = realloc(r->rows, c * sizeof(*v));
@@ -307,7 +249,7 @@ static int add_object(struct leak_report *r, struct keymap *m, uint32_t stack, u
 
 struct block_ctx {
     struct leak_report *r;
-    struct keymap *m;
+    struct u64map *m;
     int rc;
 };
 
@@ -345,7 +287,7 @@ static int cmp_type_total(const void *a, const void *b)
 static int snapshot_candidates(struct leak_report *r)
 {
     const struct rs_snapshot *s = r->snap;
-    struct keymap m = {0};
+    struct u64map m = U64MAP_INIT;
     struct leak_type_total *by_type = NULL;
     int rc;
     if ((rc = canon_types(r)) < 0 || (rc = rs_cycles_find(s, &r->cycles)) < 0 ||
@@ -380,7 +322,7 @@ static int snapshot_candidates(struct leak_report *r)
         r->uncollectable_groups += r->cycles.groups[g].uncollectable != 0;
     rc = 0;
 out:
-    keymap_free(&m);
+    u64map_free(&m);
     free(by_type);
     return rc;
 }
@@ -456,9 +398,9 @@ static int series_growth(struct leak_report *r, struct site_series *ss, const do
         g->slope = slope_of(x, y, ss->nsamples);
         g->source = source;
         g->unreachable_share = -1;
-        uint32_t idx;
-        if (!strcmp(source, "windows") && keymap_get(&r->by_liveness.m, g->site, &idx, 0, 0) == 1) {
-            const uint64_t *row = r->by_liveness.rows + (size_t)idx * 2;
+        const uint64_t *idx = u64map_get(&r->by_liveness.m, g->site);
+        if (!strcmp(source, "windows") && idx) {
+            const uint64_t *row = r->by_liveness.rows + (size_t)*idx * 2;
             g->unreachable_share = row[0] + row[1] ? (double)row[1] / (double)(row[0] + row[1]) : 0;
             g->garbage = g->unreachable_share >= 0.5;
         }
@@ -586,7 +528,7 @@ static int cmp_growth(const void *a, const void *b)
  * where teardown has freed what the program left behind, leaks included. */
 static int block_candidates(struct leak_report *r, char *err, size_t errlen)
 {
-    struct keymap m = {0};
+    struct u64map m = U64MAP_INIT;
     struct block_ctx bc = {r, &m, 0};
     struct rs_heap *h = rs_heap_new();
     struct rs_event ev;
@@ -603,7 +545,7 @@ static int block_candidates(struct leak_report *r, char *err, size_t errlen)
 out:
     if (h)
         rs_heap_free(h);
-    keymap_free(&m);
+    u64map_free(&m);
     return rc;
 }
 

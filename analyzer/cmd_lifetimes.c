@@ -21,18 +21,21 @@
 #include "stacks.h"
 #include "trace_read.h"
 #include "types.h"
+#include "u64map.h"
 
 #define BUCKETS 64 /* bucket b holds lifetimes in [2^(b-1), 2^b) ns; bucket 0 = 0 ns */
 
 struct group {
-    uint64_t key;  /* type id or stack id, +1 (0 = empty slot) */
+    uint64_t key;  /* type id or stack id */
     uint64_t count, tenured, total_ns, min_ns, max_ns;
     uint64_t hist[BUCKETS];
 };
 
+/* key -> index into g, in order of first appearance */
 struct group_table {
+    struct u64map index;
     struct group *g;
-    uint64_t mask, n;
+    size_t n, cap;
 };
 
 struct agg {
@@ -43,33 +46,31 @@ struct agg {
 
 static struct group *group_get(struct group_table *t, uint64_t key)
 {
-    key += 1;
-    if (!t->g || (t->n + 1) * 2 > t->mask + 1) {
-        uint64_t cap = t->g ? (t->mask + 1) * 2 : 256;
-        struct group *n = calloc(cap, sizeof(*n));
-        if (!n)
+    uint64_t *slot;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 128;
+        struct group *g = realloc(t->g, cap * sizeof(*g));
+        if (!g)
             return NULL;
-        for (uint64_t i = 0; t->g && i <= t->mask; i++) {
-            if (!t->g[i].key)
-                continue;
-            uint64_t j = (t->g[i].key * 0x9e3779b97f4a7c15ull) & (cap - 1);
-            while (n[j].key)
-                j = (j + 1) & (cap - 1);
-            n[j] = t->g[i];
-        }
-        free(t->g);
-        t->g = n;
-        t->mask = cap - 1;
+        t->g = g;
+        t->cap = cap;
     }
-    uint64_t j = (key * 0x9e3779b97f4a7c15ull) & t->mask;
-    while (t->g[j].key && t->g[j].key != key)
-        j = (j + 1) & t->mask;
-    if (!t->g[j].key) {
-        t->g[j].key = key;
-        t->g[j].min_ns = UINT64_MAX;
+    int r = u64map_insert(&t->index, key, t->n, &slot);
+    if (r < 0)
+        return NULL;
+    if (r == 1) {
+        memset(&t->g[t->n], 0, sizeof(t->g[t->n]));
+        t->g[t->n].key = key;
+        t->g[t->n].min_ns = UINT64_MAX;
         t->n++;
     }
-    return &t->g[j];
+    return &t->g[*slot];
+}
+
+static void group_table_free(struct group_table *t)
+{
+    u64map_free(&t->index);
+    free(t->g);
 }
 
 static int bucket_of(uint64_t ns)
@@ -135,9 +136,9 @@ static struct group *sorted(const struct group_table *t, uint64_t *n,
     *n = 0;
     if (!out)
         return NULL;
-    for (uint64_t i = 0; t->g && i <= t->mask; i++)
-        if (t->g[i].key)
-            out[(*n)++] = t->g[i];
+    if (t->n)
+        memcpy(out, t->g, t->n * sizeof(*out));
+    *n = t->n;
     qsort(out, *n, sizeof(*out), cmp);
     return out;
 }
@@ -289,23 +290,23 @@ int cmd_lifetimes(int argc, char **argv)
         json_object_set_new(root, "died_at_shutdown", json_integer((json_int_t)agg.at_shutdown[k]));
         json_object_set_new(root, "born_before_tracing", json_integer((json_int_t)agg.unknown_birth[k]));
         for (uint64_t i = 0; i < nbt; i++)
-            json_array_append_new(jt, group_json(&bt[i], "type", rs_types_display(types, (uint32_t)(bt[i].key - 1))));
+            json_array_append_new(jt, group_json(&bt[i], "type", rs_types_display(types, (uint32_t)(bt[i].key))));
         for (uint64_t i = 0; i < nbs; i++) {
-            site_name(stacks, (uint32_t)(bs[i].key - 1), label, sizeof(label));
+            site_name(stacks, (uint32_t)(bs[i].key), label, sizeof(label));
             json_t *o = group_json(&bs[i], "site", label);
-            json_object_set_new(o, "stack", json_integer((json_int_t)(bs[i].key - 1)));
+            json_object_set_new(o, "stack", json_integer((json_int_t)(bs[i].key)));
             json_array_append_new(js, o);
         }
         json_object_set_new(root, "by_type", jt);
         json_object_set_new(root, "by_site", js);
         json_object_set_new(tg, "total", json_integer((json_int_t)agg.tenured[k]));
         for (uint64_t i = 0; i < ntt && tt[i].tenured; i++)
-            json_array_append_new(tgt, json_pack("{s:s,s:I}", "type", rs_types_display(types, (uint32_t)(tt[i].key - 1)),
+            json_array_append_new(tgt, json_pack("{s:s,s:I}", "type", rs_types_display(types, (uint32_t)(tt[i].key)),
                                                  "count", (json_int_t)tt[i].tenured));
         for (uint64_t i = 0; i < nts && ts[i].tenured; i++) {
-            site_name(stacks, (uint32_t)(ts[i].key - 1), label, sizeof(label));
+            site_name(stacks, (uint32_t)(ts[i].key), label, sizeof(label));
             json_array_append_new(tgs, json_pack("{s:s,s:I,s:I}", "site", label, "stack",
-                                                 (json_int_t)(ts[i].key - 1), "count", (json_int_t)ts[i].tenured));
+                                                 (json_int_t)(ts[i].key), "count", (json_int_t)ts[i].tenured));
         }
         json_object_set_new(tg, "by_type", tgt);
         json_object_set_new(tg, "by_site", tgs);
@@ -323,23 +324,23 @@ int cmd_lifetimes(int argc, char **argv)
             fmt_ns(a2, sizeof(a2), (double)bt[i].min_ns);
             fmt_ns(a3, sizeof(a3), (double)bt[i].max_ns);
             printf("  %-40s %10llu  mean %9s  min %9s  max %9s\n",
-                   rs_types_display(types, (uint32_t)(bt[i].key - 1)), (unsigned long long)bt[i].count, a1, a2, a3);
+                   rs_types_display(types, (uint32_t)(bt[i].key)), (unsigned long long)bt[i].count, a1, a2, a3);
             if (i < 5)
                 print_hist(&bt[i]);
         }
         printf("\nby allocation site (top %d):\n", TOP_TEXT);
         for (uint64_t i = 0; i < nbs && i < TOP_TEXT; i++) {
-            site_name(stacks, (uint32_t)(bs[i].key - 1), label, sizeof(label));
+            site_name(stacks, (uint32_t)(bs[i].key), label, sizeof(label));
             fmt_ns(a1, sizeof(a1), (double)bs[i].total_ns / (double)bs[i].count);
             printf("  %-60s %10llu  mean %9s\n", label, (unsigned long long)bs[i].count, a1);
         }
         printf("\ntenured garbage: %llu objects promoted to the oldest generation died later\n",
                (unsigned long long)agg.tenured[k]);
         for (uint64_t i = 0; i < ntt && tt[i].tenured && i < TOP_TEXT; i++)
-            printf("  %-40s %10llu\n", rs_types_display(types, (uint32_t)(tt[i].key - 1)),
+            printf("  %-40s %10llu\n", rs_types_display(types, (uint32_t)(tt[i].key)),
                    (unsigned long long)tt[i].tenured);
         for (uint64_t i = 0; i < nts && ts[i].tenured && i < TOP_TEXT; i++) {
-            site_name(stacks, (uint32_t)(ts[i].key - 1), label, sizeof(label));
+            site_name(stacks, (uint32_t)(ts[i].key), label, sizeof(label));
             printf("  at %-60s %10llu\n", label, (unsigned long long)ts[i].tenured);
         }
         for (size_t i = 0; i < json_array_size(warn); i++)
@@ -356,8 +357,8 @@ out:
     free(tt);
     free(ts);
     for (int i = 0; i < 2; i++) {
-        free(agg.by_type[i].g);
-        free(agg.by_site[i].g);
+        group_table_free(&agg.by_type[i]);
+        group_table_free(&agg.by_site[i]);
     }
     rs_gcmodel_free(&m);
     rs_types_free(types);

@@ -11,8 +11,8 @@
  * also where object types come from. A trace with census format 1 (an older
  * shim) is read as one without census, with a note.
  *
- * Objects are tracked in an open-addressing map keyed by address (backward
- * shift deletion), holding birth time, type, site and whether they reached
+ * Objects are tracked in an array indexed through a u64map keyed by address,
+ * each entry holding birth time, type, site and whether they reached
  * the oldest generation. Deaths are OBJ_DESTROY (3.13+) or the free of the
  * OBJ-domain block that holds the object: the block starts 0, 16 or 32
  * bytes before it (GC header, managed dict/weakref pre-header).
@@ -22,18 +22,23 @@
 #include <string.h>
 #include "gcmodel.h"
 #include "heap.h"
+#include "u64map.h"
 
 struct obj {
-    uint64_t addr;        /* 0 = empty slot */
+    uint64_t addr;
     uint64_t born_ns;     /* RS_GC_UNKNOWN  */
     uint32_t type, stack;
     uint8_t  tenured;
     uint8_t  created;     /* seen by OBJ_CREATE                           */
 };
 
+/* Known objects: address -> index into objs (a u64map); freed indices are
+ * reused first. */
 struct obj_map {
-    struct obj *slots;
-    uint64_t mask, count;
+    struct u64map index;
+    struct obj *objs;
+    uint64_t *unused;        /* stack of free indices into objs */
+    size_t nobjs, cap, nunused;
 };
 
 struct rs_gc_model_priv {
@@ -46,82 +51,63 @@ struct rs_gc_model_priv {
     uint32_t notes_cap;
 };
 
-static inline uint64_t hash_addr(uint64_t a)
-{
-    return (a >> 4) * 0x9e3779b97f4a7c15ull;
-}
-
-static int map_grow(struct obj_map *m)
-{
-    uint64_t cap = m->slots ? (m->mask + 1) * 2 : 1 << 16;
-    struct obj *old = m->slots;
-    uint64_t old_cap = m->slots ? m->mask + 1 : 0;
-    m->slots = calloc(cap, sizeof(*m->slots));
-    if (!m->slots) {
-        m->slots = old;
-        return -ENOMEM;
-    }
-    m->mask = cap - 1;
-    for (uint64_t i = 0; i < old_cap; i++) {
-        if (!old[i].addr)
-            continue;
-        uint64_t j = hash_addr(old[i].addr) & m->mask;
-        while (m->slots[j].addr)
-            j = (j + 1) & m->mask;
-        m->slots[j] = old[i];
-    }
-    free(old);
-    return 0;
-}
-
 static struct obj *map_find(const struct obj_map *m, uint64_t addr)
 {
-    if (!m->slots || !addr)
-        return NULL;
-    for (uint64_t j = hash_addr(addr) & m->mask;; j = (j + 1) & m->mask) {
-        if (m->slots[j].addr == addr)
-            return &m->slots[j];
-        if (!m->slots[j].addr)
-            return NULL;
-    }
+    const uint64_t *idx = u64map_get(&m->index, addr);
+    return idx ? &m->objs[*idx] : NULL;
 }
 
 /* Finds or inserts addr; *fresh = 1 when inserted (zeroed but for addr). */
 static struct obj *map_get(struct obj_map *m, uint64_t addr, int *fresh)
 {
+    uint64_t idx, *slot;
     *fresh = 0;
-    if (!m->slots || (m->count + 1) * 4 > (m->mask + 1) * 3)
-        if (map_grow(m) != 0)
-            return NULL;
-    uint64_t j = hash_addr(addr) & m->mask;
-    for (; m->slots[j].addr; j = (j + 1) & m->mask)
-        if (m->slots[j].addr == addr)
-            return &m->slots[j];
-    memset(&m->slots[j], 0, sizeof(m->slots[j]));
-    m->slots[j].addr = addr;
-    m->slots[j].born_ns = RS_GC_UNKNOWN;
-    m->count++;
+    if (m->nunused) {
+        idx = m->unused[m->nunused - 1];
+    } else {
+        if (m->nobjs == m->cap) {
+            size_t cap = m->cap ? m->cap * 2 : 1024;
+            struct obj *o = realloc(m->objs, cap * sizeof(*o));
+            if (!o)
+                return NULL;
+            m->objs = o;
+            uint64_t *u = realloc(m->unused, cap * sizeof(*u));
+            if (!u)
+                return NULL;
+            m->unused = u;
+            m->cap = cap;
+        }
+        idx = m->nobjs;
+    }
+    int r = u64map_insert(&m->index, addr, idx, &slot);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        return &m->objs[*slot];
+    if (m->nunused)
+        m->nunused--;
+    else
+        m->nobjs++;
+    struct obj *o = &m->objs[idx];
+    memset(o, 0, sizeof(*o));
+    o->addr = addr;
+    o->born_ns = RS_GC_UNKNOWN;
     *fresh = 1;
-    return &m->slots[j];
+    return o;
 }
 
 static void map_remove(struct obj_map *m, struct obj *o)
 {
-    uint64_t i = (uint64_t)(o - m->slots), j = i;
-    m->slots[i].addr = 0;
-    m->count--;
-    for (;;) {
-        j = (j + 1) & m->mask;
-        if (!m->slots[j].addr)
-            return;
-        uint64_t k = hash_addr(m->slots[j].addr) & m->mask;
-        /* move j back to i unless its home k lies cyclically in (i, j] */
-        if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
-            m->slots[i] = m->slots[j];
-            m->slots[j].addr = 0;
-            i = j;
-        }
-    }
+    uint64_t idx;
+    if (u64map_delete(&m->index, o->addr, &idx))
+        m->unused[m->nunused++] = idx; /* unused has room for every index */
+}
+
+static void map_free(struct obj_map *m)
+{
+    u64map_free(&m->index);
+    free(m->objs);
+    free(m->unused);
 }
 
 static uint64_t le(const uint8_t *p, int n)
@@ -582,10 +568,9 @@ int rs_gcmodel_finish(struct rs_gc_model *m, uint64_t end_ns)
 void rs_gcmodel_foreach_alive(const struct rs_gc_model *m, rs_gc_death_fn fn, void *arg)
 {
     const struct obj_map *om = &m->priv->objs;
-    for (uint64_t i = 0; om->slots && i <= om->mask; i++) {
-        const struct obj *o = &om->slots[i];
-        if (!o->addr)
-            continue;
+    uint64_t idx;
+    for (size_t pos = 0; u64map_next(&om->index, &pos, NULL, &idx);) {
+        const struct obj *o = &om->objs[idx];
         struct rs_gc_death d = {.born_ns = o->born_ns, .died_ns = RS_GC_UNKNOWN, .addr = o->addr,
                                 .type = o->type, .stack = o->stack, .tenured = o->tenured};
         fn(arg, &d);
@@ -597,7 +582,7 @@ void rs_gcmodel_free(struct rs_gc_model *m)
     if (!m->priv)
         return;
     rs_heap_free(m->priv->heap);
-    free(m->priv->objs.slots);
+    map_free(&m->priv->objs);
     free(m->priv);
     for (uint32_t i = 0; i < m->nnotes; i++)
         free(m->notes[i]);

@@ -1,24 +1,24 @@
 /*
  * Live-heap replay (analyzer/heap.h): applies ALLOC/FREE records in trace
- * order to two open-addressing hash maps keyed by address, one for the leaf
- * domains (libc, raw, mem, obj) and one for pymalloc arenas, and keeps the
- * per-domain counters and the leaf peak. Deletion uses backward shifting, so
- * the maps never fill with tombstones over millions of alloc/free pairs.
+ * order to two maps of live blocks keyed by address (u64map), one for the
+ * leaf domains (libc, raw, mem, obj) and one for pymalloc arenas, and keeps
+ * the per-domain counters and the leaf peak.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include "heap.h"
+#include "u64map.h"
 
 #define PENDING_REALLOCS 64u /* FREE|REALLOC halves waiting for a possible RESTORE */
 
-/* Keys apart from values: probing walks a dense array of addresses (0 =
- * empty), and only a hit touches the block itself. */
+/* Live blocks of one map: address -> index into blocks (a u64map), freed
+ * indices reused first so blocks stays as large as the peak block count. */
 struct block_map {
-    uint64_t *keys;
-    struct rs_block *slots;
-    uint64_t mask;
-    uint64_t count;
+    struct u64map index;
+    struct rs_block *blocks;
+    uint64_t *unused;        /* stack of free indices into blocks */
+    size_t nblocks, cap, nunused;
 };
 
 struct rs_heap {
@@ -29,108 +29,73 @@ struct rs_heap {
     unsigned pending_next;
 };
 
-/* Callers mask the low bits, so mix the high bits down (murmur3 finalizer):
- * aligned addresses otherwise share their low hash bits and cluster. */
-static inline uint64_t hash_addr(uint64_t addr)
-{
-    uint64_t h = addr >> 4;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
-}
-
-static int map_init(struct block_map *m, uint64_t cap)
-{
-    m->keys = calloc(cap, sizeof(*m->keys));
-    m->slots = malloc(cap * sizeof(*m->slots));
-    if (!m->keys || !m->slots) {
-        free(m->keys);
-        free(m->slots);
-        m->keys = NULL;
-        m->slots = NULL;
-        return -ENOMEM;
-    }
-    m->mask = cap - 1;
-    m->count = 0;
-    return 0;
-}
-
 static void map_free(struct block_map *m)
 {
-    free(m->keys);
-    free(m->slots);
+    u64map_free(&m->index);
+    free(m->blocks);
+    free(m->unused);
 }
 
-/* Index of addr's slot, or UINT64_MAX. */
-static uint64_t map_find(const struct block_map *m, uint64_t addr)
+/* An index for a new block (not yet taken: map_take commits it). */
+static int map_next_index(struct block_map *m, uint64_t *idx)
 {
-    for (uint64_t i = hash_addr(addr) & m->mask;; i = (i + 1) & m->mask) {
-        if (m->keys[i] == addr)
-            return i;
-        if (m->keys[i] == 0)
-            return UINT64_MAX;
+    if (m->nunused) {
+        *idx = m->unused[m->nunused - 1];
+        return 0;
     }
-}
-
-static int map_grow(struct block_map *m)
-{
-    struct block_map bigger;
-    if (map_init(&bigger, (m->mask + 1) * 2) < 0)
-        return -ENOMEM;
-    for (uint64_t i = 0; i <= m->mask; i++) {
-        if (!m->keys[i])
-            continue;
-        uint64_t j = hash_addr(m->keys[i]) & bigger.mask;
-        while (bigger.keys[j])
-            j = (j + 1) & bigger.mask;
-        bigger.keys[j] = m->keys[i];
-        bigger.slots[j] = m->slots[i];
+    if (m->nblocks == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 1024;
+        struct rs_block *b = realloc(m->blocks, cap * sizeof(*b));
+        if (!b)
+            return -ENOMEM;
+        m->blocks = b;
+        uint64_t *u = realloc(m->unused, cap * sizeof(*u));
+        if (!u)
+            return -ENOMEM;
+        m->unused = u;
+        m->cap = cap;
     }
-    bigger.count = m->count;
-    map_free(m);
-    *m = bigger;
+    *idx = m->nblocks;
     return 0;
+}
+
+static void map_take(struct block_map *m)
+{
+    if (m->nunused)
+        m->nunused--;
+    else
+        m->nblocks++;
 }
 
 /* Insert or replace; *old receives a replaced block (returns 1 then). */
 static int map_put(struct block_map *m, const struct rs_block *b, struct rs_block *old)
 {
-    if ((m->count + 1) * 2 > m->mask + 1 && map_grow(m) < 0)
-        return -ENOMEM;
-    uint64_t i = hash_addr(b->addr) & m->mask;
-    for (;; i = (i + 1) & m->mask) {
-        if (m->keys[i] == b->addr) {
-            *old = m->slots[i];
-            m->slots[i] = *b;
-            return 1;
-        }
-        if (m->keys[i] == 0)
-            break;
+    uint64_t idx, *slot;
+    int r = map_next_index(m, &idx);
+    if (r < 0)
+        return r;
+    r = u64map_insert(&m->index, b->addr, idx, &slot);
+    if (r < 0)
+        return r;
+    if (r == 1) {
+        map_take(m);
+        m->blocks[idx] = *b;
+        return 0;
     }
-    m->keys[i] = b->addr;
-    m->slots[i] = *b;
-    m->count++;
-    return 0;
+    *old = m->blocks[*slot];
+    m->blocks[*slot] = *b;
+    return 1;
 }
 
-static void map_remove(struct block_map *m, uint64_t i)
+/* Removes addr; *out receives its block. Returns 1, or 0 when absent. */
+static int map_remove(struct block_map *m, uint64_t addr, struct rs_block *out)
 {
-    uint64_t j = i;
-    for (;;) {
-        j = (j + 1) & m->mask;
-        if (m->keys[j] == 0)
-            break;
-        uint64_t home = hash_addr(m->keys[j]) & m->mask;
-        /* move j back into the hole at i unless its home lies cyclically in (i, j] */
-        if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
-            m->keys[i] = m->keys[j];
-            m->slots[i] = m->slots[j];
-            i = j;
-        }
-    }
-    m->keys[i] = 0;
-    m->count--;
+    uint64_t idx;
+    if (!u64map_delete(&m->index, addr, &idx))
+        return 0;
+    *out = m->blocks[idx];
+    m->unused[m->nunused++] = idx; /* unused has room for every index */
+    return 1;
 }
 
 struct rs_heap *rs_heap_new(void)
@@ -138,7 +103,7 @@ struct rs_heap *rs_heap_new(void)
     struct rs_heap *h = calloc(1, sizeof(*h));
     if (!h)
         return NULL;
-    if (map_init(&h->leaf, 1u << 16) < 0 || map_init(&h->arena, 1u << 8) < 0) {
+    if (u64map_reserve(&h->leaf.index, 1u << 15) < 0 || u64map_reserve(&h->arena.index, 1u << 7) < 0) {
         rs_heap_free(h);
         return NULL;
     }
@@ -221,13 +186,11 @@ static int apply_alloc(struct rs_heap *h, const struct rs_event *ev, uint8_t dom
 static int apply_free(struct rs_heap *h, const struct rs_event *ev, uint8_t domain, struct rs_block *freed)
 {
     struct block_map *m = domain == RS_DOMAIN_ARENA ? &h->arena : &h->leaf;
-    uint64_t i = ev->addr ? map_find(m, ev->addr) : UINT64_MAX;
-    if (i == UINT64_MAX) {
+    struct rs_block b;
+    if (!ev->addr || !map_remove(m, ev->addr, &b)) {
         h->stats.unknown_frees++;
         return 0;
     }
-    struct rs_block b = m->slots[i];
-    map_remove(m, i);
     account_remove(h, &b);
     h->stats.frees[b.domain]++;
     if (ev->flags & RS_F_REALLOC) {
@@ -253,18 +216,17 @@ int rs_heap_apply(struct rs_heap *h, const struct rs_event *ev, struct rs_block 
 
 const struct rs_block *rs_heap_find(const struct rs_heap *h, uint64_t addr)
 {
-    uint64_t i = addr ? map_find(&h->leaf, addr) : UINT64_MAX;
-    return i == UINT64_MAX ? NULL : &h->leaf.slots[i];
+    const uint64_t *idx = addr ? u64map_get(&h->leaf.index, addr) : NULL;
+    return idx ? &h->leaf.blocks[*idx] : NULL;
 }
 
 int rs_heap_foreach(const struct rs_heap *h, int arena,
                     int (*fn)(const struct rs_block *b, void *arg), void *arg)
 {
     const struct block_map *m = arena ? &h->arena : &h->leaf;
-    for (uint64_t i = 0; i <= m->mask; i++) {
-        if (!m->keys[i])
-            continue;
-        int r = fn(&m->slots[i], arg);
+    uint64_t idx;
+    for (size_t pos = 0; u64map_next(&m->index, &pos, NULL, &idx);) {
+        int r = fn(&m->blocks[idx], arg);
         if (r)
             return r;
     }

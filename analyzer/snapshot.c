@@ -38,14 +38,6 @@ static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v;
 static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-static inline size_t addr_hash(uint64_t a, size_t mask)
-{
-    a ^= a >> 33;
-    a *= 0xff51afd7ed558ccdull;
-    a ^= a >> 29;
-    return (size_t)a & mask;
-}
-
 /* ---- snapshot under construction ------------------------------------------------ */
 
 struct pending_label {
@@ -71,14 +63,16 @@ struct builder {
  * site and time by address. Better than the memory block's allocation when
  * a freelist hands out a recycled object (lists, tuples, dicts, floats). */
 struct obj_entry {
-    uint64_t addr; /* 0 = empty */
     uint64_t ns;
     uint32_t stack;
 };
 
+/* address -> index into entries; freed indices are reused first */
 struct obj_map {
-    struct obj_entry *slot;
-    size_t cap, used;
+    struct u64map index;
+    struct obj_entry *entries;
+    uint64_t *unused;        /* stack of free indices into entries */
+    size_t nentries, cap, nunused;
 };
 
 struct rs_snapshots {
@@ -90,66 +84,55 @@ struct rs_snapshots {
 
 static int objmap_put(struct obj_map *m, uint64_t addr, uint32_t stack, uint64_t ns)
 {
-    if ((m->used + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 4096;
-        struct obj_entry *n = calloc(cap, sizeof(*n));
-        if (!n)
-            return -ENOMEM;
-        for (size_t i = 0; i < m->cap; i++) {
-            if (!m->slot[i].addr)
-                continue;
-            size_t j = addr_hash(m->slot[i].addr, cap - 1);
-            while (n[j].addr)
-                j = (j + 1) & (cap - 1);
-            n[j] = m->slot[i];
+    uint64_t idx, *slot;
+    if (m->nunused) {
+        idx = m->unused[m->nunused - 1];
+    } else {
+        if (m->nentries == m->cap) {
+            size_t cap = m->cap ? m->cap * 2 : 4096;
+            struct obj_entry *e = realloc(m->entries, cap * sizeof(*e));
+            if (!e)
+                return -ENOMEM;
+            m->entries = e;
+            uint64_t *u = realloc(m->unused, cap * sizeof(*u));
+            if (!u)
+                return -ENOMEM;
+            m->unused = u;
+            m->cap = cap;
         }
-        free(m->slot);
-        m->slot = n;
-        m->cap = cap;
+        idx = m->nentries;
     }
-    size_t j = addr_hash(addr, m->cap - 1);
-    while (m->slot[j].addr && m->slot[j].addr != addr)
-        j = (j + 1) & (m->cap - 1);
-    if (!m->slot[j].addr)
-        m->used++;
-    m->slot[j] = (struct obj_entry){addr, ns, stack};
+    int r = u64map_insert(&m->index, addr, idx, &slot);
+    if (r < 0)
+        return r;
+    if (r == 1) {
+        if (m->nunused)
+            m->nunused--;
+        else
+            m->nentries++;
+    }
+    m->entries[*slot] = (struct obj_entry){ns, stack};
     return 0;
 }
 
 static const struct obj_entry *objmap_get(const struct obj_map *m, uint64_t addr)
 {
-    if (!m->cap)
-        return NULL;
-    size_t j = addr_hash(addr, m->cap - 1);
-    while (m->slot[j].addr) {
-        if (m->slot[j].addr == addr)
-            return &m->slot[j];
-        j = (j + 1) & (m->cap - 1);
-    }
-    return NULL;
+    const uint64_t *idx = u64map_get(&m->index, addr);
+    return idx ? &m->entries[*idx] : NULL;
 }
 
-/* Backward-shift deletion keeps probe chains intact without tombstones. */
 static void objmap_del(struct obj_map *m, uint64_t addr)
 {
-    if (!m->cap)
-        return;
-    size_t mask = m->cap - 1, j = addr_hash(addr, mask);
-    while (m->slot[j].addr && m->slot[j].addr != addr)
-        j = (j + 1) & mask;
-    if (!m->slot[j].addr)
-        return;
-    size_t hole = j;
-    for (size_t k = (hole + 1) & mask; m->slot[k].addr; k = (k + 1) & mask) {
-        size_t home = addr_hash(m->slot[k].addr, mask);
-        /* move k into the hole when its home is not in (hole, k] */
-        if (((k - home) & mask) >= ((k - hole) & mask)) {
-            m->slot[hole] = m->slot[k];
-            hole = k;
-        }
-    }
-    m->slot[hole].addr = 0;
-    m->used--;
+    uint64_t idx;
+    if (u64map_delete(&m->index, addr, &idx))
+        m->unused[m->nunused++] = idx; /* unused has room for every index */
+}
+
+static void objmap_free(struct obj_map *m)
+{
+    u64map_free(&m->index);
+    free(m->entries);
+    free(m->unused);
 }
 
 struct rs_snapshots *rs_snapshots_new(void)
@@ -168,8 +151,7 @@ static void snapshot_free(struct rs_snapshot *s)
     free(s->strings);
     free(s->key_edge);
     free(s->key_text);
-    free(s->map_addr);
-    free(s->map_idx);
+    u64map_free(&s->by_addr);
     free(s);
 }
 
@@ -194,7 +176,7 @@ void rs_snapshots_free(struct rs_snapshots *s)
         snapshot_free(s->v[i]);
     free(s->v);
     builder_reset(&s->b);
-    free(s->objs.slot);
+    objmap_free(&s->objs);
     free(s);
 }
 
@@ -239,35 +221,16 @@ static int add_string(struct builder *b, const uint8_t *p, uint32_t n, uint32_t 
 
 static int map_build(struct rs_snapshot *s)
 {
-    size_t cap = 16;
-    while (cap < s->nobjs * 2 + 16)
-        cap *= 2;
-    s->map_addr = calloc(cap, sizeof(uint64_t));
-    s->map_idx = malloc(cap * sizeof(uint32_t));
-    if (!s->map_addr || !s->map_idx)
-        return -ENOMEM;
-    s->map_cap = cap;
-    for (size_t i = 0; i < s->nobjs; i++) {
-        size_t j = addr_hash(s->objs[i].addr, cap - 1);
-        while (s->map_addr[j] && s->map_addr[j] != s->objs[i].addr)
-            j = (j + 1) & (cap - 1);
-        s->map_addr[j] = s->objs[i].addr;
-        s->map_idx[j] = (uint32_t)i; /* a duplicate address: the later entry wins */
-    }
-    return 0;
+    int rc = u64map_reserve(&s->by_addr, s->nobjs);
+    for (size_t i = 0; rc >= 0 && i < s->nobjs; i++) /* a duplicate address: the later entry wins */
+        rc = u64map_put(&s->by_addr, s->objs[i].addr, i);
+    return rc < 0 ? rc : 0;
 }
 
 uint32_t rs_snapshot_lookup(const struct rs_snapshot *s, uint64_t addr)
 {
-    if (!s->map_cap || !addr)
-        return RS_SNAP_NONE;
-    size_t j = addr_hash(addr, s->map_cap - 1);
-    while (s->map_addr[j]) {
-        if (s->map_addr[j] == addr)
-            return s->map_idx[j];
-        j = (j + 1) & (s->map_cap - 1);
-    }
-    return RS_SNAP_NONE;
+    const uint64_t *idx = addr ? u64map_get(&s->by_addr, addr) : NULL;
+    return idx ? (uint32_t)*idx : RS_SNAP_NONE;
 }
 
 static int cmp_key(const void *a, const void *b)
@@ -756,9 +719,7 @@ struct rs_site_index {
     size_t nnames, names_cap;
     uint32_t *by_text;       /* open addressing: id + 1, 0 = empty         */
     size_t text_cap;
-    uint32_t *memo_stack;    /* open addressing: stack id, 0 = empty       */
-    uint32_t *memo_site;
-    size_t memo_cap, memo_used;
+    struct u64map memo;      /* stack id -> site id                        */
     char *buf;               /* text being built                           */
     size_t buf_len, buf_cap;
 };
@@ -771,8 +732,7 @@ static void site_index_free(struct rs_site_index *x)
         free(x->names[i]);
     free(x->names);
     free(x->by_text);
-    free(x->memo_stack);
-    free(x->memo_site);
+    u64map_free(&x->memo);
     free(x->buf);
     free(x);
 }
@@ -881,44 +841,16 @@ int rs_snapshot_site(struct rs_snapshot_trace *t, uint32_t stack, uint32_t *site
     if (!t->sites && !(t->sites = site_index_new()))
         return -ENOMEM;
     struct rs_site_index *x = t->sites;
-    if ((x->memo_used + 1) * 2 > x->memo_cap) {
-        size_t cap = x->memo_cap ? x->memo_cap * 2 : 1024;
-        uint32_t *k = calloc(cap, sizeof(*k)), *v = malloc(cap * sizeof(*v));
-        if (!k || !v) {
-            free(k);
-            free(v);
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < x->memo_cap; i++) {
-            if (!x->memo_stack[i])
-                continue;
-            size_t j = addr_hash(x->memo_stack[i], cap - 1);
-            while (k[j])
-                j = (j + 1) & (cap - 1);
-            k[j] = x->memo_stack[i];
-            v[j] = x->memo_site[i];
-        }
-        free(x->memo_stack);
-        free(x->memo_site);
-        x->memo_stack = k;
-        x->memo_site = v;
-        x->memo_cap = cap;
-    }
-    size_t j = addr_hash(stack, x->memo_cap - 1);
-    while (x->memo_stack[j]) {
-        if (x->memo_stack[j] == stack) {
-            *site = x->memo_site[j];
-            return 0;
-        }
-        j = (j + 1) & (x->memo_cap - 1);
+    const uint64_t *memo = u64map_get(&x->memo, stack);
+    if (memo) {
+        *site = (uint32_t)*memo;
+        return 0;
     }
     int rc = site_text_build(t, x, stack);
     if (rc < 0 || (rc = site_intern(x, site)) < 0)
         return rc;
-    x->memo_stack[j] = stack;
-    x->memo_site[j] = *site;
-    x->memo_used++;
-    return 0;
+    rc = u64map_put(&x->memo, stack, *site);
+    return rc < 0 ? rc : 0;
 }
 
 const char *rs_snapshot_site_name(const struct rs_snapshot_trace *t, uint32_t site)

@@ -15,6 +15,7 @@
 #include "heap.h"
 #include "stacks.h"
 #include "trace_read.h"
+#include "u64map.h"
 
 #define RS_SNAP_NONE UINT32_MAX
 
@@ -59,10 +60,7 @@ struct rs_snapshot {
     uint64_t *key_edge;     /* edge index                              */
     uint32_t *key_text;     /* offset into strings                     */
     size_t nkeys;
-    /* address → object index (open addressing) */
-    uint64_t *map_addr;
-    uint32_t *map_idx;
-    size_t map_cap;
+    struct u64map by_addr;  /* address → object index                  */
 };
 
 struct rs_snapshots;

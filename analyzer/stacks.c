@@ -30,6 +30,7 @@
 #include <elfutils/libdwfl.h>
 
 #include "stacks.h"
+#include "u64map.h"
 
 /* ---- small containers ------------------------------------------------------------- */
 
@@ -53,63 +54,11 @@ static int vec_grow(void **v, size_t *cap, size_t need, size_t elem)
     (vec_grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof(*(vec).v)) ? -ENOMEM : \
      ((vec).v[(vec).n++] = (val), 0))
 
-/* u32 id -> u32 index (+1; 0 = absent), open addressing */
-struct idmap {
-    uint32_t *keys, *vals;
-    size_t cap, used;
-};
-
-static uint32_t idmap_get(const struct idmap *m, uint32_t key)
+/* The id tables map a record's id to its table index + 1; 0 = absent. */
+static uint32_t id_lookup(const struct u64map *m, uint32_t id)
 {
-    if (!m->cap)
-        return 0;
-    for (size_t i = (key * 2654435761u) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (m->vals[i] == 0)
-            return 0;
-        if (m->keys[i] == key)
-            return m->vals[i];
-    }
-}
-
-static int idmap_put(struct idmap *m, uint32_t key, uint32_t val)
-{
-    if ((m->used + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 256;
-        uint32_t *k = calloc(cap, sizeof(*k)), *v = calloc(cap, sizeof(*v));
-        if (!k || !v) {
-            free(k);
-            free(v);
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < m->cap; i++) {
-            if (!m->vals[i])
-                continue;
-            size_t j = (m->keys[i] * 2654435761u) & (cap - 1);
-            while (v[j])
-                j = (j + 1) & (cap - 1);
-            k[j] = m->keys[i];
-            v[j] = m->vals[i];
-        }
-        free(m->keys);
-        free(m->vals);
-        m->keys = k;
-        m->vals = v;
-        m->cap = cap;
-    }
-    size_t i = (key * 2654435761u) & (m->cap - 1);
-    while (m->vals[i] && m->keys[i] != key)
-        i = (i + 1) & (m->cap - 1);
-    if (!m->vals[i])
-        m->used++;
-    m->keys[i] = key;
-    m->vals[i] = val;
-    return 0;
-}
-
-static void idmap_free(struct idmap *m)
-{
-    free(m->keys);
-    free(m->vals);
+    const uint64_t *v = u64map_get(m, id);
+    return v ? (uint32_t)*v : 0;
 }
 
 /* interned strings: equal strings share one pointer for the table's life */
@@ -213,13 +162,13 @@ struct symaddr {
 struct rs_stacks {
     struct strpool strings;
     VEC(struct code) codes;
-    struct idmap code_ids;
+    struct u64map code_ids;
     VEC(struct pyframe) pyframes;
     VEC(struct pystack) pystacks;
-    struct idmap pystack_ids;
+    struct u64map pystack_ids;
     VEC(uint64_t) ips;
     VEC(struct nstack) nstacks;
-    struct idmap nstack_ids;
+    struct u64map nstack_ids;
     VEC(struct module) modules;
     VEC(struct rs_frame) symframes;
     VEC(struct symaddr) symaddrs;
@@ -245,15 +194,15 @@ void rs_stacks_free(struct rs_stacks *s)
             dwfl_end(s->modules.v[i].dwfl);
     strpool_free(&s->strings);
     free(s->codes.v);
-    idmap_free(&s->code_ids);
+    u64map_free(&s->code_ids);
     free(s->pyframes.v);
     for (size_t i = 0; i < s->pystacks.n; i++)
         free(s->pystacks.v[i].out);
     free(s->pystacks.v);
-    idmap_free(&s->pystack_ids);
+    u64map_free(&s->pystack_ids);
     free(s->ips.v);
     free(s->nstacks.v);
-    idmap_free(&s->nstack_ids);
+    u64map_free(&s->nstack_ids);
     free(s->modules.v);
     free(s->symframes.v);
     free(s->symaddrs.v);
@@ -335,7 +284,7 @@ static int feed_code(struct rs_stacks *s, struct reader *r)
         return -EPROTO;
     if (VEC_PUSH(s->codes, c))
         return -ENOMEM;
-    return idmap_put(&s->code_ids, id, (uint32_t)s->codes.n);
+    return u64map_put(&s->code_ids, id, (uint32_t)s->codes.n) < 0 ? -ENOMEM : 0;
 }
 
 static int feed_pystack(struct rs_stacks *s, struct reader *r)
@@ -361,7 +310,7 @@ static int feed_pystack(struct rs_stacks *s, struct reader *r)
     ps.count = n;
     if (VEC_PUSH(s->pystacks, ps))
         return -ENOMEM;
-    return idmap_put(&s->pystack_ids, id, (uint32_t)s->pystacks.n);
+    return u64map_put(&s->pystack_ids, id, (uint32_t)s->pystacks.n) < 0 ? -ENOMEM : 0;
 }
 
 static int feed_nstack(struct rs_stacks *s, struct reader *r, uint64_t ordinal)
@@ -382,7 +331,7 @@ static int feed_nstack(struct rs_stacks *s, struct reader *r, uint64_t ordinal)
     ns.count = n;
     if (VEC_PUSH(s->nstacks, ns))
         return -ENOMEM;
-    return idmap_put(&s->nstack_ids, id, (uint32_t)s->nstacks.n);
+    return u64map_put(&s->nstack_ids, id, (uint32_t)s->nstacks.n) < 0 ? -ENOMEM : 0;
 }
 
 static int feed_module(struct rs_stacks *s, struct reader *r, uint64_t ordinal)
@@ -713,7 +662,7 @@ static int is_eval_loop(const char *name)
 
 static int push_pyframe(struct rs_stacks *s, const struct pyframe *pf)
 {
-    uint32_t idx = idmap_get(&s->code_ids, pf->code);
+    uint32_t idx = id_lookup(&s->code_ids, pf->code);
     const struct code *c = idx ? &s->codes.v[idx - 1] : NULL;
     struct rs_frame f = {
         .function = c && c->function ? c->function : "<unknown code>",
@@ -733,7 +682,7 @@ static int resolve_into_scratch(struct rs_stacks *s, const struct pystack *ps)
     for (uint32_t i = 0; i < npy; i++)
         has_entry |= (py[i].flags & RS_PYFRAME_ENTRY) != 0;
 
-    uint32_t nidx = ps->native && !s->python_only ? idmap_get(&s->nstack_ids, ps->native) : 0;
+    uint32_t nidx = ps->native && !s->python_only ? id_lookup(&s->nstack_ids, ps->native) : 0;
     if (nidx) {
         const struct nstack ns = s->nstacks.v[nidx - 1];
         for (uint32_t k = 0; k < ns.count; k++) {
@@ -776,7 +725,7 @@ static int resolve_into_scratch(struct rs_stacks *s, const struct pystack *ps)
 int rs_stacks_resolve(struct rs_stacks *s, uint32_t id, const struct rs_frame **frames)
 {
     *frames = NULL;
-    uint32_t idx = id ? idmap_get(&s->pystack_ids, id) : 0;
+    uint32_t idx = id ? id_lookup(&s->pystack_ids, id) : 0;
     if (!idx)
         return 0;
     struct pystack *ps = &s->pystacks.v[idx - 1];
