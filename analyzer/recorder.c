@@ -30,7 +30,6 @@
 #define PAYLOAD_CAP (1u << 20)
 #define DRAIN_BUDGET 65536u          /* records per ring per loop turn (fairness) */
 #define RECORD_RUN 256u              /* fixed records handed to the writer at once */
-#define RING_PREFETCH 32u            /* slots ahead of the one being taken */
 #define PUMP_BYTES (1u << 20)        /* chunk compression per ring per loop turn:
                                         ~1 ms, a chunk in a few turns */
 #define IDLE_SLEEP_NS 300000L        /* when the rings gave (almost) nothing      */
@@ -340,38 +339,6 @@ static int handle_record(struct rs_recorder *r, struct conn *c, const struct rs_
     return 0;
 }
 
-/* The consumer's fast path, for the common case of committed fixed
- * records: copies the longest run of them from the ring's tail (at most
- * max) to out, following include/refscope/ring.h: an acquire load of each
- * kind byte, then the record; then the run's kind bytes are cleared and the
- * new tail is published (release) once. Anything else (a VAR record, an
- * uncommitted or orphaned slot) stops the run and is left to
- * rs_ring_consume. Returns the number of records taken.
- * The clearing is a pass of its own: a slot's line arrives shared from the
- * producer's cache, and a store right after each load stalls on taking it
- * over, line by line, while a run of stores takes them over together. */
-static size_t ring_take_fixed(struct rs_ring *ring, struct rs_slot *out, size_t max)
-{
-    uint64_t tail = __atomic_load_n(&ring->hdr->tail, __ATOMIC_RELAXED);
-    size_t n = 0;
-    while (n < max) {
-        const struct rs_slot *slot = &ring->slots[(tail + n) & ring->mask];
-        /* the lines come from the producer's core: ask for them early */
-        __builtin_prefetch(&ring->slots[(tail + n + RING_PREFETCH) & ring->mask], 1);
-        uint8_t kind = __atomic_load_n(&slot->kind, __ATOMIC_ACQUIRE);
-        if (kind == RS_EV_EMPTY || kind == RS_EV_CONT || RS_EV_IS_VAR(kind))
-            break;
-        memcpy(&out[n], slot, sizeof(*slot));
-        out[n].kind = kind;
-        n++;
-    }
-    for (size_t i = 0; i < n; i++)
-        __atomic_store_n(&ring->slots[(tail + i) & ring->mask].kind, 0, __ATOMIC_RELAXED);
-    if (n)
-        __atomic_store_n(&ring->hdr->tail, tail + n, __ATOMIC_RELEASE);
-    return n;
-}
-
 /* Fixed records go to the writer in runs (its fast path); VAR records,
  * everything before the trace exists and everything unusual go through
  * rs_ring_consume one by one. Ring order is kept.
@@ -384,7 +351,7 @@ static long drain(struct rs_recorder *r, struct conn *c, unsigned flags, unsigne
     while ((unsigned long)n < budget) {
         if (c->w && !c->failed) {
             unsigned long left = budget - (unsigned long)n;
-            size_t got = ring_take_fixed(&c->ring, r->run, left < RECORD_RUN ? left : RECORD_RUN);
+            size_t got = rs_ring_consume_fixed(&c->ring, r->run, left < RECORD_RUN ? left : RECORD_RUN);
             if (got) {
                 int ret = rs_trace_append_fixed(c->w, r->run, got);
                 if (ret < 0)

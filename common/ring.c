@@ -232,3 +232,32 @@ int rs_ring_consume(struct rs_ring *ring, struct rs_slot *rec,
         return 1;
     }
 }
+
+#define RING_PREFETCH_SLOTS 32u /* slots ahead of the one being taken */
+
+/* (ring.h) An acquire load of each kind byte, then the record; then the
+ * run's kind bytes are cleared and the new tail is published (release) once.
+ * The clearing is a pass of its own: a slot's line arrives shared from the
+ * producer's cache, and a store right after each load stalls on taking it
+ * over, line by line, while a run of stores takes them over together. */
+size_t rs_ring_consume_fixed(struct rs_ring *ring, struct rs_slot *out, size_t max)
+{
+    uint64_t tail = __atomic_load_n(&ring->hdr->tail, __ATOMIC_RELAXED);
+    size_t n = 0;
+    while (n < max) {
+        const struct rs_slot *slot = &ring->slots[(tail + n) & ring->mask];
+        /* the lines come from the producer's core: ask for them early */
+        __builtin_prefetch(&ring->slots[(tail + n + RING_PREFETCH_SLOTS) & ring->mask], 1);
+        uint8_t kind = __atomic_load_n(&slot->kind, __ATOMIC_ACQUIRE);
+        if (kind == RS_EV_EMPTY || kind == RS_EV_CONT || RS_EV_IS_VAR(kind))
+            break;
+        memcpy(&out[n], slot, sizeof(*slot));
+        out[n].kind = kind;
+        n++;
+    }
+    for (size_t i = 0; i < n; i++)
+        __atomic_store_n(&ring->slots[(tail + i) & ring->mask].kind, 0, __ATOMIC_RELAXED);
+    if (n)
+        __atomic_store_n(&ring->hdr->tail, tail + n, __ATOMIC_RELEASE);
+    return n;
+}

@@ -207,4 +207,11 @@ int rs_ring_put_var(struct rs_ring *ring, const struct rs_slot *rec,
 int rs_ring_consume(struct rs_ring *ring, struct rs_slot *rec,
                     void *payload, uint32_t cap, uint32_t *len, unsigned flags);
 
+/* The consumer's fast path for the common case: copies the longest run of
+ * committed FIXED records at the tail (at most max) to out and consumes
+ * them. A VAR record, an uncommitted or an orphaned slot ends the run and is
+ * left for rs_ring_consume, so mixing the two keeps ring order. Returns the
+ * number of records taken (0 when the tail is not a committed fixed record). */
+size_t rs_ring_consume_fixed(struct rs_ring *ring, struct rs_slot *out, size_t max);
+
 #endif

@@ -385,6 +385,47 @@ START_TEST(test_solo_reserve)
 }
 END_TEST
 
+/* ---- the consumer's fixed-record fast path ---------------------------------------- */
+
+START_TEST(test_consume_fixed_runs)
+{
+    struct rs_ring ring;
+    ring_new(&ring, 64, 0);
+    struct rs_slot out[64], got;
+    uint8_t payload[40] = {0}, buf[64];
+    uint32_t len;
+    uint64_t next = 0; /* size field numbers records in production order */
+    for (int round = 0; round < 50; round++) {
+        /* fixed, fixed, VAR, fixed: the run stops at the VAR record */
+        for (int i = 0; i < 4; i++) {
+            struct rs_slot rec = { .kind = i == 2 ? RS_EV_NOTE : RS_EV_ALLOC, .size = next++ };
+            if (i == 2)
+                ck_assert_int_eq(rs_ring_put_var(&ring, &rec, payload, sizeof(payload)), 0);
+            else
+                ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+        }
+        ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 64), 2);
+        ck_assert_uint_eq(out[0].size, next - 4);
+        ck_assert_uint_eq(out[1].size, next - 3);
+        ck_assert_uint_eq(out[1].kind, RS_EV_ALLOC);
+        ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 64), 0); /* VAR at the tail */
+        ck_assert_int_eq(rs_ring_consume(&ring, &got, buf, sizeof(buf), &len, 0), 1);
+        ck_assert_uint_eq(got.kind, RS_EV_NOTE);
+        ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 64), 1);
+        ck_assert_uint_eq(out[0].size, next - 1);
+    }
+    /* an uncommitted slot ends a run and is not consumed */
+    uint64_t idx = rs_ring_reserve(&ring, 1);
+    ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 64), 0);
+    rs_ring_slot(&ring, idx)->size = 7;
+    rs_ring_commit(&ring, idx, RS_EV_FREE);
+    ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 64), 1);
+    ck_assert_uint_eq(out[0].kind, RS_EV_FREE);
+    ck_assert_uint_eq(ring.hdr->head, ring.hdr->tail);
+    free(ring.hdr);
+}
+END_TEST
+
 static Suite *ring_suite(void)
 {
     Suite *s = suite_create("ring");
@@ -399,6 +440,7 @@ static Suite *ring_suite(void)
     tcase_add_test(tc, test_closed_and_stalled);
     tcase_add_test(tc, test_full_ring_resumes_in_batches);
     tcase_add_test(tc, test_solo_reserve);
+    tcase_add_test(tc, test_consume_fixed_runs);
     suite_add_tcase(s, tc);
     return s;
 }
