@@ -27,6 +27,7 @@
 #include "commands.h"
 #include "cycles.h"
 #include "snapshot.h"
+#include "units.h"
 
 #define CYCLES_MAX_DOT_NODES 300
 #define CYCLES_MAX_MEMBERS_SHOWN 20
@@ -331,7 +332,7 @@ static void render_text(const struct cycles_report *r, size_t limit)
         return;
     }
     printf("; %zu unreachable (%s) in %zu group%s\n", cy->unreachable,
-           rs_snapshot_bytes_text(cy->unreachable_bytes, b, sizeof(b)), cy->n, cy->n == 1 ? "" : "s");
+           rs_units_bytes(cy->unreachable_bytes, b, sizeof(b)), cy->n, cy->n == 1 ? "" : "s");
     if (r->garbage_groups)
         printf("  %zu group%s of cyclic garbage, not yet collected: %s\n", r->garbage_groups,
                r->garbage_groups == 1 ? "" : "s",
@@ -343,8 +344,8 @@ static void render_text(const struct cycles_report *r, size_t limit)
                r->uncollectable_groups == 1 ? "" : "s");
     if (cy->held)
         printf("  they alone keep %zu more objects (%s) alive; collecting all of it frees %s\n", cy->held,
-               rs_snapshot_bytes_text(cy->held_bytes, hb, sizeof(hb)),
-               rs_snapshot_bytes_text(cy->unreachable_bytes + cy->held_bytes, tb, sizeof(tb)));
+               rs_units_bytes(cy->held_bytes, hb, sizeof(hb)),
+               rs_units_bytes(cy->unreachable_bytes + cy->held_bytes, tb, sizeof(tb)));
     rs_snapshot_site_depth_text(r->t, depth, sizeof(depth));
     if (r->all)
         printf("every group on its own, most bytes freed first\n");
@@ -359,19 +360,19 @@ static void render_text(const struct cycles_report *r, size_t limit)
         member_types_text(r, sh->rep, types, sizeof(types));
         printf("\n#%zu %s: %zu group%s, %s", k + 1,
                grp->uncollectable ? "uncollectable (in gc.garbage)" : "garbage, not yet collected", sh->count,
-               sh->count == 1 ? "" : "s", rs_snapshot_bytes_text(sh->bytes, b, sizeof(b)));
+               sh->count == 1 ? "" : "s", rs_units_bytes(sh->bytes, b, sizeof(b)));
         if (sh->held)
-            printf(" (+%s they alone keep alive)", rs_snapshot_bytes_text(sh->held_bytes, hb, sizeof(hb)));
+            printf(" (+%s they alone keep alive)", rs_units_bytes(sh->held_bytes, hb, sizeof(hb)));
         printf("\n   %s%zu object%s (%s), %zu cycle%s, %s:\n", sh->count > 1 ? "each like this one: " : "", grp->n,
                grp->n == 1 ? "" : "s", types, grp->cycles, grp->cycles == 1 ? "" : "s",
-               rs_snapshot_bytes_text(grp->bytes, b, sizeof(b)));
+               rs_units_bytes(grp->bytes, b, sizeof(b)));
         for (size_t m = 0; m < grp->n && m < CYCLES_MAX_MEMBERS_SHOWN; m++) {
             uint32_t i = grp->members[m], site = 0;
             const struct rs_snap_object *o = &s->objs[i];
             char desc[160];
             rs_snapshot_site(r->t, o->stack, &site); /* already resolved by report_build */
             printf("   %-30s refcount %-4llu %9s  0x%llx  %s\n", rs_snapshot_describe(s, i, desc, sizeof(desc)),
-                   (unsigned long long)o->refcnt, rs_snapshot_bytes_text(o->size, b, sizeof(b)),
+                   (unsigned long long)o->refcnt, rs_units_bytes(o->size, b, sizeof(b)),
                    (unsigned long long)o->addr, rs_snapshot_site_name(r->t, site));
         }
         if (grp->n > CYCLES_MAX_MEMBERS_SHOWN)

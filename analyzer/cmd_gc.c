@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "gcmodel.h"
 #include "trace_read.h"
+#include "units.h"
 
 static const char *reason_name(uint8_t r)
 {
@@ -182,18 +183,6 @@ static int render_json(const struct rs_gc_model *m, const struct rs_trace_info *
     return 0;
 }
 
-static void fmt_ns(char *buf, size_t n, double ns)
-{
-    if (ns >= 1e9)
-        snprintf(buf, n, "%.2fs", ns / 1e9);
-    else if (ns >= 1e6)
-        snprintf(buf, n, "%.2fms", ns / 1e6);
-    else if (ns >= 1e3)
-        snprintf(buf, n, "%.1fus", ns / 1e3);
-    else
-        snprintf(buf, n, "%.0fns", ns);
-}
-
 static void fmt_opt(char *buf, size_t n, uint64_t v, int known)
 {
     if (known)
@@ -219,15 +208,15 @@ static int render_text(const struct rs_gc_model *m, const struct rs_trace_info *
             snprintf(c, sizeof(c), "%.1f", s->survival_rate * 100.0);
         else
             snprintf(c, sizeof(c), "-");
-        fmt_ns(d, sizeof(d), (double)s->pause_total_ns);
-        fmt_ns(e, sizeof(e), s->pause_mean_ns);
-        fmt_ns(f, sizeof(f), (double)s->pause_p50_ns);
-        fmt_ns(g2, sizeof(g2), (double)s->pause_p99_ns);
+        rs_units_ns((double)s->pause_total_ns, d, sizeof(d));
+        rs_units_ns(s->pause_mean_ns, e, sizeof(e));
+        rs_units_ns((double)s->pause_p50_ns, f, sizeof(f));
+        rs_units_ns((double)s->pause_p99_ns, g2, sizeof(g2));
         printf("%-4d %11llu %8llu %10llu %8llu %10s %10s %8s %9s %9s %9s %9s", g,
                (unsigned long long)s->collections, (unsigned long long)s->before_tracing,
                (unsigned long long)s->collected, (unsigned long long)s->uncollectable, a, b, c, d, e,
                f, g2);
-        fmt_ns(a, sizeof(a), (double)s->pause_max_ns);
+        rs_units_ns((double)s->pause_max_ns, a, sizeof(a));
         printf(" %9s\n", a);
     }
     for (int g = 0; g < RS_GC_GENS; g++)
@@ -244,8 +233,8 @@ static int render_text(const struct rs_gc_model *m, const struct rs_trace_info *
         if (shown >= 20 && col->pause_ns <= m->gens[gen].pause_p99_ns)
             continue;
         shown++;
-        fmt_ns(a, sizeof(a), (double)col->start_ns);
-        fmt_ns(b, sizeof(b), (double)col->pause_ns);
+        rs_units_ns((double)col->start_ns, a, sizeof(a));
+        rs_units_ns((double)col->pause_ns, b, sizeof(b));
         fmt_opt(c, sizeof(c), col->examined, col->examined != RS_GC_UNKNOWN);
         fmt_opt(d, sizeof(d), col->promoted, col->promoted != RS_GC_UNKNOWN);
         printf("  #%-5u at %9s gen %d pause %9s collected %6llu examined %7s promoted %7s%s\n",
@@ -260,7 +249,7 @@ static int render_text(const struct rs_gc_model *m, const struct rs_trace_info *
     printf("\nthresholds:\n");
     for (uint64_t i = 0; i < m->nconfigs; i++) {
         const struct rs_gc_config_change *cf = &m->configs[i];
-        fmt_ns(a, sizeof(a), (double)cf->time_ns);
+        rs_units_ns((double)cf->time_ns, a, sizeof(a));
         printf("  at %9s %-8s %-14s %s thresholds", a, reason_name(cf->reason),
                cf->function[0] ? cf->function : "-", cf->enabled ? "enabled " : "DISABLED");
         for (int k = 0; k < cf->nthresh; k++)

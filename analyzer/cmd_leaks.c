@@ -40,6 +40,7 @@
 #include "heap.h"
 #include "snapshot.h"
 #include "u64map.h"
+#include "units.h"
 
 #define LEAK_WINDOWS 8
 #define LEAK_MAX_SAMPLES 64       /* snapshots used for growth (the first ones) */
@@ -673,10 +674,10 @@ static void render_unreachable_text(const struct leak_report *r)
     }
     size_t garbage = c->n - r->uncollectable_groups;
     printf("\nnot leaks, unreachable: %zu objects (%s) in %zu group%s", c->unreachable,
-           rs_snapshot_bytes_text(c->unreachable_bytes, b, sizeof(b)), c->n, c->n == 1 ? "" : "s");
+           rs_units_bytes(c->unreachable_bytes, b, sizeof(b)), c->n, c->n == 1 ? "" : "s");
     if (c->held)
         printf(", and %zu objects (%s) only they keep alive", c->held,
-               rs_snapshot_bytes_text(c->held_bytes, hb, sizeof(hb)));
+               rs_units_bytes(c->held_bytes, hb, sizeof(hb)));
     printf("\n");
     if (garbage)
         printf("  %zu group%s of cyclic garbage: %s\n", garbage, garbage == 1 ? "" : "s",
@@ -699,7 +700,7 @@ static void render_unreachable_text(const struct leak_report *r)
     for (size_t k = 0; k < r->nunreachable_types; k++) {
         const struct leak_type_total *tt = &r->unreachable_types[k];
         printf("%s %llu %s (%s)", k ? "," : "", (unsigned long long)tt->count,
-               type_text(r, tt->type), rs_snapshot_bytes_text(tt->bytes, b, sizeof(b)));
+               type_text(r, tt->type), rs_units_bytes(tt->bytes, b, sizeof(b)));
     }
     printf("; details: refscope cycles %s\n", r->path);
 }
@@ -722,8 +723,8 @@ static void render_growth_text(const struct leak_report *r)
         strcat(rate, "/s");
         snprintf(span, sizeof(span), "(%.2f-%.2f s, %d %s)", g->times[0], g->times[g->nsamples - 1], g->nsamples,
                  g->source);
-        printf("  %12s  %9s -> %-9s %-26s %s\n", rate, rs_snapshot_bytes_text(g->samples[0], from, sizeof(from)),
-               rs_snapshot_bytes_text(g->samples[g->nsamples - 1], to, sizeof(to)), span,
+        printf("  %12s  %9s -> %-9s %-26s %s\n", rate, rs_units_bytes(g->samples[0], from, sizeof(from)),
+               rs_units_bytes(g->samples[g->nsamples - 1], to, sizeof(to)), span,
                rs_snapshot_site_name(r->t, g->site));
     }
     if (more)
@@ -765,14 +766,14 @@ static void render_text(const struct leak_report *r)
         printf("\n  none\n");
     else if (r->nrows > r->limit)
         printf("%zu groups, %s in %llu objects; the largest %zu shown (--limit N)\n", r->nrows,
-               rs_snapshot_bytes_text(r->bytes, b, sizeof(b)), (unsigned long long)r->objects, r->limit);
+               rs_units_bytes(r->bytes, b, sizeof(b)), (unsigned long long)r->objects, r->limit);
     else
         printf("%zu group%s, %s in %llu object%s\n", r->nrows, r->nrows == 1 ? "" : "s",
-               rs_snapshot_bytes_text(r->bytes, b, sizeof(b)), (unsigned long long)r->objects,
+               rs_units_bytes(r->bytes, b, sizeof(b)), (unsigned long long)r->objects,
                r->objects == 1 ? "" : "s");
     for (size_t k = 0; k < r->nrows && k < r->limit; k++) {
         const struct leak_row *row = &r->rows[k];
-        printf("\n#%zu %s in %llu %s object%s at %s\n", k + 1, rs_snapshot_bytes_text(row->bytes, b, sizeof(b)),
+        printf("\n#%zu %s in %llu %s object%s at %s\n", k + 1, rs_units_bytes(row->bytes, b, sizeof(b)),
                (unsigned long long)row->count, type_text(r, row->type), row->count == 1 ? "" : "s",
                rs_snapshot_site_name(r->t, row->site));
         if (!row->chain)

@@ -22,6 +22,7 @@
 #include "trace_read.h"
 #include "types.h"
 #include "u64map.h"
+#include "units.h"
 
 #define BUCKETS 64 /* bucket b holds lifetimes in [2^(b-1), 2^b) ns; bucket 0 = 0 ns */
 
@@ -157,18 +158,6 @@ static void site_name(struct rs_stacks *st, uint32_t id, char *buf, size_t len)
         snprintf(buf, len, "%s", f[0].function ? f[0].function : "?");
 }
 
-static void fmt_ns(char *buf, size_t n, double ns)
-{
-    if (ns >= 1e9)
-        snprintf(buf, n, "%.2fs", ns / 1e9);
-    else if (ns >= 1e6)
-        snprintf(buf, n, "%.2fms", ns / 1e6);
-    else if (ns >= 1e3)
-        snprintf(buf, n, "%.1fus", ns / 1e3);
-    else
-        snprintf(buf, n, "%.0fns", ns);
-}
-
 static json_t *group_json(const struct group *g, const char *label_key, const char *label)
 {
     json_t *o = json_object(), *h = json_array();
@@ -197,8 +186,8 @@ static void print_hist(const struct group *g)
     for (int b = 0; b < BUCKETS; b++) {
         if (!g->hist[b])
             continue;
-        fmt_ns(lo, sizeof(lo), b ? (double)(1ull << (b - 1)) : 0);
-        fmt_ns(hi, sizeof(hi), (double)(b >= 63 ? UINT64_MAX : (1ull << b)));
+        rs_units_ns(b ? (double)(1ull << (b - 1)) : 0, lo, sizeof(lo));
+        rs_units_ns((double)(b >= 63 ? UINT64_MAX : (1ull << b)), hi, sizeof(hi));
         printf("      [%8s, %8s) %llu\n", lo, hi, (unsigned long long)g->hist[b]);
     }
 }
@@ -320,9 +309,9 @@ int cmd_lifetimes(int argc, char **argv)
                (unsigned long long)agg.at_shutdown[k], (unsigned long long)agg.unknown_birth[k]);
         printf("by type (top %d):\n", TOP_TEXT);
         for (uint64_t i = 0; i < nbt && i < TOP_TEXT; i++) {
-            fmt_ns(a1, sizeof(a1), (double)bt[i].total_ns / (double)bt[i].count);
-            fmt_ns(a2, sizeof(a2), (double)bt[i].min_ns);
-            fmt_ns(a3, sizeof(a3), (double)bt[i].max_ns);
+            rs_units_ns((double)bt[i].total_ns / (double)bt[i].count, a1, sizeof(a1));
+            rs_units_ns((double)bt[i].min_ns, a2, sizeof(a2));
+            rs_units_ns((double)bt[i].max_ns, a3, sizeof(a3));
             printf("  %-40s %10llu  mean %9s  min %9s  max %9s\n",
                    rs_types_display(types, (uint32_t)(bt[i].key)), (unsigned long long)bt[i].count, a1, a2, a3);
             if (i < 5)
@@ -331,7 +320,7 @@ int cmd_lifetimes(int argc, char **argv)
         printf("\nby allocation site (top %d):\n", TOP_TEXT);
         for (uint64_t i = 0; i < nbs && i < TOP_TEXT; i++) {
             site_name(stacks, (uint32_t)(bs[i].key), label, sizeof(label));
-            fmt_ns(a1, sizeof(a1), (double)bs[i].total_ns / (double)bs[i].count);
+            rs_units_ns((double)bs[i].total_ns / (double)bs[i].count, a1, sizeof(a1));
             printf("  %-60s %10llu  mean %9s\n", label, (unsigned long long)bs[i].count, a1);
         }
         printf("\ntenured garbage: %llu objects promoted to the oldest generation died later\n",

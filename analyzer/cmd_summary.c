@@ -12,6 +12,7 @@
 #include "heap.h"
 #include "recorder.h"
 #include "trace_read.h"
+#include "units.h"
 
 static const char *const domain_names[RS_DOMAIN_COUNT] = {"libc", "raw", "mem", "obj", "arena"};
 
@@ -31,18 +32,6 @@ static void python_version(uint32_t hex, char *buf, size_t len)
         snprintf(buf, len, "%u.%u.%u", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
 }
 
-static void human_bytes(uint64_t b, char *buf, size_t len)
-{
-    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)b;
-    int u = 0;
-    while (v >= 1024 && u < 4) {
-        v /= 1024;
-        u++;
-    }
-    snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-}
-
 static void print_text(const struct summary *s)
 {
     const struct rs_trace_info *in = s->info;
@@ -56,18 +45,18 @@ static void print_text(const struct summary *s)
     printf("records       %llu\n\n", (unsigned long long)s->records);
     printf("%-8s %14s %14s %14s %14s\n", "domain", "allocations", "frees", "bytes", "live at end");
     for (int d = 0; d < RS_DOMAIN_COUNT; d++) {
-        human_bytes(st->alloc_bytes[d], b1, sizeof(b1));
-        human_bytes(st->live_bytes[d], b2, sizeof(b2));
+        rs_units_bytes(st->alloc_bytes[d], b1, sizeof(b1));
+        rs_units_bytes(st->live_bytes[d], b2, sizeof(b2));
         printf("%-8s %14llu %14llu %14s %14s\n", domain_names[d], (unsigned long long)st->allocations[d],
                (unsigned long long)st->frees[d], b1, b2);
     }
-    human_bytes(s->alloc_bytes, b1, sizeof(b1));
-    human_bytes(s->live_end, b2, sizeof(b2));
+    rs_units_bytes(s->alloc_bytes, b1, sizeof(b1));
+    rs_units_bytes(s->live_end, b2, sizeof(b2));
     printf("%-8s %14llu %14llu %14s %14s\n\n", "total", (unsigned long long)s->allocations,
            (unsigned long long)s->frees, b1, b2);
-    human_bytes(st->peak_live_bytes, b1, sizeof(b1));
+    rs_units_bytes(st->peak_live_bytes, b1, sizeof(b1));
     printf("peak live     %s at %.3f s (arena blocks not included)\n", b1, (double)st->peak_ns / 1e9);
-    human_bytes(s->live_end, b1, sizeof(b1));
+    rs_units_bytes(s->live_end, b1, sizeof(b1));
     printf("live at end   %s\n", b1);
     printf("threads       %llu\n", (unsigned long long)s->threads);
     printf("lost events   %llu\n", (unsigned long long)in->lost_events);

@@ -20,6 +20,7 @@
 
 #include "commands.h"
 #include "sites.h"
+#include "units.h"
 
 #define VIEW_MAX 512
 
@@ -338,7 +339,7 @@ int cmd_top(int argc, char **argv)
     } else {
         char b1[32], b2[32], b3[32];
         printf("%zu allocation sites by %s (showing %zu); peak %s; %s frames, depth %d\n",
-               nsites, metric_names[o.by], shown, rs_sites_bytes(m.stats.peak_live_bytes, b1, sizeof(b1)),
+               nsites, metric_names[o.by], shown, rs_units_bytes(m.stats.peak_live_bytes, b1, sizeof(b1)),
                native ? "Python+native" : "Python", o.depth);
         if (warnings)
             printf("warning: %s\n", warnings);
@@ -347,9 +348,9 @@ int cmd_top(int argc, char **argv)
         printf("%4s  %11s  %11s  %9s  %11s  %s\n", "#", "PEAK", "TOTAL", "COUNT", "LIVE END", "SITE");
         for (size_t i = 0; i < shown; i++) {
             const struct site *s = &sites[i];
-            printf("%4zu  %11s  %11s  %9llu  %11s  ", i + 1, rs_sites_bytes(s->peak_bytes, b1, sizeof(b1)),
-                   rs_sites_bytes(s->bytes, b2, sizeof(b2)), (unsigned long long)s->allocations,
-                   rs_sites_bytes(s->live_bytes_end, b3, sizeof(b3)));
+            printf("%4zu  %11s  %11s  %9llu  %11s  ", i + 1, rs_units_bytes(s->peak_bytes, b1, sizeof(b1)),
+                   rs_units_bytes(s->bytes, b2, sizeof(b2)), (unsigned long long)s->allocations,
+                   rs_units_bytes(s->live_bytes_end, b3, sizeof(b3)));
             if (!s->nframes)
                 puts(native ? "(no stack)" : "(no Python stack)");
             for (int k = 0; k < s->nframes; k++) {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "sites.h"
+#include "units.h"
 
 #define MAX_DENSE_ID (1u << 26) /* larger ids (never seen so far) share slot of id 0 */
 
@@ -238,18 +239,3 @@ int rs_sites_view(struct rs_sites_model *m, uint32_t stack, int native,
     return k;
 }
 
-const char *rs_sites_bytes(uint64_t bytes, char *buf, size_t len)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)bytes;
-    unsigned u = 0;
-    while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
-    else
-        snprintf(buf, len, "%.2f %s", v, units[u]);
-    return buf;
-}

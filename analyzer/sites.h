@@ -55,7 +55,4 @@ int rs_sites_view(struct rs_sites_model *m, uint32_t stack, int native,
 /* Whether reports show native frames for this trace given the --native flag. */
 int rs_sites_native(const struct rs_sites_model *m, int native_flag);
 
-/* Human-readable byte count ("1.50 MiB") into buf. */
-const char *rs_sites_bytes(uint64_t bytes, char *buf, size_t len);
-
 #endif

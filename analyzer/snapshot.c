@@ -15,6 +15,7 @@
 #include "refscope/events.h"
 #include "snapshot.h"
 #include "stacks.h"
+#include "units.h"
 
 /* ---- small helpers -------------------------------------------------------------- */
 
@@ -877,23 +878,10 @@ const char *rs_snapshot_reason_name(uint8_t reason)
     return reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "?";
 }
 
-const char *rs_snapshot_bytes_text(uint64_t bytes, char *buf, size_t len)
-{
-    if (bytes < 1024)
-        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
-    else if (bytes < (1ull << 20))
-        snprintf(buf, len, "%.1f KiB", bytes / 1024.0);
-    else if (bytes < (1ull << 30))
-        snprintf(buf, len, "%.1f MiB", bytes / 1048576.0);
-    else
-        snprintf(buf, len, "%.2f GiB", bytes / 1073741824.0);
-    return buf;
-}
-
 const char *rs_snapshot_delta_bytes_text(int64_t delta, char *buf, size_t len)
 {
     char abs_text[32];
     uint64_t magnitude = delta < 0 ? (uint64_t)0 - (uint64_t)delta : (uint64_t)delta;
-    snprintf(buf, len, "%c%s", delta < 0 ? '-' : '+', rs_snapshot_bytes_text(magnitude, abs_text, sizeof(abs_text)));
+    snprintf(buf, len, "%c%s", delta < 0 ? '-' : '+', rs_units_bytes(magnitude, abs_text, sizeof(abs_text)));
     return buf;
 }

@@ -144,8 +144,7 @@ const char *rs_snapshot_site_depth_text(const struct rs_snapshot_trace *t, char 
 /* "exit", "signal", "interval" or "?" for enum rs_snap_reason. */
 const char *rs_snapshot_reason_name(uint8_t reason);
 
-/* "1.5 MiB" style byte counts; the signed form prints "+1.5 MiB" / "-12 B". */
-const char *rs_snapshot_bytes_text(uint64_t bytes, char *buf, size_t len);
+/* A signed byte count: "+1.50 MiB" / "-12 B" (unsigned ones: units.h). */
 const char *rs_snapshot_delta_bytes_text(int64_t delta, char *buf, size_t len);
 
 #endif
