@@ -74,7 +74,8 @@ static void warnings(const struct rs_gc_model *m, const struct rs_trace_info *in
     if (m->have_gc && !m->census && m->generational) {
         int unavailable = 0; /* the shim said why in a note, repeated above */
         for (uint32_t i = 0; i < m->nnotes; i++)
-            unavailable |= m->note_codes[i] == RS_NOTE_GC_CENSUS_UNAVAILABLE;
+            unavailable |= m->note_codes[i] == RS_NOTE_GC_CENSUS_UNAVAILABLE ||
+                           m->note_codes[i] == RS_NOTE_GC_CENSUS_OFF;
         if (m->census_format)
             fn("this trace's gc census is in a format this refscope does not read (format 1, "
                "from an older refscope): examined/promoted unknown; record the program again",
