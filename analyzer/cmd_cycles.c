@@ -471,7 +471,8 @@ static const char cycles_usage[] =
 
 int cmd_cycles(int argc, char **argv)
 {
-    int json = 0, want = -1, all = 0, limit = -1, depth = 1;
+    int json = 0, all = 0, limit = -1, depth = 1;
+    const char *want = NULL; /* --snapshot N */
     const char *dot = NULL;
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
@@ -496,7 +497,7 @@ int cmd_cycles(int argc, char **argv)
         else if (c == 'd')
             dot = optarg;
         else if (c == 's')
-            want = atoi(optarg);
+            want = optarg;
         else
             return 2;
     }
@@ -515,17 +516,15 @@ int cmd_cycles(int argc, char **argv)
     int status = 1, rc;
     struct cycles_report r = {.path = path, .t = &t, .all = all};
     size_t count = rs_snapshots_count(t.snaps);
-    r.snap = want >= 0 ? rs_snapshots_find(t.snaps, (uint32_t)want) : rs_snapshots_get(t.snaps, count ? count - 1 : 0);
-    if (!r.snap) {
-        char have[64];
-        if (count)
-            fprintf(stderr, "refscope cycles: %s: no snapshot numbered %d (the trace has %s)\n", path, want,
-                    rs_snapshots_range_text(t.snaps, have, sizeof(have)));
-        else
-            fprintf(stderr, "refscope cycles: %s: the trace has no heap snapshot (was the program Python? "
-                            "were snapshots off, REFSCOPE_SNAPSHOTS=0?)\n", path);
+    if (want)
+        r.snap = rs_snapshots_pick(t.snaps, "cycles", path, want);
+    else if (count)
+        r.snap = rs_snapshots_get(t.snaps, count - 1);
+    else
+        fprintf(stderr, "refscope cycles: %s: the trace has no heap snapshot (was the program Python? "
+                        "were snapshots off, REFSCOPE_SNAPSHOTS=0?)\n", path);
+    if (!r.snap)
         goto out;
-    }
     if (rs_cycles_find(r.snap, &r.cy) < 0 || report_build(&r) < 0) {
         fprintf(stderr, "refscope cycles: out of memory\n");
         goto out;

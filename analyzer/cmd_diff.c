@@ -221,18 +221,6 @@ static void render_text(const struct diff_report *r)
 }
 
 /* The snapshot numbered by arg, or NULL with a message. */
-static const struct rs_snapshot *snapshot_arg(struct rs_snapshot_trace *t, const char *path, const char *arg)
-{
-    char *end;
-    unsigned long seq = strtoul(arg, &end, 10);
-    const struct rs_snapshot *s = *arg && !*end ? rs_snapshots_find(t->snaps, (uint32_t)seq) : NULL;
-    char have[64];
-    if (!s)
-        fprintf(stderr, "refscope diff: %s: no snapshot numbered '%s' (the trace has %s)\n", path, arg,
-                rs_snapshots_range_text(t->snaps, have, sizeof(have)));
-    return s;
-}
-
 static const char diff_usage[] = "usage: refscope diff [--json] [--limit N] [--depth N] TRACE [SNAP_A SNAP_B]\n";
 
 int cmd_diff(int argc, char **argv)
@@ -273,7 +261,8 @@ int cmd_diff(int argc, char **argv)
     struct diff_report r = {.path = path, .t = &t, .limit = (size_t)limit};
     size_t count = rs_snapshots_count(t.snaps);
     if (rest == 3) {
-        if (!(r.a = snapshot_arg(&t, path, argv[optind + 1])) || !(r.b = snapshot_arg(&t, path, argv[optind + 2])))
+        if (!(r.a = rs_snapshots_pick(t.snaps, "diff", path, argv[optind + 1])) ||
+            !(r.b = rs_snapshots_pick(t.snaps, "diff", path, argv[optind + 2])))
             goto out;
     } else if (count < 2) {
         fprintf(stderr,

@@ -796,7 +796,8 @@ static const char leaks_usage[] =
 
 int cmd_leaks(int argc, char **argv)
 {
-    int json = 0, want = -1, limit = 10, depth = 1;
+    int json = 0, limit = 10, depth = 1;
+    const char *want = NULL; /* --snapshot N */
     const char *since_arg = "import";
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
@@ -814,7 +815,7 @@ int cmd_leaks(int argc, char **argv)
         else if (c == 'S')
             since_arg = optarg;
         else if (c == 's')
-            want = atoi(optarg);
+            want = optarg;
         else if (c == 'n')
             limit = atoi(optarg);
         else if (c == 'D')
@@ -845,14 +846,9 @@ int cmd_leaks(int argc, char **argv)
         .since = endp ? (uint64_t)(since_s * 1e9) : (t.startup_end_ns == UINT64_MAX ? 0 : t.startup_end_ns),
     };
     size_t count = rs_snapshots_count(t.snaps);
-    if (want >= 0) {
-        r.snap = rs_snapshots_find(t.snaps, (uint32_t)want);
-        if (!r.snap) {
-            char have[64];
-            fprintf(stderr, "refscope leaks: %s: no snapshot numbered %d (the trace has %s)\n", path, want,
-                    rs_snapshots_range_text(t.snaps, have, sizeof(have)));
+    if (want) {
+        if (!(r.snap = rs_snapshots_pick(t.snaps, "leaks", path, want)))
             goto out;
-        }
     } else if (count) {
         r.snap = rs_snapshots_get(t.snaps, count - 1);
     }

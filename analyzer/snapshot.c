@@ -196,16 +196,26 @@ const struct rs_snapshot *rs_snapshots_find(const struct rs_snapshots *s, uint32
     return NULL;
 }
 
-const char *rs_snapshots_range_text(const struct rs_snapshots *s, char *buf, size_t len)
+const struct rs_snapshot *rs_snapshots_pick(const struct rs_snapshots *s, const char *cmd,
+                                            const char *path, const char *number)
 {
+    char *end;
+    unsigned long seq = strtoul(number, &end, 10);
+    const struct rs_snapshot *snap = NULL;
+    if (*number >= '0' && *number <= '9' && !*end && seq <= UINT32_MAX)
+        snap = rs_snapshots_find(s, (uint32_t)seq);
+    if (snap)
+        return snap;
+    char have[64];
     size_t n = rs_snapshots_count(s);
     if (!n)
-        snprintf(buf, len, "no snapshot");
+        snprintf(have, sizeof(have), "no snapshot");
     else if (n == 1)
-        snprintf(buf, len, "snapshot %u", s->v[0]->seq);
+        snprintf(have, sizeof(have), "snapshot %u", s->v[0]->seq);
     else
-        snprintf(buf, len, "snapshots %u to %u", s->v[0]->seq, s->v[n - 1]->seq);
-    return buf;
+        snprintf(have, sizeof(have), "snapshots %u to %u", s->v[0]->seq, s->v[n - 1]->seq);
+    fprintf(stderr, "refscope %s: %s: no snapshot numbered '%s' (the trace has %s)\n", cmd, path, number, have);
+    return NULL;
 }
 
 static int add_string(struct builder *b, const uint8_t *p, uint32_t n, uint32_t *off)

@@ -77,9 +77,11 @@ size_t rs_snapshots_count(const struct rs_snapshots *s);
 const struct rs_snapshot *rs_snapshots_get(const struct rs_snapshots *s, size_t i);
 /* The snapshot numbered seq (as the shim numbered it), or NULL. */
 const struct rs_snapshot *rs_snapshots_find(const struct rs_snapshots *s, uint32_t seq);
-/* "snapshot 1", "snapshots 1 to 4" or "no snapshot", for messages about a
- * snapshot number that does not exist. Returns buf. */
-const char *rs_snapshots_range_text(const struct rs_snapshots *s, char *buf, size_t len);
+/* The snapshot numbered by the text `number` (a command-line argument), or
+ * NULL after one line on stderr: "refscope CMD: PATH: no snapshot numbered
+ * 'N' (the trace has snapshots 1 to 4)". */
+const struct rs_snapshot *rs_snapshots_pick(const struct rs_snapshots *s, const char *cmd,
+                                            const char *path, const char *number);
 
 /* Index of the object at addr, or RS_SNAP_NONE. */
 uint32_t rs_snapshot_lookup(const struct rs_snapshot *snap, uint64_t addr);

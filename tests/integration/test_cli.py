@@ -5,7 +5,7 @@ overwrites a trace without -f."""
 import os
 import signal
 
-from harness import Skip, expect, refscope, refscope_bin, run, workdir, write_script
+from harness import Skip, expect, interpreters, refscope, refscope_bin, run, run_traced, workdir, write_script
 
 
 def _one_line_failure(proc, code=None):
@@ -192,3 +192,19 @@ def test_run_forwards_sigterm():
     if os.path.exists(out):
         s = refscope("summary", out, timeout=60)
         expect(s.returncode == 0, s.stderr)
+
+
+def test_bad_snapshot_numbers():
+    """leaks, cycles and diff name the snapshots a trace has when asked for one it has not."""
+    pys = interpreters()
+    if not pys:
+        raise Skip("no CPython found")
+    script = write_script("x = [bytearray(100) for _ in range(100)]\n")
+    t = run_traced([pys[0].path, script])
+    for args in (("leaks", "--snapshot", "9", t.trace), ("leaks", "--snapshot", "abc", t.trace),
+                 ("cycles", "--snapshot", "9", t.trace), ("diff", t.trace, "1", "x")):
+        proc = refscope(*args)
+        lines = proc.stderr.strip().splitlines()
+        expect(proc.returncode == 1 and len(lines) == 1 and "no snapshot numbered" in lines[0]
+                       and "the trace has snapshot 1" in lines[0],
+                       "refscope %s: exit %d, stderr %r" % (" ".join(args[:-1]), proc.returncode, proc.stderr))
