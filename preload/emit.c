@@ -361,3 +361,12 @@ void rs_buf_str(struct rs_buf *b, const char *s, uint32_t n)
     rs_buf_u16(b, (uint16_t)n);
     rs_buf_bytes(b, s, n);
 }
+
+void rs_emit_note(uint16_t code, const char *text)
+{
+    uint8_t data[512];
+    struct rs_buf b = {data, 0, sizeof(data), 0};
+    rs_buf_u16(&b, code);
+    rs_buf_str(&b, text, (uint32_t)strlen(text));
+    rs_emit_var(RS_EV_NOTE, 0, 0, 0, data, b.len);
+}

@@ -59,6 +59,9 @@ void rs_emit_fixed(struct rs_slot *rec);
 void rs_emit_var(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
                  const void *payload, uint32_t len);
 
+/* An RS_EV_NOTE record: a fact or warning for reports (code from events.h). */
+void rs_emit_note(uint16_t code, const char *text);
+
 /* Payload builder for VAR records, on the caller's stack (no allocation).
  * Writes past `cap` set `overflow` and are dropped. */
 struct rs_buf {

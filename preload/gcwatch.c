@@ -50,7 +50,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include "refscope/clock.h"
 #include "emit.h"
 #include "guard.h"
@@ -58,6 +57,7 @@
 #include "pysafe.h"
 #include "pytypes.h"
 #include "pyver.h"
+#include "u64vec.h"
 #include "shim.h"
 
 typedef void pyobj;
@@ -159,15 +159,6 @@ static struct {
 static void ensure_trace_start(void);
 
 /* ---- small helpers ---------------------------------------------------------- */
-
-static void emit_note(uint16_t code, const char *text)
-{
-    uint8_t data[512];
-    struct rs_buf b = {data, 0, sizeof(data), 0};
-    rs_buf_u16(&b, code);
-    rs_buf_str(&b, text, (uint32_t)strlen(text));
-    rs_emit_var(RS_EV_NOTE, 0, 0, 0, data, b.len);
-}
 
 static pyobj *call0(pyobj *fn)
 {
@@ -274,37 +265,8 @@ static void check_config(uint8_t reason, const char *fn_name)
 }
 
 /* ---- census: scratch memory --------------------------------------------------- */
-/* Growable arrays of u64 in anonymous mappings: sized by the heap, reused
- * from one collection to the next, never through malloc (which we trace). */
-struct u64_vec {
-    uint64_t *v;
-    size_t n, cap;
-};
-
-static int vec_reserve(struct u64_vec *a, size_t want)
-{
-    size_t cap = a->cap ? a->cap : 4096;
-    void *p;
-    if (want <= a->cap)
-        return 0;
-    while (cap < want)
-        cap *= 2;
-    p = a->v ? mremap(a->v, a->cap * 8, cap * 8, MREMAP_MAYMOVE)
-             : mmap(NULL, cap * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return -ENOMEM;
-    a->v = p;
-    a->cap = cap;
-    return 0;
-}
-
-static inline int vec_push(struct u64_vec *a, uint64_t x)
-{
-    if (a->n == a->cap && vec_reserve(a, a->n + 1) != 0)
-        return -ENOMEM;
-    a->v[a->n++] = x;
-    return 0;
-}
+/* rs_u64vec arrays (u64vec.h), sized by the heap, reused from one
+ * collection to the next. */
 
 /* ---- census: the examined set ------------------------------------------------- */
 /* Addresses of the objects a collection examines, as keys addr << 2 | tag
@@ -316,10 +278,10 @@ static inline int vec_push(struct u64_vec *a, uint64_t x)
 #define TAG_OLD   2u
 
 static struct {
-    struct u64_vec examined;   /* keys, in list order                           */
-    struct u64_vec set;        /* the hash table (0 = empty slot)               */
-    struct u64_vec tenured;    /* addresses reaching generation 2               */
-    struct u64_vec sort_tmp;
+    struct rs_u64vec examined;   /* keys, in list order                           */
+    struct rs_u64vec set;        /* the hash table (0 = empty slot)               */
+    struct rs_u64vec tenured;    /* addresses reaching generation 2               */
+    struct rs_u64vec sort_tmp;
     uint64_t counts[3];        /* objects per generation at start               */
     unsigned set_bits;
     int gen;                   /* generation being collected; -1 = no census open */
@@ -342,7 +304,7 @@ static int set_build(void)
     unsigned bits = 10;
     while (((size_t)1 << bits) < 2 * n)
         bits++;
-    if (vec_reserve(&cs.set, (size_t)1 << bits) != 0)
+    if (rs_u64vec_reserve(&cs.set, (size_t)1 << bits) != 0)
         return -ENOMEM;
     cs.set_bits = bits;
     memset(cs.set.v, 0, ((size_t)1 << bits) * 8);
@@ -580,7 +542,7 @@ static void census_start(int g)
         uint64_t tag = i < 2 ? TAG_YOUNG : TAG_OLD;
         size_t before = cs.examined.n;
         for (const void *node = rs_py_gc_next(head); node != head; node = rs_py_gc_next(node))
-            if (vec_push(&cs.examined, (uint64_t)(uintptr_t)rs_py_gc_object(node) << 2 | tag) != 0) {
+            if (rs_u64vec_push(&cs.examined, (uint64_t)(uintptr_t)rs_py_gc_object(node) << 2 | tag) != 0) {
                 cs.failed = 1;
                 return;
             }
@@ -632,7 +594,7 @@ static int census_promoted(int g, int hashed, uint64_t *promoted)
         if (!tag)
             continue; /* a moved weakref, or unfrozen during the collection */
         ++*promoted;
-        if (g >= 1 && tag == TAG_YOUNG && vec_push(&cs.tenured, addr) != 0)
+        if (g >= 1 && tag == TAG_YOUNG && rs_u64vec_push(&cs.tenured, addr) != 0)
             return -ENOMEM;
     }
     if (!hashed) {
@@ -659,7 +621,7 @@ static void census_stop(uint32_t seq)
         if (r == -EAGAIN)
             r = set_build() != 0 ? -ENOMEM : census_promoted(g, 1, &promoted);
         if (r == 0)
-            r = vec_reserve(&cs.sort_tmp, cs.tenured.n);
+            r = rs_u64vec_reserve(&cs.sort_tmp, cs.tenured.n);
         cs.failed = r != 0;
     }
     data[len++] = RS_GC_INFO_SURVIVAL;
@@ -685,9 +647,9 @@ static void census_list_gen2(const void *mark)
     const void *head = rs_py_gc_head(2);
     cs.tenured.n = 0;
     for (const void *node = rs_py_gc_prev(head); node != head && node != mark; node = rs_py_gc_prev(node))
-        if (vec_push(&cs.tenured, (uint64_t)(uintptr_t)rs_py_gc_object(node)) != 0)
+        if (rs_u64vec_push(&cs.tenured, (uint64_t)(uintptr_t)rs_py_gc_object(node)) != 0)
             goto oom;
-    if (vec_reserve(&cs.sort_tmp, cs.tenured.n) != 0)
+    if (rs_u64vec_reserve(&cs.sort_tmp, cs.tenured.n) != 0)
         goto oom;
     emit_tenured(0);
     return;
@@ -1039,7 +1001,7 @@ static void gcwatch_at_init(void *arg)
         return;
     rs_guard_depth++;
     if (!st.generational)
-        emit_note(rs_py.free_threaded ? RS_NOTE_GC_FREETHREADED : RS_NOTE_GC_INCREMENTAL,
+        rs_emit_note(rs_py.free_threaded ? RS_NOTE_GC_FREETHREADED : RS_NOTE_GC_INCREMENTAL,
                   rs_py.free_threaded
                       ? "free-threaded build: every collection examines the whole heap; there are "
                         "no generations, so no promotions (census off)"
@@ -1047,14 +1009,14 @@ static void gcwatch_at_init(void *arg)
                         "generational, automatic runs are reported as generation 1; no promotions "
                         "(census off)");
     if (register_callbacks() != 0)
-        emit_note(RS_NOTE_GC_UNAVAILABLE,
+        rs_emit_note(RS_NOTE_GC_UNAVAILABLE,
                   "could not register a gc.callbacks entry: no collection events in this trace");
     else if (st.census_unavailable)
-        emit_note(RS_NOTE_GC_CENSUS_UNAVAILABLE,
+        rs_emit_note(RS_NOTE_GC_CENSUS_UNAVAILABLE,
                   "gc census unavailable: the generation lists of this CPython were not found "
                   "(verified on 3.9-3.13); promotions and tenured garbage unknown");
     else if (!st.census && st.generational)
-        emit_note(RS_NOTE_GC_CENSUS_OFF,
+        rs_emit_note(RS_NOTE_GC_CENSUS_OFF,
                   "gc census off (REFSCOPE_GC_CENSUS=off): promotions and tenured garbage unknown");
     rs_guard_depth--;
 }

@@ -37,15 +37,6 @@ static reftracer_fn (*api_get_tracer)(void **data);
 static int installed;   /* we set the tracer at least once                  */
 static int lost;        /* another tool holds the slot (note emitted)       */
 
-static void emit_note(uint16_t code, const char *text)
-{
-    uint8_t data[512];
-    struct rs_buf b = {data, 0, sizeof(data), 0};
-    rs_buf_u16(&b, code);
-    rs_buf_str(&b, text, (uint32_t)strlen(text));
-    rs_emit_var(RS_EV_NOTE, 0, 0, 0, data, b.len);
-}
-
 /* Hot path like the allocator hooks (an event per object): rs_emit_event,
  * with the thread's cached clock reading. */
 static int reftracer(void *obj, int event, void *data)
@@ -76,18 +67,18 @@ static void objtrace_at_init(void *arg)
     if (!rs_emit_active())
         return;
     if (!api_set_tracer || !api_get_tracer) {
-        emit_note(RS_NOTE_NO_REFTRACER,
+        rs_emit_note(RS_NOTE_NO_REFTRACER,
                   "no PyRefTracer before CPython 3.13: object lifetimes are PyObject-domain block "
                   "lifetimes; types come from the gc census");
         return;
     }
     if (take_slot() != 0) {
-        emit_note(RS_NOTE_NO_REFTRACER, "PyRefTracer_SetTracer failed: no object events");
+        rs_emit_note(RS_NOTE_NO_REFTRACER, "PyRefTracer_SetTracer failed: no object events");
         return;
     }
     installed = 1;
     if (rs_py_reftracer_misses_destroy())
-        emit_note(RS_NOTE_DESTROY_MISSED,
+        rs_emit_note(RS_NOTE_DESTROY_MISSED,
                   "CPython 3.13.0-3.13.2 miss object DESTROY events inside the eval loop "
                   "(gh-130382, fixed in 3.13.3): objects look longer-lived than they are");
 }
@@ -105,14 +96,14 @@ void rs_objtrace_check(void)
     if (cur == NULL) {
         if (take_slot() == 0) {
             lost = 0;
-            emit_note(RS_NOTE_REFTRACER_BACK,
+            rs_emit_note(RS_NOTE_REFTRACER_BACK,
                       "the ref tracer slot was released; object events resume here");
         }
         return;
     }
     if (!lost) {
         lost = 1;
-        emit_note(RS_NOTE_REFTRACER_TAKEN,
+        rs_emit_note(RS_NOTE_REFTRACER_TAKEN,
                   "another tool took the PyRefTracer slot (tracemalloc.start() does): object "
                   "events stop here; lifetimes after this point are incomplete");
     }

@@ -34,6 +34,7 @@
 #include "pysafe.h"
 #include "pytypes.h"
 #include "pyver.h"
+#include "u64vec.h"
 #include "shim.h"
 
 /* Fallback while preload/pytypes.c is not linked: no type ids (the snapshot
@@ -44,43 +45,7 @@ __attribute__((weak)) uint32_t rs_pytype_id(const void *type)
     return 0;
 }
 
-/* ---- growable scratch arrays (mmap; never malloc) ----------------------------- */
-
-struct snap_vec {
-    uint64_t *v;
-    size_t n, cap;
-};
-
-static int vec_reserve(struct snap_vec *a, size_t want)
-{
-    if (want <= a->cap)
-        return 0;
-    size_t cap = a->cap ? a->cap : 4096;
-    while (cap < want)
-        cap *= 2;
-    void *p = a->v ? mremap(a->v, a->cap * 8, cap * 8, MREMAP_MAYMOVE)
-                   : mmap(NULL, cap * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return -ENOMEM;
-    a->v = p;
-    a->cap = cap;
-    return 0;
-}
-
-static int vec_push(struct snap_vec *a, uint64_t x)
-{
-    if (a->n == a->cap && vec_reserve(a, a->n + 1))
-        return -ENOMEM;
-    a->v[a->n++] = x;
-    return 0;
-}
-
-static void vec_release(struct snap_vec *a)
-{
-    if (a->v)
-        munmap(a->v, a->cap * 8);
-    memset(a, 0, sizeof(*a));
-}
+/* ---- scratch memory (mmap; never malloc): rs_u64vec arrays (u64vec.h) and a set */
 
 /* Address set: open addressing, linear probing, 0 = empty slot. */
 struct snap_set {
@@ -176,9 +141,9 @@ struct snap {
     int free_threaded;
     struct snap_set seen;
     struct snap_set garbage;
-    struct snap_vec refs;   /* outgoing refs of the object being recorded */
-    struct snap_vec labels; /* (edge index) pairs of dict-key labels       */
-    struct snap_vec work;   /* untracked referents still to record         */
+    struct rs_u64vec refs;   /* outgoing refs of the object being recorded */
+    struct rs_u64vec labels; /* (edge index) pairs of dict-key labels       */
+    struct rs_u64vec work;   /* untracked referents still to record         */
     uint8_t objbuf[SNAP_RECORD_MAX];
     struct rs_buf obj;
     uint8_t labbuf[SNAP_RECORD_MAX];
@@ -284,7 +249,7 @@ static uint32_t snap_type_ref(struct snap *s, const void *type, const struct rs_
 static int snap_visit(void *obj, void *arg)
 {
     struct snap *s = arg;
-    if (obj && vec_push(&s->refs, (uint64_t)(uintptr_t)obj))
+    if (obj && rs_u64vec_push(&s->refs, (uint64_t)(uintptr_t)obj))
         s->failed = -ENOMEM;
     return 0;
 }
@@ -292,12 +257,12 @@ static int snap_visit(void *obj, void *arg)
 static int snap_visit_dict_item(void *key, void *value, void *arg)
 {
     struct snap *s = arg;
-    if (vec_push(&s->refs, (uint64_t)(uintptr_t)key) || vec_push(&s->refs, (uint64_t)(uintptr_t)value)) {
+    if (rs_u64vec_push(&s->refs, (uint64_t)(uintptr_t)key) || rs_u64vec_push(&s->refs, (uint64_t)(uintptr_t)value)) {
         s->failed = -ENOMEM;
         return -1;
     }
     /* key label on the value edge (index refs.n - 1) */
-    if (rs_pyver_snap_is_str(key) && vec_push(&s->labels, (s->refs.n - 1) << 32 | (s->refs.n - 2)))
+    if (rs_pyver_snap_is_str(key) && rs_u64vec_push(&s->labels, (s->refs.n - 1) << 32 | (s->refs.n - 2)))
         s->failed = -ENOMEM;
     return 0;
 }
@@ -378,7 +343,7 @@ static void snap_object(struct snap *s, void *obj, uint8_t flags)
         void *r = (void *)(uintptr_t)s->refs.v[i];
         if (set_has(&s->seen, s->refs.v[i]) || rs_pyver_snap_is_tracked(r))
             continue; /* tracked objects are recorded by the enumeration */
-        if (set_add(&s->seen, s->refs.v[i]) < 0 || vec_push(&s->work, s->refs.v[i]) < 0)
+        if (set_add(&s->seen, s->refs.v[i]) < 0 || rs_u64vec_push(&s->work, s->refs.v[i]) < 0)
             s->failed = -ENOMEM;
     }
 }
@@ -457,9 +422,9 @@ static void snapshot_take(uint8_t reason)
     snap_emit(s, &b);
 
     rs_pyver_snap_restore_error(saved);
-    vec_release(&s->refs);
-    vec_release(&s->labels);
-    vec_release(&s->work);
+    rs_u64vec_release(&s->refs);
+    rs_u64vec_release(&s->labels);
+    rs_u64vec_release(&s->work);
     set_release(&s->seen);
     set_release(&s->garbage);
     rs_guard_depth--;
