@@ -338,10 +338,8 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
     native_on = nat && nat[0] == '1';
     if (rs_pyver_init() < 0 || (env && env[0] == '0'))
         return;
-    /* tp_flags is at 168 (default builds); Py_TPFLAGS_HAVE_GC = 1 << 14 */
-    if (!rs_py.free_threaded) {
-        unsigned long tp_flags = *(const unsigned long *)((const char *)rs_py.code_type + 168);
-        code_block_delta = (tp_flags & (1ul << 14)) ? 16 : 0;
-    }
+    /* default builds: a GC type's block starts with the 16-byte GC header */
+    if (!rs_py.free_threaded)
+        code_block_delta = (rs_py_type_flags(rs_py.code_type) & RS_PY_TPFLAGS_HAVE_GC) ? 16 : 0;
     stacks_on = 1;
 }

@@ -21,9 +21,6 @@
 #define TYPE_SLOTS 16384u /* power of two; more distinct types → id 0 */
 #define NAME_MAX_BYTES 256u
 
-#define TPFLAGS_HEAPTYPE      (1ul << 9)
-#define TPFLAGS_HAVE_GC       (1ul << 14)
-#define TPFLAGS_TYPE_SUBCLASS (1ul << 31)
 
 enum { SLOT_EMPTY = 0, SLOT_CLAIMED = 1, SLOT_READY = 2 };
 
@@ -78,11 +75,11 @@ static uint32_t type_flags(const void *type)
 {
     uint64_t tp = rs_py_type_flags(type);
     uint32_t f = 0;
-    if (tp & TPFLAGS_HAVE_GC)
+    if (tp & RS_PY_TPFLAGS_HAVE_GC)
         f |= RS_TYPE_GC;
-    if (tp & TPFLAGS_HEAPTYPE)
+    if (tp & RS_PY_TPFLAGS_HEAPTYPE)
         f |= RS_TYPE_HEAP;
-    if (tp & TPFLAGS_TYPE_SUBCLASS)
+    if (tp & RS_PY_TPFLAGS_TYPE_SUBCLASS)
         f |= RS_TYPE_METATYPE;
     return f;
 }

@@ -199,6 +199,11 @@ static inline int64_t rs_py_type_basicsize(const void *type)
     return *(const int64_t *)((const char *)type + rs_py.ob_size + 16);
 }
 
+/* tp_flags bits read by the shim (unchanged since 3.0). */
+#define RS_PY_TPFLAGS_HEAPTYPE      (1ul << 9)
+#define RS_PY_TPFLAGS_HAVE_GC       (1ul << 14)
+#define RS_PY_TPFLAGS_TYPE_SUBCLASS (1ul << 31)
+
 static inline uint64_t rs_py_type_flags(const void *type)
 {
     if (!type || !rs_py.ob_size)
