@@ -151,6 +151,7 @@ static int render_json(const struct rs_gc_model *m, const struct rs_trace_info *
         json_object_set_new(o, "uncollectable", json_integer((json_int_t)c->uncollectable));
         json_object_set_new(o, "examined", ju(c->examined));
         json_object_set_new(o, "promoted", ju(c->promoted));
+        json_object_set_new(o, "tenured", ju(c->tenured));
         json_object_set_new(o, "counts", json_pack("[III]", (json_int_t)c->counts[0],
                                                    (json_int_t)c->counts[1], (json_int_t)c->counts[2]));
         json_object_set_new(o, "shutdown", json_boolean(c->flags & RS_GC_F_SHUTDOWN));

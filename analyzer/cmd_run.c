@@ -1,7 +1,7 @@
 /*
  * `refscope run` and `refscope record`: the two ways a recorder is started.
  *
- *   run [-o OUT] [-f] [--native] [--lossy] [--ring-mb N] [--snapshot-interval N] [--] CMD ARGS...
+ *   run [-o OUT] [-f] [--native | --no-stacks] [--lossy] [--ring-mb N] [--snapshot-interval N] [--] CMD ARGS...
  *       recorder on a background thread, CMD spawned with the shim preloaded
  *       and REFSCOPE_SOCK set; waits for CMD and every traced descendant,
  *       then exits with CMD's status (128+signal when CMD was killed).
@@ -163,6 +163,9 @@ int cmd_run(int argc, char **argv)
             force = 1;
         } else if (!strcmp(a, "--native")) {
             native = 1;
+        } else if (!strcmp(a, "--no-stacks")) { /* allocation records without Python stacks */
+            if (setenv(RS_ENV_PYSTACKS, "0", 1))
+                return usage_error("run", "cannot set the environment", a);
         } else if (!strcmp(a, "--lossy")) {
             lossy = 1;
         } else if (!strcmp(a, "--ring-mb")) {

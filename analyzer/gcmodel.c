@@ -225,8 +225,7 @@ static int on_gc_start(struct rs_gc_model *m, const struct rs_event *ev)
     c->counts[0] = ev->addr;
     c->counts[1] = ev->size & 0xffffffffu;
     c->counts[2] = ev->size >> 32;
-    c->examined = RS_GC_UNKNOWN; /* until its SURVIVAL record */
-    c->promoted = RS_GC_UNKNOWN;
+    c->examined = c->promoted = c->tenured = RS_GC_UNKNOWN; /* until its SURVIVAL record */
     if ((c->flags & RS_GC_F_SHUTDOWN) && m->shutdown_ns == RS_GC_UNKNOWN)
         m->shutdown_ns = ev->time_ns;
     m->have_gc = 1;
@@ -285,6 +284,7 @@ static void on_survival(struct rs_gc_model *m, const struct rs_event *ev)
     m->tenured_expected += tenured;
     c->examined = examined;
     c->promoted = promoted;
+    c->tenured = tenured;
 }
 
 /* Marks one object tenured, adding it to the map (with its block's birth

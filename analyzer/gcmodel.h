@@ -30,6 +30,8 @@ struct rs_gc_collection {
     uint64_t collected, uncollectable;
     uint64_t examined;       /* census size, RS_GC_UNKNOWN without census      */
     uint64_t promoted;       /* RS_GC_UNKNOWN without census                   */
+    uint64_t tenured;        /* of those, objects that reached generation 2
+                                from a younger one; RS_GC_UNKNOWN without census */
 };
 
 struct rs_gc_generation {

@@ -4,10 +4,12 @@
 For every interpreter found (the same discovery as the integration tests:
 /usr/bin/python3 first) runs churn untraced and under `refscope run`, and
 prints the traced/untraced wall-time ratio, events per second, bytes per
-event on disk, the recorder's CPU time and the trace size. The issue's
-target with Debian's python3.11: <= 1.5x wall and <= 1.5 bytes per event.
+event on disk, the recorder's CPU time and the trace size, for each mode
+(MODES below) with the issues' targets, on Debian's python3.11: the pipeline
+<= 1.5x wall and <= 1.5 bytes per event (issue 2), the default (Python
+stacks and the GC census) <= 2x (issues 3 and 4), --native <= 5x (issue 3).
 
-  python3 bench/run.py [--build DIR] [--repeat N] [--only LABEL,...] [--rounds N]
+  python3 bench/run.py [--build DIR] [--repeat N] [--only LABEL,...] [--rounds N] [--mode M]
 """
 import argparse
 import os
@@ -25,12 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gc_census import bench_gc_census  # noqa: E402
 
 TIMEOUT = 600
-# --mode: what the traced run records (issue 3 targets: default <= 2x, native <= 5x)
+# --mode: what the traced run records, and the issues' wall-time targets
 MODES = {
-    "default": ((), {}),                               # Python stacks on (the default)
-    "native": (("--native",), {}),                     # plus native stacks
-    "nostacks": ((), {"REFSCOPE_PYSTACKS": "0"}),      # allocation records only
+    "pipeline": ("--no-stacks", "--gc-census=off"),   # allocation and GC records only (issue 2: <= 1.5x)
+    "nostacks": ("--no-stacks",),                     # plus the GC census (issue 4's promotions)
+    "default": (),                                    # plus Python stacks: the default (issues 3, 4: <= 2x)
+    "native": ("--native",),                          # plus native stacks (issue 3: <= 5x)
 }
+TARGETS = {"pipeline": 1.5, "default": 2.0, "native": 5.0}
 WROTE = re.compile(r"\(pid (\d+), (\d+) records, (\d+) bytes[^)]*\)")
 CPU = re.compile(r"recorder CPU ([0-9.]+) s")
 
@@ -53,9 +57,8 @@ def bench_one(py, build, rounds, repeat, workdir, mode="default"):
     best = None
     for i in range(repeat):
         trace = os.path.join(workdir, "churn-%s-%d.rfs" % (py.label, i))
-        run_args, env = MODES[mode]
-        proc, wall, cpu = timed([os.path.join(build, "refscope"), "run", "-f", "-o", trace, *run_args, "--"] + cmd,
-                                env=dict(os.environ, **env))
+        proc, wall, cpu = timed([os.path.join(build, "refscope"), "run", "-f", "-o", trace, *MODES[mode], "--"]
+                                + cmd)
         if proc.returncode != 0:
             return "%-16s traced run failed (%d): %s" % (py.label, proc.returncode, proc.stderr.strip()[-300:])
         m, c = WROTE.search(proc.stderr), CPU.search(proc.stderr)
@@ -127,8 +130,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1000, help="churn rounds (10000 objects each)")
     ap.add_argument("--mode", choices=sorted(MODES) + ["all"], default="all",
-                    help="default (Python stacks), native (--native), nostacks, or all: every mode on "
-                         "the first interpreter and the default mode on the others (make bench)")
+                    help="pipeline (--no-stacks --gc-census=off), nostacks, default (Python stacks), "
+                         "native (--native), or all: every mode on the first interpreter and the "
+                         "default mode on the others (make bench)")
     ap.add_argument("--only", default="", help="comma-separated interpreter labels or paths")
     opts = ap.parse_args()
     build = os.path.abspath(opts.build)
@@ -145,9 +149,9 @@ def main():
           % (opts.rounds, os.getloadavg()[0], os.cpu_count() or 0))
     print("%-16s %7s  %10s  %10s  %9s  %12s  %8s" % ("interpreter", "wall", "events/s", "bytes/ev",
                                                     "rec. CPU", "trace size", "events"))
-    # (interpreter, mode) pairs; targets: nostacks <= 1.5x, default <= 2x, native <= 5x
+    # (interpreter, mode) pairs
     if opts.mode == "all":
-        runs = [(py, m) for py in pys[:1] for m in ("nostacks", "default", "native")]
+        runs = [(py, m) for py in pys[:1] for m in ("pipeline", "nostacks", "default", "native")]
         runs += [(py, "default") for py in pys[1:]]
     else:
         runs = [(py, opts.mode) for py in pys]
@@ -155,7 +159,8 @@ def main():
         for py, mode in runs:
             try:
                 line = bench_one(py, build, opts.rounds, opts.repeat, d, mode)
-                print("%s  [%s]" % (line, mode), flush=True)
+                target = " target <= %.1fx" % TARGETS[mode] if mode in TARGETS else ""
+                print("%s  [%s%s]" % (line, mode, target), flush=True)
             except subprocess.TimeoutExpired:
                 print("%-16s timed out after %d s [%s]" % (py.label, TIMEOUT, mode), flush=True)
     if pys:

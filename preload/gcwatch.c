@@ -277,6 +277,13 @@ static void check_config(uint8_t reason, const char *fn_name)
 #define TAG_YOUNG 1u
 #define TAG_OLD   2u
 
+/* How census_promoted tells examined objects from others. */
+enum census_lookup {
+    LOOKUP_NONE,   /* every object walked was examined, and young (g < 2)     */
+    LOOKUP_ALL,    /* `set` holds every examined object                        */
+    LOOKUP_YOUNG,  /* g = 2: `set` holds generations 0-1; the rest is old      */
+};
+
 static struct {
     struct rs_u64vec examined;   /* keys, in list order                           */
     struct rs_u64vec set;        /* the hash table (0 = empty slot)               */
@@ -286,7 +293,8 @@ static struct {
     unsigned set_bits;
     int gen;                   /* generation being collected; -1 = no census open */
     int failed;                /* out of memory: counts unknown                 */
-    int hashed;                /* `set` holds `examined`                         */
+    int hashed;                /* `set` holds all of `examined`                  */
+    size_t young_n;            /* g = 2: the first young_n keys are generations 0-1 */
     const void *mark;          /* see census_start                               */
     const void *permanent[2];  /* ends of the permanent generation at start      */
     const void *weakref_types[3];
@@ -298,9 +306,9 @@ static inline uint64_t set_slot(uint64_t addr, unsigned bits)
     return ((addr >> 4) * 0x9e3779b97f4a7c15ull) >> (64 - bits);
 }
 
-static int set_build(void)
+/* Hashes the first n keys of `examined`. */
+static int set_build(size_t n)
 {
-    size_t n = cs.examined.n;
     unsigned bits = 10;
     while (((size_t)1 << bits) < 2 * n)
         bits++;
@@ -351,9 +359,12 @@ static void sort_addrs(uint64_t *v, uint64_t *tmp, size_t n)
         }
         return;
     }
-    for (size_t i = 1; i < n; i++)
+    size_t descents = 0;
+    for (size_t i = 1; i < n; i++) {
         diff |= v[i] ^ v[0];
-    if (!diff)
+        descents += v[i] < v[i - 1];
+    }
+    if (!diff || !descents)
         return;
     for (int shift = __builtin_ctzll(diff); shift < 64 - __builtin_clzll(diff); shift += 11) {
         size_t sum = 0;
@@ -443,7 +454,9 @@ static void emit_tenured(uint32_t seq)
 {
     uint64_t *v = cs.tenured.v, any = 0;
     size_t n = cs.tenured.n;
-    const void *last_type = NULL;
+    /* type -> id for the last few types seen (objects of two or three types
+     * often alternate) */
+    struct { const void *type; uint32_t id; } types[8] = {{NULL, 0}};
     uint32_t last_id = 0;
     uint8_t flags = st.census_types ? RS_GC_TENURED_TYPES : 0;
     unsigned shift;
@@ -478,10 +491,12 @@ static void emit_tenured(uint32_t seq)
         }
         if (flags & RS_GC_TENURED_TYPES) {
             const void *tp = rs_py_type((const void *)(uintptr_t)v[i]);
-            if (tp != last_type) {
-                last_type = tp;
-                last_id = tp ? rs_pytype_id_safe(tp) : 0;
+            unsigned t = (unsigned)((uintptr_t)tp >> 4) & 7;
+            if (types[t].type != tp || !tp) {
+                types[t].type = tp;
+                types[t].id = tp ? rs_pytype_id_safe(tp) : 0;
             }
+            last_id = types[t].id;
             if (tw.type_run && last_id == tw.type)
                 tw.type_run++;
             else {
@@ -528,8 +543,8 @@ static void permanent_ends(const void *ends[2])
 
 /* At the start of a collection of generation g: counts and remembers the
  * objects of generations 0..g, and marks the end of the list survivors go
- * to. The examined set is hashed now only for g = 2; otherwise at stop and
- * only when needed (see census_promoted). */
+ * to. The examined set is hashed at stop, and only as much of it as needed
+ * (see census_promoted and census_stop). */
 static void census_start(int g)
 {
     struct type_cache cache = {NULL, 0};
@@ -548,31 +563,46 @@ static void census_start(int g)
             }
         cs.counts[i] = cs.examined.n - before;
     }
+    cs.young_n = g == 2 ? (size_t)(cs.counts[0] + cs.counts[1]) : cs.examined.n;
     /* Other gc callbacks run after this one may track new objects, which
-     * the collector then examines too: only the hash can leave them out. */
-    if (g == 2 || api.list_size(gcf.callbacks) > 1) {
-        cs.failed = set_build() != 0;
+     * the collector then examines too: only the full hash can leave them
+     * out, and it must be taken now. */
+    if (api.list_size(gcf.callbacks) > 1) {
+        cs.failed = set_build(cs.examined.n) != 0;
         cs.hashed = 1;
     }
+    permanent_ends(cs.permanent);
     if (g == 2)
         return;
     const void *head = rs_py_gc_head(g + 1), *node = rs_py_gc_prev(head);
     while (node != head && movable(node, &cache))
         node = rs_py_gc_prev(node);
     cs.mark = node;
-    permanent_ends(cs.permanent);
+}
+
+static int permanent_changed(void)
+{
+    const void *now[2];
+    permanent_ends(now);
+    return now[0] != cs.permanent[0] || now[1] != cs.permanent[1];
 }
 
 /* Walks generation g+1 back from its tail to the mark (g = 2: all of
  * generation 2), counting the examined objects found there and listing in
- * cs.tenured those that reached generation 2 from a younger one. Without
- * the hash (`hashed` = 0) every object walked is taken as examined, which
- * holds unless the mark was not met (it died or left the list during the
+ * cs.tenured those that reached generation 2 from a younger one.
+ * LOOKUP_NONE (g < 2) takes every object walked as examined, which holds
+ * unless the mark was not met (it died or left the list during the
  * collection), a weakref was walked (the collector moves those from any
  * generation) or the permanent generation changed (gc.unfreeze() from a
- * finalizer, 3.12+ immortal objects): then returns -EAGAIN. */
-static int census_promoted(int g, int hashed, uint64_t *promoted)
+ * finalizer, 3.12+ immortal objects): then returns -EAGAIN. LOOKUP_YOUNG
+ * (g = 2) takes every object of generation 2 as examined, young when the
+ * hash of generations 0-1 has it: the caller has checked that the permanent
+ * generation did not change and that no other callback could track objects
+ * (the collector adds nothing else to generation 2). LOOKUP_ALL asks the
+ * hash of everything examined. */
+static int census_promoted(int g, enum census_lookup lookup, uint64_t *promoted)
 {
+    int hashed = lookup != LOOKUP_NONE;
     const void *head = rs_py_gc_head(g < 2 ? g + 1 : 2);
     const void *stop = g < 2 ? cs.mark : head;
     struct type_cache cache = {NULL, 0};
@@ -587,8 +617,10 @@ static int census_promoted(int g, int hashed, uint64_t *promoted)
         }
         uint64_t addr = (uint64_t)(uintptr_t)rs_py_gc_object(node);
         unsigned tag = TAG_YOUNG;
-        if (hashed)
+        if (lookup == LOOKUP_ALL)
             tag = set_tag(addr);
+        else if (lookup == LOOKUP_YOUNG)
+            tag = set_tag(addr) ? TAG_YOUNG : TAG_OLD;
         else if (movable(node, &cache))
             return -EAGAIN;
         if (!tag)
@@ -597,12 +629,8 @@ static int census_promoted(int g, int hashed, uint64_t *promoted)
         if (g >= 1 && tag == TAG_YOUNG && rs_u64vec_push(&cs.tenured, addr) != 0)
             return -ENOMEM;
     }
-    if (!hashed) {
-        const void *now[2];
-        permanent_ends(now);
-        if (now[0] != cs.permanent[0] || now[1] != cs.permanent[1])
-            return -EAGAIN;
-    }
+    if (lookup == LOOKUP_NONE && permanent_changed())
+        return -EAGAIN;
     return 0;
 }
 
@@ -617,11 +645,22 @@ static void census_stop(uint32_t seq)
 
     cs.gen = -1;
     if (!cs.failed) {
-        r = census_promoted(g, cs.hashed, &promoted);
+        enum census_lookup lookup = cs.hashed ? LOOKUP_ALL : LOOKUP_NONE;
+        if (g == 2 && !cs.hashed) {
+            /* generation 2 is most of the heap: hash only the young part
+             * when nothing but the collection changed the lists */
+            lookup = permanent_changed() ? LOOKUP_ALL : LOOKUP_YOUNG;
+            r = set_build(lookup == LOOKUP_ALL ? cs.examined.n : cs.young_n);
+            cs.hashed = lookup == LOOKUP_ALL;
+            if (r != 0)
+                goto done;
+        }
+        r = census_promoted(g, lookup, &promoted);
         if (r == -EAGAIN)
-            r = set_build() != 0 ? -ENOMEM : census_promoted(g, 1, &promoted);
+            r = set_build(cs.examined.n) != 0 ? -ENOMEM : census_promoted(g, LOOKUP_ALL, &promoted);
         if (r == 0)
             r = rs_u64vec_reserve(&cs.sort_tmp, cs.tenured.n);
+done:
         cs.failed = r != 0;
     }
     data[len++] = RS_GC_INFO_SURVIVAL;

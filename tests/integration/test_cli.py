@@ -92,6 +92,26 @@ def test_run_force_overwrites():
     expect(oct(os.stat(out).st_mode & 0o777) == oct(0o600), "trace mode %o" % (os.stat(out).st_mode & 0o777))
 
 
+def test_run_no_stacks():
+    """--no-stacks: allocation records without Python stacks (and no stack
+    definitions); the same program traced by default has them."""
+    if not os.access("/usr/bin/python3", os.X_OK):
+        raise Skip("/usr/bin/python3 not found")
+    d = workdir()
+    prog = ["/usr/bin/python3", "-c", "x = [bytearray(1000) for _ in range(100)]"]
+    counts = {}
+    for label, opts in (("default", []), ("no-stacks", ["--no-stacks"])):
+        out = os.path.join(d, label + ".rfs")
+        proc = run([refscope_bin(), "run", "-o", out] + opts + ["--"] + prog, timeout=120)
+        expect(proc.returncode == 0, "%s: %s" % (label, proc.stderr))
+        dump = refscope("dump", out, timeout=120).stdout.splitlines()
+        allocs = [l for l in dump if " alloc " in l and " obj " in l]
+        counts[label] = (sum(" py_stack " in l for l in dump), sum("stack=0 " not in l for l in allocs), len(allocs))
+    expect(counts["default"][0] > 0 and counts["default"][1] > 0, "default run has no Python stacks: %r" % counts)
+    expect(counts["no-stacks"][2] >= 100, "no allocations recorded with --no-stacks: %r" % counts)
+    expect(counts["no-stacks"][:2] == (0, 0), "--no-stacks still recorded stacks: %r" % counts)
+
+
 def test_run_exit_status_passthrough():
     d = workdir()
     for code in (0, 3, 42):

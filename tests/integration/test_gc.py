@@ -146,8 +146,15 @@ ids2 = set(map(id, before2))
 gc.collect(1)
 out["gen1"] = sum(1 for o in gc.get_objects(2) if id(o) not in ids2)
 del before2, ids2
+young = gc.get_objects(0) + gc.get_objects(1)
+ids_young = set(map(id, young))
 gc.collect(2)
-out["gen2"] = len(gc.get_objects(2))
+after = gc.get_objects(2)
+out["gen2"] = len(after)
+# reached generation 2 from a younger one: what was young before, plus the
+# list `young` and the set `ids_young` themselves (young too, in generation 0)
+out["gen2_tenured"] = sum(1 for o in after if id(o) in ids_young) + 2
+del young, ids_young, after
 sys.stdout.write("PROMOTED " + json.dumps(out) + "\n")
 sys.stdout.flush()
 """
@@ -169,6 +176,12 @@ def test_gc_promotions_exact_every_generation(py):
     for name, col in (("gen0", gen0), ("gen1", gen1), ("gen2", gen2)):
         expect(col["promoted"] == truth[name],
                "%s collection promoted: refscope %r, gc.get_objects %d" % (name, col["promoted"], truth[name]))
+    # what reached generation 2: everything a generation-1 collection
+    # promotes, and a full collection's survivors from generations 0-1
+    expect(gen0["tenured"] == 0 and gen1["tenured"] == gen1["promoted"],
+           "tenured by the gen0/gen1 collections: %r %r" % (gen0, gen1))
+    expect(gen2["tenured"] == truth["gen2_tenured"],
+           "gen2 collection tenured: refscope %r, gc.get_objects %d" % (gen2["tenured"], truth["gen2_tenured"]))
     expect(gen0["promoted"] >= 51 and gen1["promoted"] >= 100, "too few promotions: %r" % truth)
 
 
