@@ -514,22 +514,25 @@ static void emit_tenured(uint32_t seq)
 
 /* Can the collector move this object to the tail of a list it is not
  * collecting? Only weakrefs with a callback (handle_weakrefs). `cache`
- * remembers the last type looked at during one walk (types cannot die
- * while we walk). */
+ * remembers the answer for the last few types looked at during one walk,
+ * direct-mapped by address (types cannot die while we walk; objects of two
+ * or three types often alternate). */
+#define TYPE_CACHE_SLOTS 8
 struct type_cache {
-    const void *type;
-    int movable;
+    const void *type[TYPE_CACHE_SLOTS];
+    uint8_t movable[TYPE_CACHE_SLOTS];
 };
 
 static int movable(const void *node, struct type_cache *cache)
 {
     const void *tp = rs_py_type(rs_py_gc_object(node));
-    if (tp != cache->type) {
-        cache->type = tp;
-        cache->movable = tp == cs.weakref_types[0] || tp == cs.weakref_types[1] ||
-                         tp == cs.weakref_types[2] || cs.is_subtype(tp, cs.weakref_types[0]);
+    unsigned k = (unsigned)((uintptr_t)tp >> 4) & (TYPE_CACHE_SLOTS - 1);
+    if (tp != cache->type[k] || !tp) {
+        cache->type[k] = tp;
+        cache->movable[k] = tp == cs.weakref_types[0] || tp == cs.weakref_types[1] ||
+                            tp == cs.weakref_types[2] || (tp && cs.is_subtype(tp, cs.weakref_types[0]));
     }
-    return cache->movable;
+    return cache->movable[k];
 }
 
 /* Both ends of the permanent generation: when they are the same at stop as
@@ -547,7 +550,7 @@ static void permanent_ends(const void *ends[2])
  * (see census_promoted and census_stop). */
 static void census_start(int g)
 {
-    struct type_cache cache = {NULL, 0};
+    struct type_cache cache = {{NULL}, {0}};
     cs.gen = g;
     cs.failed = 0;
     cs.hashed = 0;
@@ -605,7 +608,7 @@ static int census_promoted(int g, enum census_lookup lookup, uint64_t *promoted)
     int hashed = lookup != LOOKUP_NONE;
     const void *head = rs_py_gc_head(g < 2 ? g + 1 : 2);
     const void *stop = g < 2 ? cs.mark : head;
-    struct type_cache cache = {NULL, 0};
+    struct type_cache cache = {{NULL}, {0}};
 
     *promoted = 0;
     cs.tenured.n = 0;

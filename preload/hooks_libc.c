@@ -23,7 +23,7 @@
 __thread int rs_guard_depth __attribute__((tls_model("initial-exec")));
 
 /* Until the stack and Python features are linked in, these do nothing. */
-__attribute__((weak)) uint32_t rs_stack_current(void) { return 0; }
+__attribute__((weak)) uint32_t rs_stack_current(int gil_held) { (void)gil_held; return 0; }
 __attribute__((weak)) void rs_stack_note_obj_free(uint64_t addr) { (void)addr; }
 
 static void *(*real_malloc)(size_t);
@@ -111,7 +111,7 @@ int rs_libc_resolve(void)
 static inline void record_alloc(uint8_t flags, const void *p, size_t size)
 {
     if (rs_emit_on)
-        rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, rs_stack_current());
+        rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, rs_stack_current(0));
     rs_pysafe_poll();
 }
 

@@ -49,13 +49,17 @@ static char *(*real_setlocale)(int, const char *);
 
 /* ---- wrappers ---------------------------------------------------------------- */
 
+/* MEM and OBJ calls hold the GIL (the C API's contract; free-threaded builds
+ * have per-thread states anyway); RAW calls may not. */
+#define GIL_HELD(c) ((c)->domain != RS_DOMAIN_RAW)
+
 static void *wrap_malloc(void *ctx, size_t size)
 {
     struct mem_cell *c = ctx;
     int outer = rs_guard_enter();
     void *p = c->orig.malloc(c->orig.ctx, size);
     if (outer && p) {
-        rs_emit_alloc(c->domain, (uint64_t)(uintptr_t)p, size, rs_stack_current());
+        rs_emit_alloc(c->domain, (uint64_t)(uintptr_t)p, size, rs_stack_current(GIL_HELD(c)));
         rs_pysafe_poll();
     }
     rs_guard_leave();
@@ -69,7 +73,7 @@ static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
     void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
     if (outer && p)
         rs_emit_alloc(c->domain | RS_F_ZEROED, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize,
-                      rs_stack_current());
+                      rs_stack_current(GIL_HELD(c)));
     rs_guard_leave();
     return p;
 }
@@ -84,7 +88,7 @@ static void *wrap_realloc(void *ctx, void *ptr, size_t size)
     if (outer) {
         if (p)
             rs_emit_alloc(c->domain | (ptr ? RS_F_REALLOC : 0), (uint64_t)(uintptr_t)p, size,
-                          rs_stack_current());
+                          rs_stack_current(GIL_HELD(c)));
         else if (ptr)
             rs_emit_alloc(c->domain | RS_F_REALLOC | RS_F_RESTORE, (uint64_t)(uintptr_t)ptr, 0, 0);
     }
@@ -113,7 +117,7 @@ static void *wrap_arena_alloc(void *ctx, size_t size)
     rs_guard_depth++;
     void *p = c->orig.alloc(c->orig.ctx, size);
     if (p)
-        rs_emit_alloc(RS_DOMAIN_ARENA, (uint64_t)(uintptr_t)p, size, rs_stack_current());
+        rs_emit_alloc(RS_DOMAIN_ARENA, (uint64_t)(uintptr_t)p, size, rs_stack_current(1));
     rs_guard_depth--;
     return p;
 }

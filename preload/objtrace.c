@@ -48,7 +48,7 @@ static int reftracer(void *obj, int event, void *data)
     uint64_t addr = (uint64_t)(uintptr_t)obj;
     if (event == REFTRACER_CREATE) {
         uint64_t type_id = rs_pytype_id(rs_py_type(obj)); /* may define the type first */
-        uint32_t stack = rs_stack_current();               /* may define the stack first */
+        uint32_t stack = rs_stack_current(1);              /* may define the stack first */
         rs_emit_event(RS_EV_OBJ_CREATE, 0, addr, type_id, stack);
     } else if (event == REFTRACER_DESTROY) {
         rs_emit_event(RS_EV_OBJ_DESTROY, 0, addr, 0, 0);

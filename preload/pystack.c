@@ -295,7 +295,7 @@ static inline uint64_t walk_outer_key(struct walk_memo *m, const struct rs_pyfra
     return m->key;
 }
 
-uint32_t rs_stack_current(void)
+uint32_t rs_stack_current(int gil_held)
 {
     if (!stacks_on && !native_on)
         return 0;
@@ -305,7 +305,7 @@ uint32_t rs_stack_current(void)
 
     struct rs_pyframe fr[RS_PYSTACK_MAX_FRAMES];
     int truncated = 0;
-    int n = stacks_on ? rs_py_frames(fr, RS_PYSTACK_MAX_FRAMES, &truncated) : 0;
+    int n = stacks_on ? rs_py_frames(fr, RS_PYSTACK_MAX_FRAMES, &truncated, gil_held) : 0;
     uint32_t native = native_on ? rs_native_stack_current(1) : 0;
     if (n == 0 && native == 0)
         return 0;

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "pysafe.h"
 #include "pyver.h"
 #include "shim.h"
 #include "refscope/events.h"
@@ -39,6 +40,7 @@ static uint32_t parse_version(const char *s)
 static void layout_39_310(int minor)
 {
     rs_py.frames = RS_PYFRAMES_OBJECT;
+    rs_py.rt_tstate_current = 568;
     rs_py.ts_frame = 24;
     rs_py.fr_previous = 24;
     rs_py.fr_code = 32;
@@ -57,6 +59,7 @@ static void layout_39_310(int minor)
 static void layout_311(void)
 {
     rs_py.frames = RS_PYFRAMES_INTERP_311;
+    rs_py.rt_tstate_current = 576;
     rs_py.ts_frame = 56;
     rs_py.cframe_current = 8;
     rs_py.fr_code = 32;
@@ -232,9 +235,24 @@ int rs_pyver_init(void)
     return pyver_status = rc;
 }
 
+/* At the init safe point (main thread, GIL held): before 3.12 the GIL
+ * holder's state is a word of _PyRuntime, at an offset fixed per minor
+ * version; it is used only once it is seen to hold this thread's state. */
+static void check_gil_tstate(void *arg)
+{
+    (void)arg;
+    if (!rs_py.runtime || !rs_py.rt_tstate_current || rs_py.free_threaded || !rs_py.get_tstate)
+        return;
+    const void *const *slot = (const void *const *)((const char *)rs_py.runtime + rs_py.rt_tstate_current);
+    const void *ts = rs_py.get_tstate();
+    if (ts && __atomic_load_n(slot, __ATOMIC_RELAXED) == ts)
+        __atomic_store_n(&rs_py.gil_tstate, slot, __ATOMIC_RELEASE);
+}
+
 __attribute__((constructor(RS_CTOR_PYTHON))) static void pyver_ctor(void)
 {
-    rs_pyver_init();
+    if (rs_pyver_init() == 0 && rs_py.rt_tstate_current)
+        rs_pysafe_on_init(check_gil_tstate, NULL);
 }
 
 /* ---- object header ------------------------------------------------------------ */
@@ -436,14 +454,20 @@ static int frames_interp_313(const char *f, struct rs_pyframe *out, int max, int
     return n;
 }
 
-int rs_py_frames(struct rs_pyframe *out, int max, int *truncated)
+int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held)
 {
     *truncated = 0;
     if (rs_py.frames == RS_PYFRAMES_NONE)
         return 0;
-    const char *ts = rs_py.get_tstate();
-    if (!ts && rs_py.get_tstate_detached)
-        ts = rs_py.get_tstate_detached();
+    const void *const *gil_tstate = __atomic_load_n(&rs_py.gil_tstate, __ATOMIC_ACQUIRE);
+    const char *ts;
+    if (gil_held && gil_tstate) {
+        ts = __atomic_load_n(gil_tstate, __ATOMIC_RELAXED);
+    } else {
+        ts = rs_py.get_tstate();
+        if (!ts && rs_py.get_tstate_detached)
+            ts = rs_py.get_tstate_detached();
+    }
     if (!ts)
         return 0;
     const char *f = field(ts, rs_py.ts_frame);

@@ -70,6 +70,11 @@ struct rs_pyver {
     void *(*get_tstate_detached)(void); /* GILState slot: this thread's state even with the GIL released */
     void *(*get_tstate)(void);  /* this OS thread's PyThreadState, or NULL; never
                                    the GIL holder's (per-version getter)         */
+    uint32_t rt_tstate_current; /* 3.9-3.11: offset of gilstate.tstate_current (the
+                                   GIL holder's state) in _PyRuntime; 0 = none   */
+    const void *const *gil_tstate; /* &_PyRuntime.gilstate.tstate_current once the
+                                   init safe point saw it hold its own state; NULL
+                                   until then and on other versions            */
     int   (*PyCode_Addr2Line)(void *code, int byte_offset);
     const void *code_type;      /* &PyCode_Type                                   */
 
@@ -163,8 +168,11 @@ static inline void rs_pyframe_add_flags(struct rs_pyframe *f, uint32_t flags)
 /* The current thread's Python frames, innermost first, into out[0..max).
  * Frames owned by the C stack and frames not running a code object are
  * skipped. *truncated is set when more frames existed. Returns the count
- * (0 when the thread runs no Python code or the layout is unknown). */
-int rs_py_frames(struct rs_pyframe *out, int max, int *truncated);
+ * (0 when the thread runs no Python code or the layout is unknown).
+ * `gil_held`: the caller holds the GIL (a MEM or OBJ domain call), so the
+ * thread's state is the GIL holder's, one load away before 3.12 instead of
+ * a thread-specific-data lookup. */
+int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held);
 
 /* Line being executed at byte `offset` of code object `code` (0 = unknown). */
 uint32_t rs_py_code_line(const void *code, int32_t offset);

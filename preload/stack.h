@@ -11,8 +11,11 @@
 #include <stdint.h>
 
 /* Stack id for an allocation happening now on this thread; 0 = no stack
- * (stacks off, not Python and not --native, or capture impossible here). */
-uint32_t rs_stack_current(void);
+ * (stacks off, not Python and not --native, or capture impossible here).
+ * `gil_held`: the caller holds the GIL by contract (PyMem MEM and OBJ
+ * domains, arenas, the ref tracer), which makes the thread state cheaper to
+ * find; libc and RAW hooks pass 0. */
+uint32_t rs_stack_current(int gil_held);
 
 /* A block freed in the OBJ domain: lets the stack layer forget a dead code
  * object at that address (code objects are reused by address). Cheap. */
