@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,7 +24,8 @@
 #include "recorder.h"
 #include "refscope/transport.h"
 
-#define RUN_IDLE_MS 150      /* after CMD exits: wait for late descendants  */
+#define RUN_IDLE_MS 150      /* after CMD exits: wait for late descendants
+                                that are not ours to wait for (see below) */
 #define SERVE_IDLE_MS 1000
 #define SERVE_FIRST_WAIT_MS 30000
 
@@ -139,6 +141,20 @@ static int wait_child(pid_t pid)
     return 1;
 }
 
+/* `run` is the child subreaper of CMD's process tree: a descendant whose
+ * parent exits becomes our child. So once CMD has exited, no process is
+ * connected and we have no child left, no traced process can appear any
+ * more and the traces are finished without waiting RUN_IDLE_MS. Reaps the
+ * orphans that exited (recorder thread). */
+static int descendants_alive(void)
+{
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+        ;
+    return !(p < 0 && errno == ECHILD);
+}
+
 int cmd_run(int argc, char **argv)
 {
     const char *output = NULL;
@@ -235,6 +251,7 @@ int cmd_run(int argc, char **argv)
     }
     signal(SIGINT, SIG_IGN); /* the terminal's ^C reaches CMD; we stay to finish the traces */
     signal(SIGQUIT, SIG_IGN);
+    int reaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
     pid = fork();
     if (pid < 0) {
         fprintf(stderr, "refscope run: fork: %s\n", strerror(errno));
@@ -268,7 +285,7 @@ int cmd_run(int argc, char **argv)
     gate[1] = -1;
     status = wait_child(pid);
     pid = -1;
-    if (rs_recorder_finish(r, RUN_IDLE_MS, RUN_IDLE_MS) < 0)
+    if (rs_recorder_finish(r, RUN_IDLE_MS, RUN_IDLE_MS, reaper ? descendants_alive : NULL) < 0)
         fprintf(stderr, "refscope run: some trace data could not be written (see above)\n");
     print_files(r, output ? output : out_buf);
 out:
@@ -329,7 +346,7 @@ int cmd_record(int argc, char **argv)
         fprintf(stderr, "refscope record: %s\n", err);
         return 1;
     }
-    int ret = rs_recorder_finish(r, SERVE_IDLE_MS, SERVE_FIRST_WAIT_MS);
+    int ret = rs_recorder_finish(r, SERVE_IDLE_MS, SERVE_FIRST_WAIT_MS, NULL);
     rs_recorder_free(r);
     remove_shim_socket_dir(sock);
     return ret < 0 ? 1 : 0;

@@ -80,6 +80,7 @@ struct rs_recorder {
     /* control, written by the caller thread */
     int stop;                /* atomic */
     unsigned idle_ms, first_wait_ms;
+    int (*may_connect)(void);  /* rs_recorder_finish's: 0 = nobody can connect any more */
     uint64_t start_ns, last_activity_ns;
     int ever_connected;
     double cpu_seconds;      /* of the recorder thread, set when it ends */
@@ -580,6 +581,8 @@ static void *recorder_loop(void *arg)
                 accept_all(r);
         }
         if (__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) && r->nconns == 0) {
+            if (r->ever_connected && r->may_connect && !r->may_connect())
+                break;
             uint64_t t = rs_clock_mono_ns();
             if (r->ever_connected ? t - r->last_activity_ns >= r->idle_ms * 1000000ull
                                   : t - r->start_ns >= r->first_wait_ms * 1000000ull)
@@ -664,12 +667,14 @@ int rs_recorder_set_output(struct rs_recorder *r, const char *output)
     return 0;
 }
 
-int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_wait_ms)
+int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_wait_ms,
+                       int (*may_connect)(void))
 {
     if (!r->thread_started)
         return r->error;
     r->idle_ms = idle_ms;
     r->first_wait_ms = first_wait_ms;
+    r->may_connect = may_connect;
     __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
     pthread_join(r->thread, NULL);
     r->thread_started = 0;
@@ -691,7 +696,7 @@ void rs_recorder_free(struct rs_recorder *r)
     if (!r)
         return;
     if (r->thread_started)
-        rs_recorder_finish(r, 0, 0);
+        rs_recorder_finish(r, 0, 0, NULL);
     while (r->nconns)
         conn_close(r, r->nconns - 1);
     if (r->listen_fd >= 0) {

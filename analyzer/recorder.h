@@ -54,9 +54,12 @@ const char *rs_recorder_socket(const struct rs_recorder *r);
 
 /* Stop accepting the idea of more work: returns once no process is
  * connected and none connected for `idle_ms` (and, when none ever connected,
- * after `first_wait_ms`). Every connected process is drained and its file
+ * after `first_wait_ms`), or at once when no process is connected and
+ * `may_connect` (optional, called from the recorder thread) says that none
+ * can connect any more. Every connected process is drained and its file
  * finished before that. Joins the thread; returns 0 or the first write error. */
-int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_wait_ms);
+int rs_recorder_finish(struct rs_recorder *r, unsigned idle_ms, unsigned first_wait_ms,
+                       int (*may_connect)(void));
 
 /* Files written so far (stable after rs_recorder_finish). */
 size_t rs_recorder_files(const struct rs_recorder *r, const struct rs_recorder_file **files);

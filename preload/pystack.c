@@ -194,8 +194,11 @@ void rs_stack_note_obj_free(uint64_t addr)
      * and take the table probe instead. */
     const char *obj = (const char *)(uintptr_t)addr + code_block_delta;
     uint64_t page_left = 4096 - ((uintptr_t)obj & 4095);
-    if (page_left >= rs_py.ob_type + 8 && rs_py_type(obj) != rs_py.code_type)
-        return;
+    if (page_left >= rs_py.ob_type + 8) {
+        if (rs_py_type(obj) != rs_py.code_type)
+            return;
+        rs_py_code_freed();
+    }
     uint64_t key = (uint64_t)(uintptr_t)obj;
     uint32_t slot = (uint32_t)hash_addr(key) & (CODE_SLOTS - 1);
     for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
@@ -203,8 +206,10 @@ void rs_stack_note_obj_free(uint64_t addr)
         if (cur == 0)
             break;
         if (cur == key && __atomic_compare_exchange_n(&codes[slot].addr, &cur, TOMBSTONE, 0,
-                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
+            rs_py_code_freed();
+        }
     }
 }
 

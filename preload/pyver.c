@@ -396,7 +396,23 @@ static int frames_object(const char *f, struct rs_pyframe *out, int max, int *tr
 
 /* 3.11/3.12: _PyInterpreterFrames; f_code is always a code object there
  * (no type check needed), entry frames are flagged (3.11 is_entry) or are
- * frames of their own owned by the C stack (3.12). */
+ * frames of their own owned by the C stack (3.12). Only the innermost frame
+ * can be incomplete (pushed, its prologue not run yet: nothing it calls can
+ * push a frame before that), so only it is checked, and the code object's
+ * _co_firsttraceable it needs is remembered per thread, until any code
+ * object dies (rs_py_code_freed: another may take its address). */
+static __thread struct {
+    const char *code;
+    const char *traceable_end; /* code + co_code_adaptive + 2 * _co_firsttraceable */
+    uint64_t deaths;           /* code_deaths when filled                         */
+} frames_first __attribute__((tls_model("initial-exec")));
+static uint64_t code_deaths = 1;
+
+void rs_py_code_freed(void)
+{
+    __atomic_add_fetch(&code_deaths, 1, __ATOMIC_RELEASE);
+}
+
 static int frames_interp_311_312(const char *f, struct rs_pyframe *out, int max, int *truncated)
 {
     const uint32_t prev = rs_py.fr_previous, co = rs_py.fr_code, ins = rs_py.fr_instr;
@@ -414,8 +430,16 @@ static int frames_interp_311_312(const char *f, struct rs_pyframe *out, int max,
         const char *start = code + adaptive;
         const char *instr = field(f, ins);
         /* incomplete frame: pushed, not yet started (_PyFrame_IsIncomplete) */
-        if (owner != 1 && instr < start + 2 * *(const int *)(code + traceable))
-            continue;
+        if (n == 0 && owner != 1) {
+            uint64_t deaths = __atomic_load_n(&code_deaths, __ATOMIC_ACQUIRE);
+            if (frames_first.code != code || frames_first.deaths != deaths) {
+                frames_first.code = code;
+                frames_first.traceable_end = start + 2 * *(const int *)(code + traceable);
+                frames_first.deaths = deaths;
+            }
+            if (instr < frames_first.traceable_end)
+                continue;
+        }
         if (n == max) {
             *truncated = 1;
             break;

@@ -174,6 +174,10 @@ static inline void rs_pyframe_add_flags(struct rs_pyframe *f, uint32_t flags)
  * a thread-specific-data lookup. */
 int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held);
 
+/* A code object is being freed (its address may come back as another one):
+ * drops what rs_py_frames remembers about code objects. */
+void rs_py_code_freed(void);
+
 /* Line being executed at byte `offset` of code object `code` (0 = unknown). */
 uint32_t rs_py_code_line(const void *code, int32_t offset);
 

@@ -106,3 +106,31 @@ def test_fork_child_gc_report_matches_its_stats(py):
     got = [(g["collections"], g["collected"]) for g in report["generations"]][:len(expected)]
     expect(got == [tuple(e) for e in expected],
            "%s: fork child's gc report %r, its gc.get_stats() %r" % (py, got, expected))
+
+
+# Descendants that outlive the command: a fork child and a subprocess (through
+# a shell) keep running after the main process exits; `run` (their subreaper)
+# waits for them and their traces are complete.
+ORPHANS = """
+import os, subprocess, sys, time
+if os.fork() == 0:
+    time.sleep(0.5)
+    keep = [bytearray(2222) for _ in range(1000)]
+    os._exit(0)
+subprocess.Popen(["/bin/sh", "-c", 'sleep 0.5; exec "$0" -c "keep = [bytearray(3333) for _ in range(1000)]"',
+                  sys.executable])
+print("parent done")
+"""
+
+
+@per_interpreter
+def test_orphans_outliving_the_command_are_traced(py):
+    script = harness.write_script(ORPHANS)
+    t = harness.run_traced([py.path, script])
+    expect("parent done" in t.proc.stdout, "%s: %s" % (py, t.proc.stderr[-500:]))
+    found = {2222: 0, 3333: 0}
+    for path in t.traces()[1:]:
+        for size in found:
+            found[size] += _allocs_of(path, (size, size + 1))
+    expect(found[2222] >= 1000 and found[3333] >= 1000,
+           "%s: buffers of the descendants that outlived the command: %r" % (py, found))
