@@ -39,8 +39,11 @@ PROG_BIN     := $(PROG_SRC:tests/progs/%.c=$(BUILD)/tests/progs/%)
 SHIM     := $(BUILD)/librefscope.so
 CLI      := $(BUILD)/refscope
 
+# -flto: the hooks call across files (stacks, pyver, emit) on every event;
+# link-time optimization inlines those calls.
 PRELOAD_CFLAGS := -fPIC -fvisibility=hidden -ftls-model=initial-exec -fno-builtin-malloc \
-                  -fno-builtin-free -fno-builtin-calloc -fno-builtin-realloc -fno-omit-frame-pointer
+                  -fno-builtin-free -fno-builtin-calloc -fno-builtin-realloc -fno-omit-frame-pointer \
+                  -flto=auto
 PRELOAD_LIBS   := -ldl -lpthread $(call pc,--libs,libunwind)
 ANALYZER_LIBS  := $(call pc,--libs,jansson libzstd libdw zlib) -lelf -lpthread -lm
 CHECK_LIBS     := $(call pc,--libs,check)
@@ -57,7 +60,8 @@ $(BUILD)/obj/%.o: %.c
 	$(CC) $(CPPFLAGS) -Ianalyzer $(CFLAGS) $(WARN) $(call pc,--cflags,jansson libzstd libdw) $(DEPFLAGS) -c $< -o $@
 
 $(SHIM): $(PRELOAD_OBJ)
-	$(CC) -shared -Wl,-z,nodelete -Wl,--version-script=preload/exports.map -o $@ $^ $(PRELOAD_LIBS)
+	$(CC) $(CFLAGS) $(PRELOAD_CFLAGS) -shared -Wl,-z,nodelete -Wl,--version-script=preload/exports.map \
+	    -o $@ $^ $(PRELOAD_LIBS)
 
 $(CLI): $(ANALYZER_OBJ)
 	$(CC) -o $@ $^ $(ANALYZER_LIBS)
