@@ -11,9 +11,13 @@
  * The module map (RS_EV_MODULE_MAP) says which object each address belongs
  * to. It is written for every loaded object when tracing starts, and again
  * for each object that appears or disappears. Changes are noticed through the
- * loader's dlpi_adds/dlpi_subs counters, checked before every capture and by
- * the dlopen/dlclose wrappers: a capture never refers to an object the trace
- * has not described. dlopen is forwarded by a tail call so that the real
+ * loader's dlpi_adds/dlpi_subs counters, checked by the dlopen/dlclose
+ * wrappers, before a new stack is defined when one of its addresses is in
+ * no object the map knows (so a stack never refers to an object the trace
+ * has not described) and every MODULES_RECHECK captures of a thread (an
+ * object the loader unloads and replaces by itself, outside dlclose, such as
+ * an NSS module, is noticed then). Asking the loader on every capture cost
+ * about a tenth of the capture. dlopen is forwarded by a tail call so that the real
  * dlopen still sees the program's return address (its $ORIGIN / RUNPATH
  * search uses the caller's object, not ours).
  *
@@ -100,6 +104,18 @@ static uint32_t modules_epoch;         /* epoch whose map has been written (+1; 
 static uint64_t modules_adds, modules_subs; /* loader counters at last scan */
 static uint32_t modules_gen;
 static int modules_initial;            /* the scan in progress writes RS_MODULE_INITIAL */
+static uint32_t modules_used;          /* entries [0, modules_used) have ever been filled */
+static uint64_t modules_seq = 2;       /* odd while a scan changes modules[] (seqlock) */
+
+#define MODULES_RECHECK 4096u
+#define KNOWN_SLOTS 4
+/* Ranges of live modules this thread's captures hit, valid while
+ * modules_seq is what it was when they were filled (size 0 = empty). */
+static __thread struct {
+    uint64_t lo[KNOWN_SLOTS], size[KNOWN_SLOTS];
+    uint64_t seq;
+    uint32_t next, captures;
+} known __attribute__((tls_model("initial-exec")));
 
 static uint64_t mix64(uint64_t x)
 {
@@ -246,6 +262,8 @@ static int module_scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
     if (!free_slot)
         return 0; /* more than MODULES_MAX objects: the rest stay unnamed */
     struct module_entry *m = free_slot;
+    if ((uint32_t)(m - modules) >= modules_used)
+        modules_used = (uint32_t)(m - modules) + 1;
     m->bias = info->dlpi_addr;
     m->start = lo;
     m->size = hi - lo;
@@ -264,6 +282,7 @@ static int module_scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
 static void modules_sync(uint32_t epoch)
 {
     module_lock(epoch);
+    __atomic_add_fetch(&modules_seq, 1, __ATOMIC_ACQ_REL); /* odd: changing */
     modules_initial = modules_epoch != epoch + 1;
     modules_gen++;
     dl_iterate_phdr(module_scan_cb, &epoch);
@@ -275,6 +294,7 @@ static void modules_sync(uint32_t epoch)
         }
     }
     __atomic_store_n(&modules_epoch, epoch + 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&modules_seq, 1, __ATOMIC_RELEASE);
     module_unlock();
 }
 
@@ -299,6 +319,45 @@ static void modules_check(uint32_t epoch)
     modules_sync(epoch);
 }
 
+/* Is every address in a live module of this trace's map? Per-thread cache
+ * first, then the table, read under the seqlock (a scan in progress, or a
+ * new trace, answers no: the caller then asks the loader). */
+static int modules_cover(void *const *ips, int n, uint32_t epoch)
+{
+    uint64_t seq = __atomic_load_n(&modules_seq, __ATOMIC_ACQUIRE);
+    if ((seq & 1) || __atomic_load_n(&modules_epoch, __ATOMIC_ACQUIRE) != epoch + 1)
+        return 0;
+    if (known.seq != seq) {
+        memset(&known, 0, sizeof(known.lo) + sizeof(known.size));
+        known.seq = seq;
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t ip = (uint64_t)(uintptr_t)ips[i];
+        /* no branch per slot: which slot an address hits is unpredictable */
+        int hit = 0;
+        for (int k = 0; k < KNOWN_SLOTS; k++)
+            hit |= ip - known.lo[k] < known.size[k];
+        if (__builtin_expect(hit, 1))
+            continue;
+        uint32_t used = __atomic_load_n(&modules_used, __ATOMIC_ACQUIRE);
+        uint64_t lo = 0, hi = 0;
+        for (uint32_t j = 0; j < used && !hi; j++) {
+            const struct module_entry *m = &modules[j];
+            if (m->epoch == epoch && m->live && ip >= m->start && ip - m->start < m->size) {
+                lo = m->start;
+                hi = m->start + m->size;
+            }
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the table reads above, before the re-check */
+        if (!hi || __atomic_load_n(&modules_seq, __ATOMIC_RELAXED) != seq)
+            return 0;
+        int k = (int)(known.next++ % KNOWN_SLOTS);
+        known.lo[k] = lo;
+        known.size[k] = hi - lo;
+    }
+    return 1;
+}
+
 /* ---- capture ------------------------------------------------------------------ */
 
 static int in_shim(uintptr_t ip)
@@ -312,6 +371,10 @@ static void nstack_emit(uint32_t id, void *const *ips, int n, uint16_t flags)
 {
     uint8_t data[8 + RS_NSTACK_MAX_FRAMES * 8];
     struct rs_buf b = {data, 0, sizeof(data), 0};
+    uint32_t epoch = rs_emit_epoch();
+
+    if (!modules_cover(ips, n, epoch))
+        modules_check(epoch); /* its objects go into the map first */
 
     rs_buf_u32(&b, id);
     rs_buf_u16(&b, (uint16_t)n);
@@ -330,7 +393,6 @@ uint32_t rs_native_stack_current(int skip)
     if (!native_enabled || !rs_emit_active())
         return 0;
     uint32_t epoch = rs_emit_epoch();
-    modules_check(epoch);
 
     n = unw_backtrace(ips, (int)(sizeof(ips) / sizeof(ips[0])));
     if (n <= 0)
@@ -353,6 +415,8 @@ uint32_t rs_native_stack_current(int skip)
         flags |= RS_NSTACK_TRUNCATED;
     }
     void **frames = ips + first;
+    if (__builtin_expect(++known.captures % MODULES_RECHECK == 0, 0))
+        modules_check(epoch);
 
     /* Two independent sums of ip * per-position random constant: the
      * multiplies do not depend on each other, so this runs at about a cycle

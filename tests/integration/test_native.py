@@ -151,3 +151,42 @@ def test_build_id_mismatch_warns():
     text = refscope("top", "--native", traced.trace, timeout=60)
     expect(text.returncode == 0 and "build-id" in text.stdout,
            "text report does not say build-id differs:\n" + text.stdout[:2000])
+
+
+DLOPEN_LIB = r"""
+#include <stdlib.h>
+__attribute__((noinline)) void *refscope_dl_alloc_marker(size_t n) { return malloc(n); }
+"""
+
+DLOPEN_PROG = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])            # loaded long after tracing started
+lib.refscope_dl_alloc_marker.restype = ctypes.c_void_p
+lib.refscope_dl_alloc_marker.argtypes = [ctypes.c_size_t]
+keep = [lib.refscope_dl_alloc_marker(200003) for _ in range(20)]  # DL_LINE
+"""
+
+
+@per_interpreter
+def test_dlopened_library_symbolized(py):
+    """A library dlopened by the program after tracing started: the stacks
+    through it name its function (its module map was written before the
+    first stack that refers to it)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise Skip("no C compiler")
+    d = workdir()
+    src, lib = os.path.join(d, "dl.c"), os.path.join(d, "libdlmarker.so")
+    with open(src, "w") as f:
+        f.write(DLOPEN_LIB)
+    import subprocess
+    subprocess.run([cc, "-O1", "-g", "-shared", "-fPIC", "-o", lib, src], check=True, timeout=120)
+    script = write_script(DLOPEN_PROG, "dl.py")
+    traced = run_traced([py.path, script, lib], run_args=("--native",), timeout=120)
+    top = refscope_json("top", "--native", "--depth", "100", "--by", "live", "--limit", "0",
+                        "--file", "dl.py", traced.trace, timeout=120)
+    site = _find_site(top["sites"], lambda fr: any(f["native"] and f["function"] == "refscope_dl_alloc_marker"
+                                                  for f in fr))
+    expect(site is not None, "%s: no stack through the dlopened library's function\n%s"
+           % (py, _describe(top["sites"])))
+    expect(site["live_bytes_end"] == 20 * 200003, "%s: live bytes %d" % (py, site["live_bytes_end"]))
