@@ -86,7 +86,8 @@ static struct {
     pyobj *(*tuple_get)(pyobj *, long);
     int (*tuple_set)(pyobj *, long, pyobj *);
     long long (*long_as)(pyobj *);
-    pyobj *(*dict_get)(pyobj *, const char *);
+    pyobj *(*dict_get_obj)(pyobj *, pyobj *);
+    pyobj *(*intern)(const char *);
     const char *(*utf8)(pyobj *);
     pyobj *(*str_from)(const char *);
     int (*is_true)(pyobj *);
@@ -117,7 +118,8 @@ static const struct api_entry api_entries[] = {
     {"PyTuple_GetItem", (void **)&api.tuple_get},
     {"PyTuple_SetItem", (void **)&api.tuple_set},
     {"PyLong_AsLongLong", (void **)&api.long_as},
-    {"PyDict_GetItemString", (void **)&api.dict_get},
+    {"PyDict_GetItem", (void **)&api.dict_get_obj},
+    {"PyUnicode_InternFromString", (void **)&api.intern},
     {"PyDict_New", (void **)&api.dict_new},
     {"PyDict_SetItemString", (void **)&api.dict_set},
     {"PyUnicode_AsUTF8", (void **)&api.utf8},
@@ -134,6 +136,9 @@ static const struct api_entry api_entries[] = {
 static struct {
     pyobj *get_count, *get_threshold, *isenabled, *get_freeze_count, *get_stats;
     pyobj *callbacks; /* the interpreter's gc.callbacks list */
+    pyobj *key_generation, *key_collections, *key_collected, *key_uncollectable; /* interned keys */
+    int direct;       /* thresholds, counts and `enabled` read from the GC state
+                         (pyver), checked against the gc module at registration */
 } gcf;
 
 struct gc_config {
@@ -189,9 +194,10 @@ static long long int_item(pyobj *tuple, long i)
     return v;
 }
 
-static long long dict_int(pyobj *dict, const char *key)
+/* info[key]; `key` an interned str (no object made per lookup) */
+static long long dict_int(pyobj *dict, pyobj *key)
 {
-    pyobj *it = api.dict_get(dict, key);
+    pyobj *it = key ? api.dict_get_obj(dict, key) : NULL;
     long long v;
     if (!it)
         return 0;
@@ -208,10 +214,22 @@ static uint32_t sat32(long long v)
 
 /* ---- configuration ---------------------------------------------------------- */
 
-static int read_config(struct gc_config *c)
+/* The configuration. `freeze`: ask gc.get_freeze_count() too, which walks
+ * the permanent generation (O(frozen objects)): only at registration and
+ * after the program called freeze/unfreeze; otherwise the last count is
+ * kept. With gcf.direct, thresholds and `enabled` are two loads. */
+static int read_config(struct gc_config *c, int freeze)
 {
     pyobj *t, *e, *f;
     memset(c, 0, sizeof(*c));
+    c->freeze_count = st.have_config ? st.config.freeze_count : UINT64_MAX;
+    if (gcf.direct) {
+        c->nthresh = 3;
+        for (int i = 0; i < 3; i++)
+            c->thresh[i] = (uint64_t)rs_py_gc_threshold(i);
+        c->enabled = rs_py_gc_enabled() > 0;
+        goto freeze_count;
+    }
     t = call0(gcf.get_threshold);
     if (!t)
         return -EIO;
@@ -224,6 +242,9 @@ static int read_config(struct gc_config *c)
         c->enabled = api.is_true(e) > 0;
         api.decref(e);
     }
+freeze_count:
+    if (!freeze && st.have_config)
+        return 0;
     c->freeze_count = UINT64_MAX;
     f = call0(gcf.get_freeze_count);
     if (f) {
@@ -254,7 +275,8 @@ static void emit_config(const struct gc_config *c, uint8_t reason, const char *f
 static void check_config(uint8_t reason, const char *fn_name)
 {
     struct gc_config c;
-    if (read_config(&c) != 0)
+    int freeze = reason != RS_GC_CFG_NOTICED;
+    if (read_config(&c, freeze) != 0)
         return;
     if (reason == RS_GC_CFG_CALL || reason == RS_GC_CFG_INITIAL || !st.have_config ||
         memcmp(&c, &st.config, sizeof(c)) != 0) {
@@ -726,12 +748,14 @@ static void on_start(pyobj *info)
     pyobj *counts;
     struct rs_slot rec;
     long long c[3] = {0, 0, 0};
-    int gen = (int)dict_int(info, "generation");
+    int gen = (int)dict_int(info, gcf.key_generation);
 
     rs_objtrace_check();
     check_config(RS_GC_CFG_NOTICED, NULL);
-    counts = call0(gcf.get_count);
-    if (counts) {
+    if (gcf.direct) {
+        for (int i = 0; i < 3; i++)
+            c[i] = rs_py_gc_count(i);
+    } else if ((counts = call0(gcf.get_count))) {
         for (long i = 0; i < 3 && i < api.tuple_size(counts); i++)
             c[i] = int_item(counts, i);
         api.decref(counts);
@@ -762,8 +786,8 @@ static void on_stop(pyobj *info)
     memset(&rec, 0, sizeof(rec));
     rec.kind = RS_EV_GC_STOP;
     rec.flags = st.start_flags;
-    rec.addr = (uint64_t)dict_int(info, "collected");
-    rec.size = (uint64_t)dict_int(info, "uncollectable");
+    rec.addr = (uint64_t)dict_int(info, gcf.key_collected);
+    rec.size = (uint64_t)dict_int(info, gcf.key_uncollectable);
     rec.stack = pause >= 0xffffffffull ? 0xffffffffu : (uint32_t)pause;
     if (!st.in_collection)
         return;
@@ -917,9 +941,9 @@ static void emit_baseline(void)
     rs_buf_u32(&b, 0);
     for (long i = 0; i < n; i++) {
         pyobj *d = api.list_get(stats, i);
-        rs_buf_u64(&b, (uint64_t)dict_int(d, "collections"));
-        rs_buf_u64(&b, (uint64_t)dict_int(d, "collected"));
-        rs_buf_u64(&b, (uint64_t)dict_int(d, "uncollectable"));
+        rs_buf_u64(&b, (uint64_t)dict_int(d, gcf.key_collections));
+        rs_buf_u64(&b, (uint64_t)dict_int(d, gcf.key_collected));
+        rs_buf_u64(&b, (uint64_t)dict_int(d, gcf.key_uncollectable));
     }
     api.decref(stats);
     rs_emit_var(RS_EV_GC_INFO, 0, 0, 0, data, b.len);
@@ -972,6 +996,39 @@ static void register_at_fork_child(void)
         api.decref(os);
 }
 
+/* Can the configuration and counts be read from the GC state (pyver) rather
+ * than through gc functions (three calls and their objects per collection)?
+ * Only when pyver found the state and it agrees with the gc module now. */
+static int direct_state_agrees(void)
+{
+    pyobj *t, *n;
+    int ok = 0;
+    if (!st.generational || rs_py_gc_lists_init() != 0)
+        return 0;
+    t = call0(gcf.get_threshold);
+    n = call0(gcf.get_count);
+    if (t && n && api.tuple_size(t) == 3 && api.tuple_size(n) == 3) {
+        ok = 1;
+        for (int i = 0; i < 3; i++)
+            ok &= int_item(t, i) == rs_py_gc_threshold(i);
+        /* the count of generation 0 moves with every container made */
+        ok &= int_item(n, 1) == rs_py_gc_count(1) && int_item(n, 2) == rs_py_gc_count(2);
+    }
+    if (t)
+        api.decref(t);
+    if (n)
+        api.decref(n);
+    pyobj *e = call0(gcf.isenabled);
+    if (e) {
+        ok &= (api.is_true(e) > 0) == (rs_py_gc_enabled() > 0);
+        api.decref(e);
+    } else {
+        ok = 0;
+    }
+    api.err_clear();
+    return ok;
+}
+
 static int register_callbacks(void)
 {
     pyobj *gc = NULL, *callbacks = NULL, *cb = NULL, *atexit_mod = NULL, *reg = NULL, *fn = NULL, *res;
@@ -994,6 +1051,12 @@ static int register_callbacks(void)
         goto out;
     api.incref(callbacks);
     gcf.callbacks = callbacks; /* kept: the census looks at its length */
+    gcf.key_generation = api.intern("generation");
+    gcf.key_collections = api.intern("collections");
+    gcf.key_collected = api.intern("collected");
+    gcf.key_uncollectable = api.intern("uncollectable");
+    api.err_clear();
+    gcf.direct = direct_state_agrees();
 
     if (st.census && census_setup() != 0) {
         st.census = 0;

@@ -987,3 +987,15 @@ int rs_py_gc_threshold(int generation)
         return -1;
     return *(const int *)(census_gen0 + generation * SNAP_GEN_STRIDE + 16);
 }
+
+int rs_py_gc_count(int generation)
+{
+    if (!census_gen0 || generation < 0 || generation > 2)
+        return -1;
+    return *(const int *)(census_gen0 + generation * SNAP_GEN_STRIDE + 20);
+}
+
+int rs_py_gc_enabled(void)
+{
+    return census_gen0 ? *(const int *)(census_gen0 - SNAP_GC_ENABLED) != 0 : -1;
+}

@@ -330,8 +330,12 @@ int rs_py_gc_lists_init(void);
  * (RS_PYVER_GEN_PERMANENT); NULL before rs_py_gc_lists_init() succeeded. */
 const void *rs_py_gc_head(int generation);
 
-/* The collection threshold of generation 0..2 as the GC state holds it. */
+/* The collection threshold of generation 0..2, its count (gc.get_count())
+ * and whether collection is enabled, as the GC state holds them; -1 before
+ * rs_py_gc_lists_init() succeeded. */
 int rs_py_gc_threshold(int generation);
+int rs_py_gc_count(int generation);
+int rs_py_gc_enabled(void);
 
 static inline const void *rs_py_gc_next(const void *node)
 {
