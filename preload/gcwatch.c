@@ -566,6 +566,40 @@ static void permanent_ends(const void *ends[2])
     ends[1] = rs_py_gc_prev(head);
 }
 
+/* Calls visit(node, ctx) for every node of the whole list at `head`, in no
+ * particular order, until one returns nonzero (returned). A walk is bound by
+ * memory latency (one dependent load per node), so this one follows the
+ * list from both ends at once: two independent chains meeting in the middle
+ * (a third to a half less time than one chain). Inlined with its visitor. */
+__attribute__((always_inline))
+static inline int walk_list(const void *head, int (*visit)(const void *node, void *ctx), void *ctx)
+{
+    const void *a = rs_py_gc_next(head), *b = rs_py_gc_prev(head);
+    int r;
+    if (a == head)
+        return 0;
+    for (;;) {
+        if ((r = visit(a, ctx)) != 0)
+            return r;
+        if (a == b)
+            return 0; /* odd length: met on the middle node */
+        if ((r = visit(b, ctx)) != 0)
+            return r;
+        const void *an = rs_py_gc_next(a), *bp = rs_py_gc_prev(b);
+        if (an == b)
+            return 0; /* even length: the two halves are done */
+        a = an;
+        b = bp;
+    }
+}
+
+__attribute__((always_inline))
+static inline int examine_node(const void *node, void *tag)
+{
+    uint64_t key = (uint64_t)(uintptr_t)rs_py_gc_object(node) << 2 | (uint64_t)(uintptr_t)tag;
+    return rs_u64vec_push(&cs.examined, key) != 0 ? -ENOMEM : 0;
+}
+
 /* At the start of a collection of generation g: counts and remembers the
  * objects of generations 0..g, and marks the end of the list survivors go
  * to. The examined set is hashed at stop, and only as much of it as needed
@@ -581,11 +615,10 @@ static void census_start(int g)
         const void *head = rs_py_gc_head(i);
         uint64_t tag = i < 2 ? TAG_YOUNG : TAG_OLD;
         size_t before = cs.examined.n;
-        for (const void *node = rs_py_gc_next(head); node != head; node = rs_py_gc_next(node))
-            if (rs_u64vec_push(&cs.examined, (uint64_t)(uintptr_t)rs_py_gc_object(node) << 2 | tag) != 0) {
-                cs.failed = 1;
-                return;
-            }
+        if (walk_list(head, examine_node, (void *)(uintptr_t)tag) != 0) {
+            cs.failed = 1;
+            return;
+        }
         cs.counts[i] = cs.examined.n - before;
     }
     cs.young_n = g == 2 ? (size_t)(cs.counts[0] + cs.counts[1]) : cs.examined.n;
@@ -625,38 +658,59 @@ static int permanent_changed(void)
  * generation did not change and that no other callback could track objects
  * (the collector adds nothing else to generation 2). LOOKUP_ALL asks the
  * hash of everything examined. */
+struct promote_walk {
+    int g;
+    enum census_lookup lookup;
+    uint64_t promoted;
+    struct type_cache cache;
+};
+
+/* One object of the walk below: 0, -EAGAIN or -ENOMEM. */
+__attribute__((always_inline))
+static inline int promote_node(const void *node, void *ctx)
+{
+    struct promote_walk *w = ctx;
+    uint64_t addr = (uint64_t)(uintptr_t)rs_py_gc_object(node);
+    unsigned tag = TAG_YOUNG;
+    if (w->lookup == LOOKUP_ALL)
+        tag = set_tag(addr);
+    else if (w->lookup == LOOKUP_YOUNG)
+        tag = set_tag(addr) ? TAG_YOUNG : TAG_OLD;
+    else if (movable(node, &w->cache))
+        return -EAGAIN;
+    if (!tag)
+        return 0; /* a moved weakref, or unfrozen during the collection */
+    w->promoted++;
+    if (w->g >= 1 && tag == TAG_YOUNG && rs_u64vec_push(&cs.tenured, addr) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
 static int census_promoted(int g, enum census_lookup lookup, uint64_t *promoted)
 {
-    int hashed = lookup != LOOKUP_NONE;
-    const void *head = rs_py_gc_head(g < 2 ? g + 1 : 2);
-    const void *stop = g < 2 ? cs.mark : head;
-    struct type_cache cache = {{NULL}, {0}};
+    struct promote_walk w = {g, lookup, 0, {{NULL}, {0}}};
+    int r = 0;
 
-    *promoted = 0;
     cs.tenured.n = 0;
-    for (const void *node = rs_py_gc_prev(head); node != stop; node = rs_py_gc_prev(node)) {
-        if (node == head) {
-            if (!hashed)
-                return -EAGAIN; /* the mark died or left: old members were walked too */
-            break;
+    if (g == 2) {
+        r = walk_list(rs_py_gc_head(2), promote_node, &w); /* all of it, both ends at once */
+    } else {
+        /* from the tail back to the mark: the mark may have died, so never
+         * read from it forwards */
+        const void *head = rs_py_gc_head(g + 1);
+        for (const void *node = rs_py_gc_prev(head); node != cs.mark && !r; node = rs_py_gc_prev(node)) {
+            if (node == head) {
+                if (lookup == LOOKUP_NONE)
+                    r = -EAGAIN; /* the mark died or left: old members were walked too */
+                break;
+            }
+            r = promote_node(node, &w);
         }
-        uint64_t addr = (uint64_t)(uintptr_t)rs_py_gc_object(node);
-        unsigned tag = TAG_YOUNG;
-        if (lookup == LOOKUP_ALL)
-            tag = set_tag(addr);
-        else if (lookup == LOOKUP_YOUNG)
-            tag = set_tag(addr) ? TAG_YOUNG : TAG_OLD;
-        else if (movable(node, &cache))
-            return -EAGAIN;
-        if (!tag)
-            continue; /* a moved weakref, or unfrozen during the collection */
-        ++*promoted;
-        if (g >= 1 && tag == TAG_YOUNG && rs_u64vec_push(&cs.tenured, addr) != 0)
-            return -ENOMEM;
     }
-    if (lookup == LOOKUP_NONE && permanent_changed())
-        return -EAGAIN;
-    return 0;
+    *promoted = w.promoted;
+    if (r == 0 && lookup == LOOKUP_NONE && permanent_changed())
+        r = -EAGAIN;
+    return r;
 }
 
 /* At the stop of the collection census_start saw: promoted objects, the
