@@ -19,22 +19,14 @@
  *    reservation that had to wait) until n + capacity/16 slots are free
  *    (batches, see rs_ring_reserve_slow), lossy mode drops the record and
  *    counts it.
- *  - Byte 0 of a slot (the `kind` byte) carries the record kind in its low
- *    7 bits and, in bit 7, the lap of the slot index: (index >> log2
- *    capacity) & 1 (RS_RING_LAP_BIT). A slot holds a record of index i when
- *    its kind is not 0 and its lap bit is i's; what an earlier lap left there
- *    has the other lap bit, and a fresh ring is all zeroes. So the consumer
- *    never writes to the slots: their cache lines go from producer to
- *    consumer and back without the consumer taking them over.
  *  - The producer writes the record; for a VAR record the continuation slots
- *    first (byte 0 = RS_EV_CONT with the lap bit), then the first slot's
- *    fields, then stores the first slot's kind byte, lap bit set as above,
- *    with release order. That store commits.
- *  - The consumer reads slot `tail`: not committed for index `tail` means it
- *    waits. Otherwise it loads the record (acquire), copies it out and
- *    advances `tail` (release) past every slot of the record. The consumer
- *    never sees a half-written record.
- *  - When the producer process is dead (socket EOF) an uncommitted slot
+ *    first (byte 0 = RS_EV_CONT), then the first slot's fields, then stores
+ *    the first slot's `kind` byte with release order. That store commits.
+ *  - The consumer reads slot `tail`: kind == 0 means not yet committed; it
+ *    waits. Otherwise it loads the record (acquire), copies it out, zeroes the
+ *    kind byte of every slot of the record and advances `tail` (release).
+ *    The consumer never sees a half-written record.
+ *  - When the producer process is dead (socket EOF) a slot with kind == 0
  *    below `head` is a record whose producer died mid-write: the consumer
  *    skips it and any RS_EV_CONT slots after it (rs_ring_consume with
  *    RS_RING_PRODUCER_DEAD). Everything committed is still delivered.
@@ -60,7 +52,7 @@
 #include "refscope/events.h"
 
 #define RS_RING_MAGIC   0x474e495253464552ull /* "REFSRING" */
-#define RS_RING_VERSION 2u /* 2: lap bit in the kind byte, the consumer does not clear slots */
+#define RS_RING_VERSION 1u
 #define RS_RING_HEADER_BYTES 4096u
 /* Default slots area (REFSCOPE_RING_MB overrides): 512 Ki records, ~20 ms of
  * a producer at full speed, to ride out the recorder's sleeps and batches.
@@ -99,7 +91,6 @@ struct rs_ring {
     struct rs_ring_header *hdr;
     struct rs_slot *slots;
     uint64_t mask;        /* capacity - 1 */
-    uint32_t lap_shift;   /* log2(capacity): index >> lap_shift is the lap */
     size_t map_bytes;     /* header + slots */
     /* Producer-process only (set to 0/NULL by rs_ring_format/attach): */
     uint64_t tail_cache;  /* last tail a producer read; avoids a shared load per reserve */
@@ -189,28 +180,10 @@ static inline struct rs_slot *rs_ring_slot(struct rs_ring *ring, uint64_t index)
     return &ring->slots[index & ring->mask];
 }
 
-/* Bit 7 of the kind byte: the lap of slot index `index` (see the top). */
-#define RS_RING_LAP_BIT 0x80u
-static inline uint8_t rs_ring_lap_bit(const struct rs_ring *ring, uint64_t index)
-{
-    return (uint8_t)(((index >> ring->lap_shift) & 1u) << 7);
-}
-
 /* Commit the record whose first slot is `index` (all fields but kind written). */
 static inline void rs_ring_commit(struct rs_ring *ring, uint64_t index, uint8_t kind)
 {
-    __atomic_store_n(&rs_ring_slot(ring, index)->kind, (uint8_t)(kind | rs_ring_lap_bit(ring, index)),
-                     __ATOMIC_RELEASE);
-}
-
-/* The kind of the record committed at `index` (acquire), or RS_EV_EMPTY
- * when slot `index` holds none of this lap. A continuation slot of this lap
- * reads as RS_EV_CONT. */
-static inline uint8_t rs_ring_committed_kind(const struct rs_ring *ring, uint64_t index)
-{
-    uint8_t b = __atomic_load_n(&ring->slots[index & ring->mask].kind, __ATOMIC_ACQUIRE);
-    return (uint8_t)(b ^ rs_ring_lap_bit(ring, index)) < RS_RING_LAP_BIT ? (uint8_t)(b & 0x7fu)
-                                                                          : (uint8_t)RS_EV_EMPTY;
+    __atomic_store_n(&rs_ring_slot(ring, index)->kind, kind, __ATOMIC_RELEASE);
 }
 
 /* Convenience: write a whole fixed record. Returns 0, or -ENOSPC if dropped. */

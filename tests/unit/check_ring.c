@@ -228,7 +228,7 @@ START_TEST(test_dead_producer_skipped)
     uint64_t var = rs_ring_reserve(&ring, rs_var_slots(sizeof(payload)));
     ck_assert_uint_eq(var, 2);
     for (uint32_t k = 1; k < rs_var_slots(sizeof(payload)); k++)
-        ((uint8_t *)rs_ring_slot(&ring, var + k))[0] = RS_EV_CONT | rs_ring_lap_bit(&ring, var + k);
+        ((uint8_t *)rs_ring_slot(&ring, var + k))[0] = RS_EV_CONT;
     rec.addr = 2;
     ck_assert_int_eq(rs_ring_put(&ring, &rec), 0); /* another thread's committed record */
 
@@ -243,56 +243,9 @@ START_TEST(test_dead_producer_skipped)
     ck_assert_uint_eq(got.addr, 2);
     ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, RS_RING_PRODUCER_DEAD), 0);
     ck_assert_uint_eq(ring.hdr->tail, ring.hdr->head);
-    /* nothing in the ring reads as committed for the next lap */
+    /* the skipped slots are clean for the next lap */
     for (uint64_t i = 0; i < ring.hdr->head; i++)
-        ck_assert_uint_eq(rs_ring_committed_kind(&ring, i + 64), RS_EV_EMPTY);
-    free(ring.hdr);
-}
-END_TEST
-
-/* ---- laps: the consumer never clears a slot; the lap bit tells old from new -------------- */
-
-START_TEST(test_laps_without_clearing)
-{
-    struct rs_ring ring;
-    ring_new(&ring, 8, 0);
-    struct rs_slot rec = { .kind = RS_EV_ALLOC }, got, out[8];
-    uint8_t payload[40], buf[64];
-    uint32_t len;
-    uint64_t next = 0, seen = 0;
-    memset(payload, 0x33, sizeof(payload));
-    /* 62 laps of fixed and VAR records: every record once, in order */
-    for (int round = 0; round < 100; round++) {
-        for (int i = 0; i < 3; i++) {
-            rec.size = next++;
-            ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
-        }
-        struct rs_slot var = { .kind = RS_EV_NOTE, .time = next++ };
-        ck_assert_int_eq(rs_ring_put_var(&ring, &var, payload, sizeof(payload)), 0); /* 2 slots */
-        ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 8), 3);
-        for (int i = 0; i < 3; i++)
-            ck_assert_uint_eq(out[i].size, seen++);
-        ck_assert_int_eq(rs_ring_consume(&ring, &got, buf, sizeof(buf), &len, 0), 1);
-        ck_assert_uint_eq(got.kind, RS_EV_NOTE);
-        ck_assert_uint_eq(got.time, seen++);
-        ck_assert_uint_eq(len, sizeof(payload));
-        ck_assert_int_eq(memcmp(buf, payload, sizeof(payload)), 0);
-        /* what is left in the ring is the old lap's, never a record */
-        ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 0);
-        ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 8), 0);
-    }
-    ck_assert_uint_eq(ring.hdr->head, 500); /* 62.5 laps */
-    /* a producer that reserved and died: the slot still holds a committed
-     * record of the previous lap, which must not be taken for this one */
-    ck_assert_uint_eq(rs_ring_reserve(&ring, 1), 500);
-    ck_assert_uint_ne(rs_ring_slot(&ring, 500)->kind, 0);
-    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 0);
-    ck_assert_uint_eq(rs_ring_consume_fixed(&ring, out, 8), 0);
-    rec.size = 7;
-    ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
-    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, RS_RING_PRODUCER_DEAD), 1);
-    ck_assert_uint_eq(got.size, 7);
-    ck_assert_uint_eq(ring.hdr->tail, ring.hdr->head);
+        ck_assert_uint_eq(rs_ring_slot(&ring, i)->kind, 0);
     free(ring.hdr);
 }
 END_TEST
@@ -483,7 +436,6 @@ static Suite *ring_suite(void)
     tcase_add_test(tc, test_var_wrap);
     tcase_add_test(tc, test_lossy_counts_drops);
     tcase_add_test(tc, test_dead_producer_skipped);
-    tcase_add_test(tc, test_laps_without_clearing);
     tcase_add_test(tc, test_full_ring_waits);
     tcase_add_test(tc, test_closed_and_stalled);
     tcase_add_test(tc, test_full_ring_resumes_in_batches);
