@@ -127,7 +127,9 @@ def bench_snapshot(build, python="python3"):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="runs of each (traced and untraced), the fastest counts; default 3 on the "
+                         "first interpreter (the one with targets), 1 on the others")
     ap.add_argument("--rounds", type=int, default=1000, help="churn rounds (10000 objects each)")
     ap.add_argument("--mode", choices=sorted(MODES) + ["all"], default="all",
                     help="pipeline (--no-stacks --gc-census=off), nostacks, default (Python stacks), "
@@ -158,7 +160,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="refscope-bench-") as d:
         for py, mode in runs:
             try:
-                line = bench_one(py, build, opts.rounds, opts.repeat, d, mode)
+                repeat = opts.repeat or (3 if py is pys[0] else 1)
+                line = bench_one(py, build, opts.rounds, repeat, d, mode)
                 target = " target <= %.1fx" % TARGETS[mode] if mode in TARGETS else ""
                 print("%s  [%s%s]" % (line, mode, target), flush=True)
             except subprocess.TimeoutExpired:

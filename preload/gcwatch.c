@@ -10,9 +10,14 @@
  * Configuration changes are seen two ways: gc.set_threshold, disable, enable,
  * freeze and unfreeze are replaced in the gc module by wrappers that call the
  * original and then record the new state (exact time of the change); and the
- * state is compared at every collection start and at exit, which catches
- * changes made through the C API (PyGC_Disable) or through a reference to a
- * gc function taken before refscope registered.
+ * thresholds and `enabled` are compared at every collection start and at
+ * exit, which catches changes made through the C API (PyGC_Disable) or
+ * through a reference to a gc function taken before refscope registered.
+ * They are read from the GC state itself where pyver finds it (3.9-3.13
+ * default builds, checked against the gc module at registration), else
+ * through the gc functions. The freeze count (gc.get_freeze_count() walks the
+ * whole permanent generation) is read at registration, after the program's
+ * freeze/unfreeze calls and at exit only.
  *
  * Census (format 2: exact promotions at a small cost; REFSCOPE_GC_CENSUS=off
  * turns it off). At the start of a collection of generation g we walk the
