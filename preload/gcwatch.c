@@ -227,29 +227,29 @@ static int read_config(struct gc_config *c, int freeze)
 {
     pyobj *t, *e, *f;
     memset(c, 0, sizeof(*c));
-    c->freeze_count = st.have_config ? st.config.freeze_count : UINT64_MAX;
     if (gcf.direct) {
         c->nthresh = 3;
         for (int i = 0; i < 3; i++)
             c->thresh[i] = (uint64_t)rs_py_gc_threshold(i);
         c->enabled = rs_py_gc_enabled() > 0;
-        goto freeze_count;
+    } else {
+        t = call0(gcf.get_threshold);
+        if (!t)
+            return -EIO;
+        c->nthresh = (uint8_t)(api.tuple_size(t) > 3 ? 3 : api.tuple_size(t));
+        for (int i = 0; i < c->nthresh; i++)
+            c->thresh[i] = (uint64_t)int_item(t, i);
+        api.decref(t);
+        e = call0(gcf.isenabled);
+        if (e) {
+            c->enabled = api.is_true(e) > 0;
+            api.decref(e);
+        }
     }
-    t = call0(gcf.get_threshold);
-    if (!t)
-        return -EIO;
-    c->nthresh = (uint8_t)(api.tuple_size(t) > 3 ? 3 : api.tuple_size(t));
-    for (int i = 0; i < c->nthresh; i++)
-        c->thresh[i] = (uint64_t)int_item(t, i);
-    api.decref(t);
-    e = call0(gcf.isenabled);
-    if (e) {
-        c->enabled = api.is_true(e) > 0;
-        api.decref(e);
-    }
-freeze_count:
-    if (!freeze && st.have_config)
+    if (!freeze && st.have_config) {
+        c->freeze_count = st.config.freeze_count;
         return 0;
+    }
     c->freeze_count = UINT64_MAX;
     f = call0(gcf.get_freeze_count);
     if (f) {
@@ -792,10 +792,11 @@ static int census_setup(void)
     cs.is_subtype = (int (*)(const void *, const void *))dlsym(RTLD_DEFAULT, "PyType_IsSubtype");
     if (!cs.weakref_types[0] || !cs.weakref_types[1] || !cs.weakref_types[2] || !cs.is_subtype)
         return -ENOSYS;
-    /* the lists found must be the ones gc.get_threshold() describes */
-    for (int i = 0; i < 3 && i < st.config.nthresh; i++)
-        if ((uint64_t)rs_py_gc_threshold(i) != st.config.thresh[i])
-            return -ENOENT;
+    /* the lists found must be the ones the gc module describes: checked once,
+     * by direct_state_agrees() (before, this compared thresholds with a
+     * configuration not read yet at this point, which checked nothing) */
+    if (!gcf.direct)
+        return -ENOENT;
     st.census_types = dlsym(RTLD_DEFAULT, "PyRefTracer_SetTracer") == NULL;
     return 0;
 }
