@@ -843,7 +843,7 @@ int rs_pyver_snap_foreach_tracked(int (*fn)(void *obj, int generation, void *arg
     int rc = 0;
     *enabled = 0; /* no collection may reorder the lists under us (3.9-3.11 collect inside allocations) */
     for (int g = 0; g <= RS_PYVER_GEN_PERMANENT && rc >= 0; g++) {
-        char *head = g == RS_PYVER_GEN_PERMANENT ? gen0 + SNAP_GEN_PERMANENT : gen0 + g * SNAP_GEN_STRIDE;
+        char *head = (char *)rs_py_gc_head(g);
         for (char *node = *(char **)head; node && node != head && rc >= 0;) {
             rc = fn(node + 16, g, arg);
             node = (char *)(*(uintptr_t *)node & ~(uintptr_t)7);
@@ -883,7 +883,7 @@ int rs_pyver_snap_foreach_garbage(int (*fn)(void *obj, void *arg), void *arg)
 int rs_pyver_snap_gc_enabled(void)
 {
     if (snapapi.gen0)
-        return *(int *)(snapapi.gen0 - SNAP_GC_ENABLED) != 0;
+        return rs_py_gc_enabled();
     return snapapi.PyGC_IsEnabled ? snapapi.PyGC_IsEnabled() != 0 : 255;
 }
 
@@ -957,45 +957,44 @@ out:
 }
 
 /* ---- gc census (issue 4) ---- */
-/* The census walks the same lists as snapshots and finds them the same way
- * (snap_find_gen0 above: the GC state's self-pointer signature). */
-static char *census_gen0;
-
+/* The census walks the same lists as snapshots, found once by whichever
+ * asks first (snap_find_gen0 above: the GC state's self-pointer signature)
+ * and kept in snapapi.gen0. */
 int rs_py_gc_lists_init(void)
 {
-    if (census_gen0)
-        return 0;
     if (!rs_py.is_python || rs_py.free_threaded || rs_py.hex < 0x03090000u || rs_py.hex >= 0x030e0000u)
         return -ENOTSUP;
+    if (snapapi.gen0)
+        return 0;
     if (!snapapi.PyInterpreterState_Get)
         snapapi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
-    census_gen0 = snap_find_gen0();
-    return census_gen0 ? 0 : -ENOENT;
+    snapapi.gen0 = snap_find_gen0();
+    return snapapi.gen0 ? 0 : -ENOENT;
 }
 
 const void *rs_py_gc_head(int generation)
 {
-    if (!census_gen0 || generation < 0 || generation > RS_PYVER_GEN_PERMANENT)
+    if (!snapapi.gen0 || generation < 0 || generation > RS_PYVER_GEN_PERMANENT)
         return NULL;
-    return generation == RS_PYVER_GEN_PERMANENT ? census_gen0 + SNAP_GEN_PERMANENT
-                                                : census_gen0 + generation * SNAP_GEN_STRIDE;
+    return generation == RS_PYVER_GEN_PERMANENT ? snapapi.gen0 + SNAP_GEN_PERMANENT
+                                                : snapapi.gen0 + generation * SNAP_GEN_STRIDE;
 }
 
 int rs_py_gc_threshold(int generation)
 {
-    if (!census_gen0 || generation < 0 || generation > 2)
+    if (!snapapi.gen0 || generation < 0 || generation > 2)
         return -1;
-    return *(const int *)(census_gen0 + generation * SNAP_GEN_STRIDE + 16);
+    return *(const int *)(snapapi.gen0 + generation * SNAP_GEN_STRIDE + 16);
 }
 
 int rs_py_gc_count(int generation)
 {
-    if (!census_gen0 || generation < 0 || generation > 2)
+    if (!snapapi.gen0 || generation < 0 || generation > 2)
         return -1;
-    return *(const int *)(census_gen0 + generation * SNAP_GEN_STRIDE + 20);
+    return *(const int *)(snapapi.gen0 + generation * SNAP_GEN_STRIDE + 20);
 }
 
 int rs_py_gc_enabled(void)
 {
-    return census_gen0 ? *(const int *)(census_gen0 - SNAP_GC_ENABLED) != 0 : -1;
+    return snapapi.gen0 ? *(const int *)(snapapi.gen0 - SNAP_GC_ENABLED) != 0 : -1;
 }

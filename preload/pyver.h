@@ -327,12 +327,13 @@ int rs_pyver_snap_atexit(void (*fn)(void));
 int rs_py_gc_lists_init(void);
 
 /* Head of generation 0..2, or of the permanent generation
- * (RS_PYVER_GEN_PERMANENT); NULL before rs_py_gc_lists_init() succeeded. */
+ * (RS_PYVER_GEN_PERMANENT); NULL until rs_py_gc_lists_init() or a snapshot
+ * found the GC state. */
 const void *rs_py_gc_head(int generation);
 
 /* The collection threshold of generation 0..2, its count (gc.get_count())
- * and whether collection is enabled, as the GC state holds them; -1 before
- * rs_py_gc_lists_init() succeeded. */
+ * and whether collection is enabled, as the GC state holds them; -1 until
+ * the GC state was found (as above). */
 int rs_py_gc_threshold(int generation);
 int rs_py_gc_count(int generation);
 int rs_py_gc_enabled(void);
