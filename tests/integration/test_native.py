@@ -190,3 +190,208 @@ def test_dlopened_library_symbolized(py):
     expect(site is not None, "%s: no stack through the dlopened library's function\n%s"
            % (py, _describe(top["sites"])))
     expect(site["live_bytes_end"] == 20 * 200003, "%s: live bytes %d" % (py, site["live_bytes_end"]))
+
+
+UNWIND_WORKLOAD = r"""
+import asyncio, ctypes, sys, threading
+
+def churn(n):
+    keep = []
+    for i in range(n):
+        keep.append({"i": i, "l": [i] * 3, "s": str(i)})
+        if len(keep) > 50:
+            keep.clear()
+
+def gen(n):
+    for i in range(n):
+        yield [i, bytearray(64)]
+
+async def coro(n):
+    out = []
+    for i in range(n):
+        out.append(bytearray(100))
+        await asyncio.sleep(0)
+    return out
+
+def deep(n):
+    # every level passes through C (map): deep native stacks, past the cap
+    return list(map(deep, [n - 1])) if n else [bytearray(300) for _ in range(20)]
+
+CMP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
+@CMP
+def compare(a, b):
+    junk = [a[0], b[0]] * 4          # allocates inside a C library's callback
+    return (a[0] > b[0]) - (a[0] < b[0])
+
+def errors(n):
+    for i in range(n):
+        try:
+            raise ValueError("x" * (i % 50))
+        except ValueError as e:
+            str(e)
+
+threads = [threading.Thread(target=churn, args=(3000,)) for _ in range(3)]
+for t in threads:
+    t.start()
+churn(3000)
+sum(len(x) for x in gen(2000))
+asyncio.run(coro(300))
+deep(60)
+arr = (ctypes.c_int * 200)(*range(200, 0, -1))
+libc = ctypes.CDLL(None)
+libc.qsort(arr, 200, ctypes.sizeof(ctypes.c_int), compare)
+errors(2000)
+for t in threads:
+    t.join()
+"""
+
+
+def _unwind_check(stderr, label):
+    """(captures, by rules, differ) from REFSCOPE_UNWIND_CHECK's report."""
+    import re
+    m = re.search(r"unwind check: (\d+) captures, (\d+) by frame rules, (\d+) differ", stderr)
+    expect(m is not None, "%s: no unwind check report in stderr:\n%s" % (label, stderr[-2000:]))
+    first = re.search(r"unwind check: first difference.*", stderr)
+    captures, fast, differ = (int(x) for x in m.groups())
+    expect(differ == 0, "%s: %d of %d stacks differ from libunwind: %s"
+           % (label, differ, captures, first.group(0) if first else ""))
+    return captures, fast
+
+
+@per_interpreter
+def test_unwinder_matches_libunwind(py):
+    """The shim's own unwinder (.eh_frame rules, reuse of the previous walk)
+    gives exactly libunwind's frames for every stack of a workload with
+    threads, a generator, a coroutine, native stacks deeper than the cap,
+    callbacks from a C library and exceptions; and it is what unwinds
+    nearly all of them."""
+    script = write_script(UNWIND_WORKLOAD, "unwind.py")
+    traced = run_traced([py.path, script], run_args=("--native",),
+                        env={"REFSCOPE_UNWIND_CHECK": "1"}, timeout=240)
+    captures, fast = _unwind_check(traced.proc.stderr, str(py))
+    expect(captures > 10000, "%s: only %d captures" % (py, captures))
+    expect(fast >= captures * 0.9, "%s: only %d of %d stacks unwound by frame rules"
+           % (py, fast, captures))
+
+
+def test_signal_frames_fall_back():
+    """Allocations in a signal handler: the stack through the signal frame
+    is libunwind's (the shim's rules do not describe it), complete down to
+    main, and the same as libunwind's own walk."""
+    exe = prog("signal_alloc")
+    if not os.path.exists(exe):
+        raise Skip("tests/progs/signal_alloc not built")
+    traced = run_traced([exe, "200"], run_args=("--native",),
+                        env={"REFSCOPE_UNWIND_CHECK": "1"}, timeout=60)
+    captures, fast = _unwind_check(traced.proc.stderr, "signal_alloc")
+    expect(captures >= 400 and fast < captures - 150,
+           "expected the 200 handler stacks to go to libunwind: %d captures, %d by rules"
+           % (captures, fast))
+    top = refscope_json("top", "--native", "--depth", "20", "--by", "live", traced.trace, timeout=60)
+    site = _find_site(top["sites"], lambda fr: any(f["function"] == "in_handler" for f in fr))
+    expect(site is not None, "no stack through in_handler:\n" + _describe(top["sites"]))
+    names = [f["function"] for f in site["frames"]]
+    expect("main" in names[names.index("in_handler"):],
+           "the handler's stack does not reach main: %r" % names)
+    expect(site["allocations"] == 200, "handler site has %d allocations" % site["allocations"])
+
+
+# Two libraries whose reload_alloc returns from its malloc call at the same
+# offset, with different frame rules there: a 3016-byte frame addressed from
+# rsp in one, a frame pointer (CFA = rbp + 16) in the other. Loaded in turn
+# at the same address, a rule cached for one would unwind the other wrongly.
+RELOAD_LIB_A = r"""
+    .text
+    .globl reload_alloc
+    .type reload_alloc, @function
+reload_alloc:
+    .cfi_startproc
+    nop
+    sub $3016, %rsp
+    .cfi_def_cfa_offset 3024
+    call malloc@PLT
+    add $3016, %rsp
+    .cfi_def_cfa_offset 8
+    ret
+    .cfi_endproc
+    .size reload_alloc, .-reload_alloc
+    .section .note.GNU-stack,"",@progbits
+"""
+
+RELOAD_LIB_B = r"""
+    .text
+    .globl reload_alloc
+    .type reload_alloc, @function
+reload_alloc:
+    .cfi_startproc
+    push %rbp
+    .cfi_def_cfa_offset 16
+    .cfi_offset %rbp, -16
+    mov %rsp, %rbp
+    .cfi_def_cfa_register %rbp
+    sub $16, %rsp
+    call malloc@PLT
+    leave
+    .cfi_def_cfa %rsp, 8
+    ret
+    .cfi_endproc
+    .size reload_alloc, .-reload_alloc
+    .section .note.GNU-stack,"",@progbits
+"""
+
+RELOAD_PROG = r"""
+import _ctypes, ctypes, sys
+addrs = {}
+for round in range(15):
+    for path in sys.argv[1:3]:
+        lib = ctypes.CDLL(path)
+        f = lib.reload_alloc
+        f.restype = ctypes.c_void_p
+        f.argtypes = [ctypes.c_size_t]
+        addrs.setdefault(path, set()).add(ctypes.cast(f, ctypes.c_void_p).value)
+        keep = [f(5000 + i) for i in range(20)]
+        handle = lib._handle
+        del f, lib
+        _ctypes.dlclose(handle)          # unloaded: the only reference
+a, b = (addrs[p] for p in sys.argv[1:3])
+print("shared", len(a & b))
+"""
+
+
+@per_interpreter
+def test_unwind_rules_forgotten_on_dlclose(py):
+    """Two libraries loaded and unloaded in turn (at the same address on
+    Linux), with different frame rules at the same return address: every
+    stack through them continues into libffi, the real caller (rules cached
+    for an unloaded object are dropped). Not compared with libunwind: its
+    own frame cache keeps the first library's rules (libunwind 1.6)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise Skip("no C compiler")
+    if os.uname().machine != "x86_64":
+        raise Skip("x86-64 assembly")
+    import subprocess
+    d = workdir()
+    libs = []
+    for name, src in (("a", RELOAD_LIB_A), ("b", RELOAD_LIB_B)):
+        c, so = os.path.join(d, name + ".s"), os.path.join(d, "libreload_%s.so" % name)
+        with open(c, "w") as f:
+            f.write(src)
+        subprocess.run([cc, "-shared", "-fPIC", "-o", so, c], check=True, timeout=120)
+        libs.append(so)
+    script = write_script(RELOAD_PROG, "reload.py")
+    traced = run_traced([py.path, script, *libs], run_args=("--native",), timeout=240)
+    expect("shared 1" in traced.proc.stdout, "%s: the libraries never shared an address: %s"
+           % (py, traced.proc.stdout))
+    top = refscope_json("top", "--native", "--depth", "100", "--by", "count", "--limit", "0",
+                        "--file", "reload.py", traced.trace, timeout=120)
+    total = 0
+    for site in top["sites"]:
+        names = [f["function"] for f in site["frames"]]
+        if "reload_alloc" not in names:
+            continue
+        below = site["frames"][names.index("reload_alloc") + 1:]
+        expect(below and "ffi" in (below[0]["function"] + str(below[0].get("file"))),
+               "%s: reload_alloc's caller is not libffi: %r" % (py, below[:3]))
+        total += site["allocations"]
+    expect(total == 15 * 2 * 20, "%s: %d allocations through reload_alloc, expected 600" % (py, total))
