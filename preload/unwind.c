@@ -364,6 +364,19 @@ static void modules_check(uint32_t epoch)
     modules_sync(epoch);
 }
 
+/* The live module of this trace's map that holds ip, or NULL. The caller
+ * reads under the seqlock (modules_seq). */
+static const struct module_entry *module_holding(uint64_t ip, uint32_t epoch)
+{
+    uint32_t used = __atomic_load_n(&modules_used, __ATOMIC_ACQUIRE);
+    for (uint32_t j = 0; j < used; j++) {
+        const struct module_entry *m = &modules[j];
+        if (m->epoch == epoch && m->live && ip - m->start < m->size)
+            return m;
+    }
+    return NULL;
+}
+
 /* Is every address in a live module of this trace's map? Per-thread cache
  * first, then the table, read under the seqlock (a scan in progress, or a
  * new trace, answers no: the caller then asks the loader). */
@@ -384,15 +397,8 @@ static int modules_cover(const uint64_t *ips, int n, uint32_t epoch)
             hit |= ip - known.lo[k] < known.size[k];
         if (__builtin_expect(hit, 1))
             continue;
-        uint32_t used = __atomic_load_n(&modules_used, __ATOMIC_ACQUIRE);
-        uint64_t lo = 0, hi = 0;
-        for (uint32_t j = 0; j < used && !hi; j++) {
-            const struct module_entry *m = &modules[j];
-            if (m->epoch == epoch && m->live && ip >= m->start && ip - m->start < m->size) {
-                lo = m->start;
-                hi = m->start + m->size;
-            }
-        }
+        const struct module_entry *m = module_holding(ip, epoch);
+        uint64_t lo = m ? m->start : 0, hi = m ? m->start + m->size : 0;
         __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the table reads above, before the re-check */
         if (!hi || __atomic_load_n(&modules_seq, __ATOMIC_RELAXED) != seq)
             return 0;
@@ -472,13 +478,7 @@ static __attribute__((noinline)) uint64_t rule_fill(uint64_t pc, uint32_t epoch)
     for (int attempt = 0; attempt < 2; attempt++) {
         uint64_t seq = __atomic_load_n(&modules_seq, __ATOMIC_ACQUIRE);
         if (!(seq & 1) && __atomic_load_n(&modules_epoch, __ATOMIC_ACQUIRE) == epoch + 1) {
-            uint32_t used = __atomic_load_n(&modules_used, __ATOMIC_ACQUIRE);
-            const struct module_entry *hit = NULL;
-            for (uint32_t j = 0; j < used && !hit; j++) {
-                const struct module_entry *m = &modules[j];
-                if (m->epoch == epoch && m->live && pc - m->start < m->size)
-                    hit = m;
-            }
+            const struct module_entry *hit = module_holding(pc, epoch);
             uint64_t hdr = hit ? hit->eh_frame_hdr : 0;
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             if (hit && __atomic_load_n(&modules_seq, __ATOMIC_RELAXED) == seq) {
