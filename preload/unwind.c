@@ -546,7 +546,7 @@ static __thread uint32_t walk_cur __attribute__((tls_model("initial-exec")));
 
 /* Do the frames of `old` from k outward still unwind the same way? Each
  * slot its unwinding read must still hold what it read then. */
-static int suffix_holds(const struct walk *old, uint32_t k)
+static inline int suffix_holds(const struct walk *old, uint32_t k)
 {
     uint64_t diff = 0;
     for (uint32_t i = k; i + 1 < old->n; i++) {
@@ -759,6 +759,9 @@ __attribute__((destructor)) static void check_report(void)
              "unwind check: %llu captures, %llu by frame rules, %llu differ from libunwind",
              (unsigned long long)check_captures, (unsigned long long)check_fast,
              (unsigned long long)check_differ);
+    rs_warn(line);
+    snprintf(line, sizeof(line), "unwind check: frame rules forgotten %u times (objects unloaded)",
+             __atomic_load_n(&rules_gen, __ATOMIC_RELAXED) - 1);
     rs_warn(line);
     if (check_differ) {
         snprintf(line, sizeof(line),

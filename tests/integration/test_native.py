@@ -362,9 +362,10 @@ print("shared", len(a & b))
 def test_unwind_rules_forgotten_on_dlclose(py):
     """Two libraries loaded and unloaded in turn (at the same address on
     Linux), with different frame rules at the same return address: every
-    stack through them continues into libffi, the real caller (rules cached
-    for an unloaded object are dropped). Not compared with libunwind: its
-    own frame cache keeps the first library's rules (libunwind 1.6)."""
+    stack through them continues into libffi, the real caller, and the
+    shim's cached rules were dropped at each unload. Not compared with
+    libunwind: its own frame cache keeps the first library's rules
+    (libunwind 1.6)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise Skip("no C compiler")
@@ -380,9 +381,15 @@ def test_unwind_rules_forgotten_on_dlclose(py):
         subprocess.run([cc, "-shared", "-fPIC", "-o", so, c], check=True, timeout=120)
         libs.append(so)
     script = write_script(RELOAD_PROG, "reload.py")
-    traced = run_traced([py.path, script, *libs], run_args=("--native",), timeout=240)
-    expect("shared 1" in traced.proc.stdout, "%s: the libraries never shared an address: %s"
+    traced = run_traced([py.path, script, *libs], run_args=("--native",),
+                        env={"REFSCOPE_UNWIND_CHECK": "1"}, timeout=240)
+    import re
+    shared = re.search(r"shared (\d+)", traced.proc.stdout)
+    expect(shared and int(shared.group(1)) >= 1, "%s: the libraries never shared an address: %s"
            % (py, traced.proc.stdout))
+    forgot = re.search(r"frame rules forgotten (\d+) times", traced.proc.stderr)
+    expect(forgot and int(forgot.group(1)) >= 30, "%s: rules not forgotten at each of the 30 unloads: %s"
+           % (py, forgot.group(0) if forgot else traced.proc.stderr[-1000:]))
     top = refscope_json("top", "--native", "--depth", "100", "--by", "count", "--limit", "0",
                         "--file", "reload.py", traced.trace, timeout=120)
     total = 0
