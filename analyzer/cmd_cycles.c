@@ -507,12 +507,8 @@ int cmd_cycles(int argc, char **argv)
     }
     const char *path = argv[optind];
     struct rs_snapshot_trace t;
-    char err[512];
-    if (rs_snapshot_trace_open(path, &t, err, sizeof(err)) < 0) {
-        fprintf(stderr, "refscope cycles: %s\n", err);
+    if (rs_snapshot_trace_open("cycles", path, depth, &t) < 0)
         return 1;
-    }
-    t.site_depth = depth;
     int status = 1, rc;
     struct cycles_report r = {.path = path, .t = &t, .all = all};
     size_t count = rs_snapshots_count(t.snaps);

@@ -251,12 +251,8 @@ int cmd_diff(int argc, char **argv)
     }
     const char *path = argv[optind];
     struct rs_snapshot_trace t;
-    char err[512];
-    if (rs_snapshot_trace_open(path, &t, err, sizeof(err)) < 0) {
-        fprintf(stderr, "refscope diff: %s\n", err);
+    if (rs_snapshot_trace_open("diff", path, depth, &t) < 0)
         return 1;
-    }
-    t.site_depth = depth;
     int status = 1;
     struct diff_report r = {.path = path, .t = &t, .limit = (size_t)limit};
     size_t count = rs_snapshots_count(t.snaps);

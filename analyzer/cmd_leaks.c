@@ -831,12 +831,8 @@ int cmd_leaks(int argc, char **argv)
     }
     const char *path = argv[optind];
     struct rs_snapshot_trace t;
-    char err[512];
-    if (rs_snapshot_trace_open(path, &t, err, sizeof(err)) < 0) {
-        fprintf(stderr, "refscope leaks: %s\n", err);
+    if (rs_snapshot_trace_open("leaks", path, depth, &t) < 0)
         return 1;
-    }
-    t.site_depth = depth;
     int status = 1;
     struct leak_report r = {
         .path = path,
@@ -852,6 +848,7 @@ int cmd_leaks(int argc, char **argv)
     } else if (count) {
         r.snap = rs_snapshots_get(t.snaps, count - 1);
     }
+    char err[512];
     if (report_build(&r, err, sizeof(err)) < 0) {
         fprintf(stderr, "refscope leaks: %s: %s\n", path, err);
         goto out;

@@ -614,11 +614,8 @@ static int stack_after_startup(struct rs_stacks *st, uint32_t id)
     return !class_body;
 }
 
-int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *err, size_t errlen)
+static int trace_load(const char *path, struct rs_snapshot_trace *t, char *err, size_t errlen)
 {
-    memset(t, 0, sizeof(*t));
-    t->startup_end_ns = UINT64_MAX;
-    t->site_depth = 1;
     int rc = rs_trace_open(path, &t->trace, err, errlen);
     if (rc < 0)
         return rc;
@@ -659,6 +656,19 @@ int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *
     return 0;
 fail:
     rs_snapshot_trace_close(t);
+    return rc;
+}
+
+int rs_snapshot_trace_open(const char *cmd, const char *path, int site_depth,
+                           struct rs_snapshot_trace *t)
+{
+    char err[512];
+    memset(t, 0, sizeof(*t));
+    t->startup_end_ns = UINT64_MAX;
+    t->site_depth = site_depth;
+    int rc = trace_load(path, t, err, sizeof(err));
+    if (rc < 0)
+        fprintf(stderr, "refscope %s: %s\n", cmd, err);
     return rc;
 }
 

@@ -100,10 +100,11 @@ const char *rs_snapshot_describe(const struct rs_snapshot *snap, uint32_t i, cha
 const char *rs_snapshot_describe_edge(const struct rs_snapshot *snap, uint32_t i, uint64_t e,
                                       char *buf, size_t len);
 
-/* Reads a whole trace: heap replay, stacks and snapshots in one pass.
- * Convenience for the three commands. On success *out owns everything
- * (free with rs_snapshot_trace_close). Returns 0 or a negative errno with a
- * one-line message in err. */
+/* Reads a whole trace: heap replay, stacks and snapshots in one pass, for
+ * the three commands. On success *t owns everything (free with
+ * rs_snapshot_trace_close) and its sites are `site_depth` frames deep.
+ * Returns 0, or a negative errno after printing "refscope CMD: <why>" on
+ * stderr (like rs_snapshots_pick). */
 struct rs_site_index;
 struct rs_snapshot_trace {
     struct rs_trace *trace;
@@ -115,11 +116,11 @@ struct rs_snapshot_trace {
     uint64_t run_end_ns;       /* end of the program's own run: the exit snapshot, else the
                                   start of interpreter finalization, else end_ns (teardown
                                   frees what the program left behind, leaks included) */
-    int site_depth;            /* frames per site (rs_snapshot_site): 1 after open, 0 = all;
-                                  set it before the first rs_snapshot_site call */
+    int site_depth;            /* frames per site (rs_snapshot_site), 0 = all */
     struct rs_site_index *sites;
 };
-int rs_snapshot_trace_open(const char *path, struct rs_snapshot_trace *t, char *err, size_t errlen);
+int rs_snapshot_trace_open(const char *cmd, const char *path, int site_depth,
+                           struct rs_snapshot_trace *t);
 void rs_snapshot_trace_close(struct rs_snapshot_trace *t);
 
 /* The frames of a stack, innermost first (Python frames only when it has
