@@ -105,8 +105,9 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Read one struct rs_reply of type `want` within timeout_ms. */
-static int read_reply(int sock, uint32_t want, int timeout_ms, int32_t *status)
+/* Reads one struct rs_reply of type `want` within timeout_ms. Returns 0,
+ * the reply's negative status, or a negative errno. */
+static int read_reply(int sock, uint32_t want, int timeout_ms)
 {
     struct rs_reply reply;
     size_t got = 0;
@@ -134,8 +135,7 @@ static int read_reply(int sock, uint32_t want, int timeout_ms, int32_t *status)
         if (got == sizeof(reply) && reply.msg != want)
             got = 0; /* not what we wait for: skip it */
     }
-    *status = reply.status;
-    return 0;
+    return reply.status < 0 ? reply.status : 0;
 }
 
 int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int timeout_ms)
@@ -163,11 +163,7 @@ int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int ti
     if ((size_t)sent != sizeof(*hello))
         return -EIO;
 
-    int32_t status = 0;
-    int rc = read_reply(sock, RS_MSG_ACK, timeout_ms, &status);
-    if (rc < 0)
-        return rc;
-    return status < 0 ? status : 0;
+    return read_reply(sock, RS_MSG_ACK, timeout_ms);
 }
 
 int rs_transport_bye(int sock, int timeout_ms)
@@ -179,11 +175,7 @@ int rs_transport_bye(int sock, int timeout_ms)
     while (sent < 0 && errno == EINTR);
     if (sent < 0)
         return -errno;
-    int32_t status = 0;
-    int rc = read_reply(sock, RS_MSG_DONE, timeout_ms, &status);
-    if (rc < 0)
-        return rc;
-    return status < 0 ? status : 0;
+    return read_reply(sock, RS_MSG_DONE, timeout_ms);
 }
 
 int rs_transport_alive(int sock)
