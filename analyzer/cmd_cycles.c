@@ -16,7 +16,6 @@
  * as text, JSON or dot from it.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "cycles.h"
 #include "snapshot.h"
@@ -466,46 +466,24 @@ static void write_svg(const char *dot_path)
 
 /* ---- the command ------------------------------------------------------------------- */
 
-static const char cycles_usage[] =
-    "usage: refscope cycles [--json] [--all] [--limit N] [--depth N] [--dot OUT.dot] [--snapshot N] TRACE\n";
-
 int cmd_cycles(int argc, char **argv)
 {
     int json = 0, all = 0, limit = -1, depth = 1;
     const char *want = NULL; /* --snapshot N */
     const char *dot = NULL;
-    static const struct option longopts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"all", no_argument, NULL, 'a'},
-        {"limit", required_argument, NULL, 'n'},
-        {"depth", required_argument, NULL, 'D'},
-        {"dot", required_argument, NULL, 'd'},
-        {"snapshot", required_argument, NULL, 's'},
-        {NULL, 0, NULL, 0},
+    const struct rs_opt opts[] = {
+        {"json", 'j', RS_OPT_FLAG, &json, 0, 0, NULL},
+        {"all", 'a', RS_OPT_FLAG, &all, 0, 0, NULL},
+        {"limit", 'n', RS_OPT_INT, &limit, 1, INT_MAX, NULL}, /* default -1: every group */
+        {"depth", 'D', RS_OPT_INT, &depth, 0, INT_MAX, NULL},
+        {"dot", 'd', RS_OPT_STR, &dot, 0, 0, NULL},
+        {"snapshot", 's', RS_OPT_STR, &want, 0, 0, NULL},
+        RS_OPT_END,
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jan:D:d:s:", longopts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'a')
-            all = 1;
-        else if (c == 'n')
-            limit = atoi(optarg) > 0 ? atoi(optarg) : 0;
-        else if (c == 'D')
-            depth = atoi(optarg);
-        else if (c == 'd')
-            dot = optarg;
-        else if (c == 's')
-            want = optarg;
-        else
-            return 2;
-    }
-    if (optind + 1 != argc || !limit || depth < 0) {
-        fputs(cycles_usage, stderr);
+    const struct rs_cli cli = { "cycles", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    }
-    const char *path = argv[optind];
+    const char *path = argv[1];
     struct rs_snapshot_trace t;
     if (rs_snapshot_trace_open("cycles", path, depth, &t) < 0)
         return 1;

@@ -8,12 +8,12 @@
  * takes memory too (`refscope cycles` tells what it is).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "snapshot.h"
 
@@ -221,35 +221,25 @@ static void render_text(const struct diff_report *r)
 }
 
 /* The snapshot numbered by arg, or NULL with a message. */
-static const char diff_usage[] = "usage: refscope diff [--json] [--limit N] [--depth N] TRACE [SNAP_A SNAP_B]\n";
 
 int cmd_diff(int argc, char **argv)
 {
     int json = 0, limit = 20, depth = 1;
-    static const struct option longopts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"limit", required_argument, NULL, 'n'},
-        {"depth", required_argument, NULL, 'D'},
-        {NULL, 0, NULL, 0},
+    const struct rs_opt opts[] = {
+        {"json", 'j', RS_OPT_FLAG, &json, 0, 0, NULL},
+        {"limit", 'n', RS_OPT_INT, &limit, 1, INT_MAX, NULL},
+        {"depth", 'D', RS_OPT_INT, &depth, 0, INT_MAX, NULL},
+        RS_OPT_END,
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jn:D:", longopts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'n')
-            limit = atoi(optarg);
-        else if (c == 'D')
-            depth = atoi(optarg);
-        else
-            return 2;
-    }
-    int rest = argc - optind;
-    if ((rest != 1 && rest != 3) || limit <= 0 || depth < 0) {
-        fputs(diff_usage, stderr);
+    const struct rs_cli cli = { "diff", opts, "TRACE [SNAP_A SNAP_B]", 1, 3, 0 };
+    int rest = rs_cli_parse(&cli, argc, argv);
+    if (rest < 0)
+        return 2;
+    if (rest == 2) {
+        fprintf(stderr, "refscope diff: give two snapshots or none (see 'refscope diff --help')\n");
         return 2;
     }
-    const char *path = argv[optind];
+    const char *path = argv[1];
     struct rs_snapshot_trace t;
     if (rs_snapshot_trace_open("diff", path, depth, &t) < 0)
         return 1;
@@ -257,8 +247,8 @@ int cmd_diff(int argc, char **argv)
     struct diff_report r = {.path = path, .t = &t, .limit = (size_t)limit};
     size_t count = rs_snapshots_count(t.snaps);
     if (rest == 3) {
-        if (!(r.a = rs_snapshots_pick(t.snaps, "diff", path, argv[optind + 1])) ||
-            !(r.b = rs_snapshots_pick(t.snaps, "diff", path, argv[optind + 2])))
+        if (!(r.a = rs_snapshots_pick(t.snaps, "diff", path, argv[2])) ||
+            !(r.b = rs_snapshots_pick(t.snaps, "diff", path, argv[3])))
             goto out;
     } else if (count < 2) {
         fprintf(stderr,

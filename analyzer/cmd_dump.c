@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cli.h"
 #include "commands.h"
 #include "trace_read.h"
 
@@ -94,32 +95,22 @@ int cmd_dump(int argc, char **argv)
     struct rs_trace *t = NULL;
     struct rs_event ev;
 
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-            json = 1;
-        } else if (!strcmp(argv[i], "--kind")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "refscope dump: --kind needs a list (e.g. alloc,free)\n");
-                return 2;
-            }
-            filter = 1;
-            if (parse_kinds(argv[++i], want, &bad) < 0) {
-                fprintf(stderr, "refscope dump: unknown record kind: %s\n", bad);
-                return 2;
-            }
-        } else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "refscope dump: unknown option: %s (see 'refscope --help')\n", argv[i]);
-            return 2;
-        } else if (path) {
-            fprintf(stderr, "refscope dump: one trace at a time\n");
-            return 2;
-        } else {
-            path = argv[i];
-        }
-    }
-    if (!path) {
-        fprintf(stderr, "refscope dump: no trace given (usage: refscope dump [--json] [--kind K,...] TRACE)\n");
+    const char *kinds = NULL;
+    const struct rs_opt opts[] = {
+        {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL},
+        {"kind", 0, RS_OPT_STR, &kinds, 0, 0, NULL},
+        RS_OPT_END,
+    };
+    const struct rs_cli cli = { "dump", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
+    path = argv[1];
+    if (kinds) {
+        filter = 1;
+        if (parse_kinds((char *)kinds, want, &bad) < 0) { /* argv text: writable */
+            fprintf(stderr, "refscope dump: unknown record kind '%s' (see 'refscope dump --help')\n", bad);
+            return 2;
+        }
     }
     if (rs_trace_open(path, &t, err, sizeof(err)) < 0) {
         fprintf(stderr, "refscope dump: %s\n", err);

@@ -10,12 +10,12 @@
  * speedscope.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "sites.h"
 
@@ -252,58 +252,29 @@ static const char html_tail[] =
     "window.onresize=render;render();\n"
     "})();\n</script>\n</body></html>\n";
 
-static void usage(void)
-{
-    fprintf(stderr, "usage: refscope flamegraph [-o OUT] [--by peak|total|live] [--format html|collapsed]\n"
-                    "                           [--native] TRACE\n");
-}
-
 int cmd_flamegraph(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"output", required_argument, NULL, 'o'}, {"by", required_argument, NULL, 'b'},
-        {"format", required_argument, NULL, 'F'}, {"native", no_argument, NULL, 'N'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
-    };
-    enum metric by = BY_PEAK;
-    int collapsed = 0, native_flag = 0, status = 1, c;
+    static const char *const by_names[] = {"peak", "total", "live", NULL};  /* enum metric */
+    static const char *const formats[] = {"html", "collapsed", "folded", NULL};
+    int by = BY_PEAK, format = 0, native_flag = 0, status = 1, collapsed;
     const char *out_path = NULL, *trace;
     struct rs_sites_model m;
     struct tree t = {0};
     char err[512] = "";
     FILE *out = NULL;
 
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'o': out_path = optarg; break;
-        case 'b':
-            if (!strcmp(optarg, "peak")) by = BY_PEAK;
-            else if (!strcmp(optarg, "total")) by = BY_TOTAL;
-            else if (!strcmp(optarg, "live")) by = BY_LIVE;
-            else {
-                fprintf(stderr, "refscope flamegraph: --by takes peak, total or live (not '%s')\n", optarg);
-                return 2;
-            }
-            break;
-        case 'F':
-            if (!strcmp(optarg, "collapsed") || !strcmp(optarg, "folded")) collapsed = 1;
-            else if (!strcmp(optarg, "html")) collapsed = 0;
-            else {
-                fprintf(stderr, "refscope flamegraph: --format takes html or collapsed (not '%s')\n", optarg);
-                return 2;
-            }
-            break;
-        case 'N': native_flag = 1; break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage();
+    const struct rs_opt opts[] = {
+        {"output", 'o', RS_OPT_STR, &out_path, 0, 0, NULL},
+        {"by", 0, RS_OPT_CHOICE, &by, 0, 0, by_names},
+        {"format", 0, RS_OPT_CHOICE, &format, 0, 0, formats},
+        {"native", 0, RS_OPT_FLAG, &native_flag, 0, 0, NULL},
+        RS_OPT_END,
+    };
+    const struct rs_cli cli = { "flamegraph", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    }
-    trace = argv[optind];
+    collapsed = format != 0;
+    trace = argv[1];
     if (!out_path)
         out_path = collapsed ? "-" : "flamegraph.html";
 
@@ -313,7 +284,7 @@ int cmd_flamegraph(int argc, char **argv)
     }
     int native = rs_sites_native(&m, native_flag);
     rs_stacks_set_native(m.stacks, native);
-    if (build_tree(&m, by, native, &t)) {
+    if (build_tree(&m, (enum metric)by, native, &t)) {
         fprintf(stderr, "refscope flamegraph: out of memory\n");
         goto out;
     }

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include "cli.h"
 #include "commands.h"
 #include "gcmodel.h"
 #include "trace_read.h"
@@ -275,23 +276,11 @@ int cmd_gc(int argc, char **argv)
     const struct rs_trace_info *info;
     struct rs_trace *t;
 
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json"))
-            json = 1;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "refscope gc: unknown option '%s' (usage: refscope gc [--json] TRACE)\n", argv[i]);
-            return 2;
-        } else if (!path)
-            path = argv[i];
-        else {
-            fprintf(stderr, "refscope gc: one trace at a time (usage: refscope gc [--json] TRACE)\n");
-            return 2;
-        }
-    }
-    if (!path) {
-        fprintf(stderr, "refscope gc: usage: refscope gc [--json] TRACE\n");
+    const struct rs_opt opts[] = { {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL}, RS_OPT_END };
+    const struct rs_cli cli = { "gc", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    }
+    path = argv[1];
     if (load(path, &m, &info, &t) != 0)
         return 1;
     rc = json ? render_json(&m, info, path) : render_text(&m, info);

@@ -29,12 +29,12 @@
  * renderers only read it.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "cycles.h"
 #include "heap.h"
@@ -791,45 +791,30 @@ static void render_text(const struct leak_report *r)
 
 /* ---- the command ------------------------------------------------------------------- */
 
-static const char leaks_usage[] =
-    "usage: refscope leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] [--depth N] TRACE\n";
-
 int cmd_leaks(int argc, char **argv)
 {
     int json = 0, limit = 10, depth = 1;
     const char *want = NULL; /* --snapshot N */
     const char *since_arg = "import";
-    static const struct option longopts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"since", required_argument, NULL, 'S'},
-        {"snapshot", required_argument, NULL, 's'},
-        {"limit", required_argument, NULL, 'n'},
-        {"depth", required_argument, NULL, 'D'},
-        {NULL, 0, NULL, 0},
+    const struct rs_opt opts[] = {
+        {"json", 'j', RS_OPT_FLAG, &json, 0, 0, NULL},
+        {"since", 'S', RS_OPT_STR, &since_arg, 0, 0, NULL},
+        {"snapshot", 's', RS_OPT_STR, &want, 0, 0, NULL}, /* checked against the trace's snapshots */
+        {"limit", 'n', RS_OPT_INT, &limit, 1, INT_MAX, NULL},
+        {"depth", 'D', RS_OPT_INT, &depth, 0, INT_MAX, NULL},
+        RS_OPT_END,
     };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jS:s:n:D:", longopts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'S')
-            since_arg = optarg;
-        else if (c == 's')
-            want = optarg;
-        else if (c == 'n')
-            limit = atoi(optarg);
-        else if (c == 'D')
-            depth = atoi(optarg);
-        else
-            return 2;
-    }
+    const struct rs_cli cli = { "leaks", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
+        return 2;
     char *endp = NULL;
     double since_s = strcmp(since_arg, "import") ? strtod(since_arg, &endp) : 0;
-    if (optind + 1 != argc || limit <= 0 || depth < 0 || (endp && (*endp || since_s < 0))) {
-        fputs(leaks_usage, stderr);
+    if (endp && (endp == since_arg || *endp || !(since_s >= 0))) {
+        fprintf(stderr, "refscope leaks: --since takes seconds (>= 0) or 'import', not '%s' "
+                        "(see 'refscope leaks --help')\n", since_arg);
         return 2;
     }
-    const char *path = argv[optind];
+    const char *path = argv[1];
     struct rs_snapshot_trace t;
     if (rs_snapshot_trace_open("leaks", path, depth, &t) < 0)
         return 1;

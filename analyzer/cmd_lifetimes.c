@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cli.h"
 #include "commands.h"
 #include "gcmodel.h"
 #include "stacks.h"
@@ -209,19 +210,11 @@ int cmd_lifetimes(int argc, char **argv)
 
     memset(&agg, 0, sizeof(agg));
     memset(&m, 0, sizeof(m));
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json"))
-            json = 1;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "refscope lifetimes: unknown option '%s' (usage: refscope lifetimes [--json] TRACE)\n", argv[i]);
-            return 2;
-        } else if (!path)
-            path = argv[i];
-    }
-    if (!path) {
-        fprintf(stderr, "refscope lifetimes: usage: refscope lifetimes [--json] TRACE\n");
+    const struct rs_opt opts[] = { {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL}, RS_OPT_END };
+    const struct rs_cli cli = { "lifetimes", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    }
+    path = argv[1];
     if (rs_trace_open(path, &t, err, sizeof(err)) < 0) {
         fprintf(stderr, "refscope lifetimes: %s\n", err);
         return 1;

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "cli.h"
 #include "commands.h"
 #include "recorder.h"
 #include "refscope/transport.h"
@@ -28,12 +29,6 @@
                                 that are not ours to wait for (see below) */
 #define SERVE_IDLE_MS 1000
 #define SERVE_FIRST_WAIT_MS 30000
-
-static int usage_error(const char *cmd, const char *msg, const char *arg)
-{
-    fprintf(stderr, "refscope %s: %s%s%s (see 'refscope --help')\n", cmd, msg, arg ? ": " : "", arg ? arg : "");
-    return 2;
-}
 
 /* Path of librefscope.so next to this executable. */
 static int shim_path(char *out, size_t len)
@@ -158,61 +153,34 @@ static int descendants_alive(void)
 int cmd_run(int argc, char **argv)
 {
     const char *output = NULL;
-    int force = 0, native = 0, lossy = 0, i;
-    long ring_mb = 0;
+    int force = 0, native = 0, lossy = 0, no_stacks = 0, census = -1, ring_mb = 0, interval = 0;
     char shim[PATH_MAX], out_buf[64], err[512];
     char *preload = NULL;
     struct rs_recorder *r = NULL;
     int gate[2] = {-1, -1}, status = 1, ret;
     pid_t pid = -1;
 
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--")) {
-            i++;
-            break;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            if (++i >= argc)
-                return usage_error("run", "option needs a value", a);
-            output = argv[i];
-        } else if (!strcmp(a, "-f") || !strcmp(a, "--force")) {
-            force = 1;
-        } else if (!strcmp(a, "--native")) {
-            native = 1;
-        } else if (!strcmp(a, "--no-stacks")) { /* allocation records without Python stacks */
-            if (setenv(RS_ENV_PYSTACKS, "0", 1))
-                return usage_error("run", "cannot set the environment", a);
-        } else if (!strcmp(a, "--lossy")) {
-            lossy = 1;
-        } else if (!strcmp(a, "--ring-mb")) {
-            char *end;
-            if (++i >= argc)
-                return usage_error("run", "option needs a value", a);
-            ring_mb = strtol(argv[i], &end, 10);
-            if (*end || ring_mb < 1 || ring_mb > 65536)
-                return usage_error("run", "--ring-mb wants a size in MiB (1-65536)", argv[i]);
-        } else if (!strncmp(a, "--gc-census=", 12)) { /* issue 4 (gc): census of collected generations */
-            if (strcmp(a + 12, "on") && strcmp(a + 12, "off"))
-                return usage_error("run", "--gc-census wants on or off", a);
-            if (setenv("REFSCOPE_GC_CENSUS", a + 12, 1))
-                return usage_error("run", "cannot set the environment", a);
-        } else if (!strcmp(a, "--snapshot-interval")) { /* issue 5 (snapshots): heap snapshot every N s */
-            char *end;
-            if (++i >= argc)
-                return usage_error("run", "option needs a value", a);
-            long secs = strtol(argv[i], &end, 10);
-            if (*end || secs < 1 || secs > 86399)
-                return usage_error("run", "--snapshot-interval wants seconds (1-86399)", argv[i]);
-            if (setenv("REFSCOPE_SNAPSHOT_INTERVAL", argv[i], 1))
-                return usage_error("run", "cannot set the environment", a);
-        } else if (a[0] == '-' && a[1]) {
-            return usage_error("run", "unknown option", a);
-        } else {
-            break;
-        }
+    static const char *const on_off[] = {"off", "on", NULL};
+    const struct rs_opt opts[] = {
+        {"output", 'o', RS_OPT_STR, &output, 0, 0, NULL},
+        {"force", 'f', RS_OPT_FLAG, &force, 0, 0, NULL},
+        {"native", 0, RS_OPT_FLAG, &native, 0, 0, NULL},
+        {"no-stacks", 0, RS_OPT_FLAG, &no_stacks, 0, 0, NULL}, /* allocation records without Python stacks */
+        {"lossy", 0, RS_OPT_FLAG, &lossy, 0, 0, NULL},
+        {"ring-mb", 0, RS_OPT_INT, &ring_mb, 1, 65536, NULL},
+        {"gc-census", 0, RS_OPT_CHOICE, &census, 0, 0, on_off},       /* issue 4: census of collected generations */
+        {"snapshot-interval", 0, RS_OPT_INT, &interval, 1, 86399, NULL}, /* issue 5: heap snapshot every N s */
+        RS_OPT_END,
+    };
+    const struct rs_cli cli = { "run", opts, "a command to run", 1, INT_MAX, 1 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
+        return 2;
+    if ((no_stacks && setenv(RS_ENV_PYSTACKS, "0", 1)) ||
+        (census >= 0 && setenv("REFSCOPE_GC_CENSUS", on_off[census], 1)) ||
+        (interval && env_set_int("REFSCOPE_SNAPSHOT_INTERVAL", interval))) {
+        fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+        return 1;
     }
-    if (i >= argc)
-        return usage_error("run", "no command to run", NULL);
     if (output && !force && access(output, F_OK) == 0) {
         fprintf(stderr, "refscope run: %s exists (use -f to overwrite)\n", output);
         return 1;
@@ -259,7 +227,7 @@ int cmd_run(int argc, char **argv)
     }
     if (pid == 0) {
         close(gate[1]);
-        child_exec(gate[0], argv + i);
+        child_exec(gate[0], argv + 1);
     }
     close(gate[0]);
     gate[0] = -1;
@@ -278,7 +246,7 @@ int cmd_run(int argc, char **argv)
             goto out;
     }
     if (write(gate[1], "g", 1) != 1) {
-        fprintf(stderr, "refscope run: cannot start %s\n", argv[i]);
+        fprintf(stderr, "refscope run: cannot start %s\n", argv[1]);
         goto out;
     }
     close(gate[1]);
@@ -319,23 +287,19 @@ int cmd_record(int argc, char **argv)
     int force = 0;
     char err[512];
     struct rs_recorder *r = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--serve") || !strcmp(a, "-o")) {
-            if (i + 1 >= argc)
-                return usage_error("record", "option needs a value", a);
-            if (!strcmp(a, "--serve"))
-                sock = argv[++i];
-            else
-                output = argv[++i];
-        } else if (!strcmp(a, "-f") || !strcmp(a, "--force")) {
-            force = 1;
-        } else {
-            return usage_error("record", "unknown argument", a);
-        }
+    const struct rs_opt opts[] = {
+        {"serve", 0, RS_OPT_STR, &sock, 0, 0, NULL},
+        {"output", 'o', RS_OPT_STR, &output, 0, 0, NULL},
+        {"force", 'f', RS_OPT_FLAG, &force, 0, 0, NULL},
+        RS_OPT_END,
+    };
+    const struct rs_cli cli = { "record", opts, "no arguments", 0, 0, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
+        return 2;
+    if (!sock || !output) {
+        fprintf(stderr, "refscope record: needs --serve SOCK and -o OUT (see 'refscope record --help')\n");
+        return 2;
     }
-    if (!sock || !output)
-        return usage_error("record", "needs --serve SOCK and -o OUT", NULL);
     struct rs_recorder_config cfg = {
         .output = output, .force = force, .socket_path = sock,
     };

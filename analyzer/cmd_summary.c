@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cli.h"
 #include "commands.h"
 #include "heap.h"
 #include "recorder.h"
@@ -108,23 +109,11 @@ int cmd_summary(int argc, char **argv)
     struct summary s = {0};
     struct rs_event ev;
 
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-            json = 1;
-        } else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "refscope summary: unknown option: %s (see 'refscope --help')\n", argv[i]);
-            return 2;
-        } else if (path) {
-            fprintf(stderr, "refscope summary: one trace at a time\n");
-            return 2;
-        } else {
-            path = argv[i];
-        }
-    }
-    if (!path) {
-        fprintf(stderr, "refscope summary: no trace given (usage: refscope summary [--json] TRACE)\n");
+    const struct rs_opt opts[] = { {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL}, RS_OPT_END };
+    const struct rs_cli cli = { "summary", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    }
+    path = argv[1];
     if (rs_trace_open(path, &t, err, sizeof(err)) < 0) {
         fprintf(stderr, "refscope summary: %s\n", err);
         return 1;

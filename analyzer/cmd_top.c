@@ -12,12 +12,12 @@
  * shown frames). One model, rendered as text or JSON.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "sites.h"
 #include "units.h"
@@ -25,7 +25,7 @@
 #define VIEW_MAX 512
 
 enum metric { BY_PEAK, BY_TOTAL, BY_COUNT, BY_LIVE };
-static const char *const metric_names[] = {"peak", "total", "count", "live"};
+static const char *const metric_names[] = {"peak", "total", "count", "live", NULL};
 
 struct site {
     const struct rs_frame **frames;
@@ -36,7 +36,7 @@ struct site {
 
 struct top_opts {
     enum metric by;
-    int depth;           /* -1: default for the mode */
+    int depth;           /* 0: default for the mode */
     int limit;
     const char *file, *function;
     int native, json;
@@ -209,59 +209,29 @@ static void print_frame(const struct rs_frame *f)
         printf(" [inlined]");
 }
 
-static void usage(void)
-{
-    fprintf(stderr, "usage: refscope top [--by peak|total|count|live] [--depth N] [--limit N]\n"
-                    "                    [--file SUBSTR] [--function SUBSTR] [--native] [--json] TRACE\n");
-}
-
 int cmd_top(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"by", required_argument, NULL, 'b'},     {"depth", required_argument, NULL, 'd'},
-        {"limit", required_argument, NULL, 'n'},  {"file", required_argument, NULL, 'f'},
-        {"function", required_argument, NULL, 'F'}, {"native", no_argument, NULL, 'N'},
-        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct top_opts o = {.by = BY_PEAK, .depth = -1, .limit = 20};
+    struct top_opts o = {.by = BY_PEAK, .depth = 0, .limit = 20};
     struct rs_sites_model m;
     struct site *sites = NULL;
     size_t nsites = 0;
     char err[512] = "";
-    int c, status = 1;
-
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jn:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'b': {
-            int found = 0;
-            for (int i = 0; i < 4; i++)
-                if (!strcmp(optarg, metric_names[i])) {
-                    o.by = (enum metric)i;
-                    found = 1;
-                }
-            if (!found) {
-                fprintf(stderr, "refscope top: --by takes peak, total, count or live (not '%s')\n", optarg);
-                return 2;
-            }
-            break;
-        }
-        case 'd': o.depth = atoi(optarg); break;
-        case 'n': o.limit = atoi(optarg); break;
-        case 'f': o.file = optarg; break;
-        case 'F': o.function = optarg; break;
-        case 'N': o.native = 1; break;
-        case 'j': o.json = 1; break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
-        }
-    }
-    if (optind != argc - 1 || o.limit < 0) {
-        usage();
+    int by = BY_PEAK, status = 1;
+    const struct rs_opt opts[] = {
+        {"by", 0, RS_OPT_CHOICE, &by, 0, 0, metric_names},
+        {"depth", 0, RS_OPT_INT, &o.depth, 0, INT_MAX, NULL}, /* 0: 1 frame, 16 with --native */
+        {"limit", 'n', RS_OPT_INT, &o.limit, 0, INT_MAX, NULL}, /* 0: every site */
+        {"file", 0, RS_OPT_STR, &o.file, 0, 0, NULL},
+        {"function", 0, RS_OPT_STR, &o.function, 0, 0, NULL},
+        {"native", 0, RS_OPT_FLAG, &o.native, 0, 0, NULL},
+        {"json", 'j', RS_OPT_FLAG, &o.json, 0, 0, NULL},
+        RS_OPT_END,
+    };
+    const struct rs_cli cli = { "top", opts, "TRACE", 1, 1, 0 };
+    if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    }
-    o.trace = argv[optind];
+    o.by = (enum metric)by;
+    o.trace = argv[1];
 
     if (rs_sites_build(o.trace, &m, err, sizeof(err))) {
         fprintf(stderr, "refscope top: %s\n", err);

@@ -1,6 +1,7 @@
 /*
  * refscope: entry point. Dispatches to the subcommands declared in
- * commands.h; each one parses its own options.
+ * commands.h, and answers `refscope CMD --help` with the usage below; each
+ * command parses its own options with cli.h.
  */
 #include <stdio.h>
 #include <string.h>
@@ -88,7 +89,6 @@ int main(int argc, char **argv)
                 printf("usage: refscope %s\n", commands[i].usage);
                 return 0;
             }
-        /* Messages from getopt then read "refscope CMD: ...". */
         char name[64];
         snprintf(name, sizeof(name), "refscope %s", commands[i].name);
         argv[1] = name;

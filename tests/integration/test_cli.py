@@ -67,6 +67,63 @@ def test_bad_options():
         expect(proc.stderr.strip() and len(proc.stderr.strip().splitlines()) <= 12, "%s: %r" % (args, proc.stderr))
 
 
+def test_bad_option_values():
+    """Every subcommand parses its options one way (analyzer/cli.c): a wrong
+    value, a missing value, an unknown option or a wrong number of arguments
+    is one line naming the option and the value, and exit status 2, before
+    the trace is even opened."""
+    cases = [
+        (["top", "--depth", "x", "t.rfs"], "--depth takes an integer >= 0, not 'x'"),
+        (["top", "--depth", "99999999999", "t.rfs"], "--depth takes an integer"),
+        (["top", "--limit=-3", "t.rfs"], "--limit takes an integer >= 0, not '-3'"),
+        (["top", "--by", "nope", "t.rfs"], "--by takes peak|total|count|live, not 'nope'"),
+        (["top", "--json=1", "t.rfs"], "--json takes no value"),
+        (["top", "t.rfs", "--depth"], "--depth needs a value"),
+        (["top", "-x", "t.rfs"], "unknown option '-x'"),
+        (["flamegraph", "--format", "svg", "t.rfs"], "--format takes html|collapsed|folded, not 'svg'"),
+        (["leaks", "--depth", "2x", "t.rfs"], "--depth takes an integer >= 0, not '2x'"),
+        (["leaks", "--limit", "0", "t.rfs"], "--limit takes an integer >= 1, not '0'"),
+        (["leaks", "--since", "soon", "t.rfs"], "--since takes seconds"),
+        (["cycles", "--limit", "", "t.rfs"], "--limit takes an integer >= 1, not ''"),
+        (["diff", "--depth", "-1", "t.rfs"], "--depth takes an integer >= 0, not '-1'"),
+        (["diff", "t.rfs", "1"], "give two snapshots or none"),
+        (["gc", "--limit", "3", "t.rfs"], "unknown option '--limit'"),
+        (["lifetimes", "a.rfs", "b.rfs"], "unexpected argument 'b.rfs'"),
+        (["summary"], "expected TRACE"),
+        (["dump", "--kind", "alloc,nonsense", "t.rfs"], "unknown record kind 'nonsense'"),
+        (["run", "--ring-mb", "0", "--", "true"], "--ring-mb takes an integer from 1 to 65536, not '0'"),
+        (["run", "--gc-census", "maybe", "true"], "--gc-census takes off|on, not 'maybe'"),
+        (["run", "--snapshot-interval=0", "true"], "--snapshot-interval takes an integer from 1 to 86399"),
+        (["run", "--"], "expected a command to run"),
+        (["record", "--serve"], "--serve needs a value"),
+    ]
+    for args, want in cases:
+        proc = refscope(*args, timeout=30)
+        line = _one_line_failure(proc, 2)
+        expect(line.startswith("refscope %s: " % args[0]) and want in line,
+               "refscope %s: %r lacks %r" % (" ".join(args), line, want))
+
+
+def test_option_forms():
+    """--name=value, --name value, short forms and options after the trace
+    all mean the same (GNU style); run stops at its command, whose own
+    options are not ours."""
+    d = workdir()
+    trace = _small_trace(d)
+    outs = []
+    for args in (["top", "--by", "count", "--limit", "2", "--json", trace],
+                 ["top", "--by=count", "--limit=2", "-j", trace],
+                 ["top", trace, "-n", "2", "--json", "--by", "count"]):
+        proc = refscope(*args, timeout=60)
+        expect(proc.returncode == 0, "%s: exit %d: %s" % (args, proc.returncode, proc.stderr))
+        outs.append(proc.stdout)
+    expect(outs[0] == outs[1] == outs[2], "option forms disagree: %r" % [o[:200] for o in outs])
+    out = os.path.join(d, "forms.rfs")
+    proc = run([refscope_bin(), "run", "-o", out, "/bin/sh", "-c", "exit 3", "-o", "--json"], timeout=60)
+    expect(proc.returncode == 3, "run did not pass the command's own options through: %d %s"
+           % (proc.returncode, proc.stderr))
+
+
 def test_run_refuses_to_overwrite():
     d = workdir()
     out = os.path.join(d, "exists.rfs")
