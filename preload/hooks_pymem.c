@@ -59,7 +59,10 @@ static void *wrap_malloc(void *ctx, size_t size)
     int outer = rs_guard_enter();
     void *p = c->orig.malloc(c->orig.ctx, size);
     if (outer && p) {
-        rs_emit_alloc(c->domain, (uint64_t)(uintptr_t)p, size, rs_stack_current(GIL_HELD(c)));
+        uint32_t stack = rs_stack_current(GIL_HELD(c));
+        rs_emit_alloc(c->domain, (uint64_t)(uintptr_t)p, size, stack);
+        if (c->domain == RS_DOMAIN_OBJ)
+            rs_stack_note_obj_block((uint64_t)(uintptr_t)p, size, stack);
         rs_pysafe_poll();
     }
     rs_guard_leave();
@@ -71,9 +74,12 @@ static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
     struct mem_cell *c = ctx;
     int outer = rs_guard_enter();
     void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
-    if (outer && p)
-        rs_emit_alloc(c->domain | RS_F_ZEROED, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize,
-                      rs_stack_current(GIL_HELD(c)));
+    if (outer && p) {
+        uint32_t stack = rs_stack_current(GIL_HELD(c));
+        rs_emit_alloc(c->domain | RS_F_ZEROED, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize, stack);
+        if (c->domain == RS_DOMAIN_OBJ)
+            rs_stack_note_obj_block((uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize, stack);
+    }
     rs_guard_leave();
     return p;
 }

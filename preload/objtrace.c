@@ -48,7 +48,7 @@ static int reftracer(void *obj, int event, void *data)
     uint64_t addr = (uint64_t)(uintptr_t)obj;
     if (event == REFTRACER_CREATE) {
         uint64_t type_id = rs_pytype_id(rs_py_type(obj)); /* may define the type first */
-        uint32_t stack = rs_stack_current(1);              /* may define the stack first */
+        uint32_t stack = rs_stack_for_object(addr);        /* may define the stack first */
         rs_emit_event(RS_EV_OBJ_CREATE, 0, addr, type_id, stack);
     } else if (event == REFTRACER_DESTROY) {
         rs_emit_event(RS_EV_OBJ_DESTROY, 0, addr, 0, 0);
@@ -77,6 +77,7 @@ static void objtrace_at_init(void *arg)
         return;
     }
     installed = 1;
+    rs_stack_obj_memo_on();
     if (rs_py_reftracer_misses_destroy())
         rs_emit_note(RS_NOTE_DESTROY_MISSED,
                   "CPython 3.13.0-3.13.2 miss object DESTROY events inside the eval loop "

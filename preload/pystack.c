@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,6 +89,20 @@ struct walk_memo {
     uint64_t prefix[RS_PYSTACK_MAX_FRAMES + 1];  /* prefix[d]: hash of fr[0..d) */
 };
 static __thread struct walk_memo memo __attribute__((tls_model("initial-exec")));
+
+/* The thread's last OBJ-domain block and its stack (stack.h: object creations). */
+struct obj_block_memo {
+    uint64_t start, size; /* the block; size 0 = used, or none                */
+    uint32_t stack;
+    uint32_t epoch;       /* rs_emit_epoch() when noted                       */
+};
+static __thread struct obj_block_memo obj_memo __attribute__((tls_model("initial-exec")));
+static int obj_memo_on;
+
+/* REFSCOPE_STACK_CHECK=1 (tests): every reuse walks the frames too; the
+ * counts are reported at exit. */
+static int check_mode;
+static uint64_t check_reused, check_differ;
 
 /* Weak fallback; preload/unwind.c provides the real one. */
 __attribute__((weak)) uint32_t rs_native_stack_current(int skip)
@@ -336,11 +351,53 @@ uint32_t rs_stack_current(int gil_held)
     return id;
 }
 
+void rs_stack_obj_memo_on(void)
+{
+    __atomic_store_n(&obj_memo_on, 1, __ATOMIC_RELAXED);
+}
+
+void rs_stack_note_obj_block(uint64_t addr, uint64_t size, uint32_t stack)
+{
+    if (!stack || !__atomic_load_n(&obj_memo_on, __ATOMIC_RELAXED))
+        return;
+    obj_memo.start = addr;
+    obj_memo.size = size;
+    obj_memo.stack = stack;
+    obj_memo.epoch = rs_emit_epoch();
+}
+
+uint32_t rs_stack_for_object(uint64_t obj)
+{
+    struct obj_block_memo *m = &obj_memo;
+    if (obj - m->start < m->size && m->epoch == rs_emit_epoch()) {
+        m->size = 0; /* one object per block: a later one in it was made elsewhere */
+        if (__builtin_expect(check_mode, 0)) {
+            __atomic_add_fetch(&check_reused, 1, __ATOMIC_RELAXED);
+            if (rs_stack_current(1) != m->stack)
+                __atomic_add_fetch(&check_differ, 1, __ATOMIC_RELAXED);
+        }
+        return m->stack;
+    }
+    return rs_stack_current(1);
+}
+
+__attribute__((destructor)) static void check_report(void)
+{
+    char line[160];
+    if (!check_mode)
+        return;
+    snprintf(line, sizeof(line), "stack check: %llu object stacks taken from their block, %llu differ from a walk",
+             (unsigned long long)check_reused, (unsigned long long)check_differ);
+    rs_warn(line);
+}
+
 __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
 {
     const char *env = getenv(RS_ENV_PYSTACKS);
     const char *nat = getenv(RS_ENV_NATIVE);
+    const char *check = getenv(RS_ENV_STACK_CHECK);
     native_on = nat && nat[0] == '1';
+    check_mode = check && check[0] == '1';
     if (rs_pyver_init() < 0 || (env && env[0] == '0'))
         return;
     /* default builds: a GC type's block starts with the 16-byte GC header */

@@ -17,6 +17,18 @@
  * find; libc and RAW hooks pass 0. */
 uint32_t rs_stack_current(int gil_held);
 
+/* Object creations (3.13+ ref tracer) and the block they sit in. CPython
+ * allocates an object's block and creates the object in it within one C
+ * call, so both would capture the same frames: the OBJ wrappers remember
+ * the thread's last block and its stack (rs_stack_note_obj_block, only once
+ * rs_stack_obj_memo_on() was called), and the creation of an object inside
+ * that block takes that stack instead of walking the frames again
+ * (rs_stack_for_object; once per block). Objects made without a fresh block
+ * (freelists, static memory) are captured as usual. */
+void rs_stack_obj_memo_on(void);
+void rs_stack_note_obj_block(uint64_t addr, uint64_t size, uint32_t stack);
+uint32_t rs_stack_for_object(uint64_t obj);
+
 /* A block freed in the OBJ domain: lets the stack layer forget a dead code
  * object at that address (code objects are reused by address). Cheap. */
 void rs_stack_note_obj_free(uint64_t addr);

@@ -54,6 +54,7 @@ struct rs_reply {
 #define RS_ENV_NATIVE    "REFSCOPE_NATIVE"     /* 1 = native stacks (run --native)      */
 #define RS_ENV_PYSTACKS  "REFSCOPE_PYSTACKS"   /* 0 = no Python stacks                  */
 #define RS_ENV_UNWIND_CHECK "REFSCOPE_UNWIND_CHECK" /* 1 = tests: compare native walks with libunwind */
+#define RS_ENV_STACK_CHECK  "REFSCOPE_STACK_CHECK"  /* 1 = tests: walk anyway where a block's stack is reused */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
 /* Set to 1 by the shim after its set-up failed (the one warning line is
  * printed): programs it execs then run untraced without repeating it. */

@@ -261,3 +261,64 @@ def test_pystacks_agree_with_tracemalloc(py):
                "%s: line %d: refscope %d live bytes, tracemalloc %d" % (py, line, ours, size))
         checked += 1
     expect(checked >= 3, "%s: only %d top lines compared: %r" % (py, checked, truth[:4]))
+
+
+# Objects made in fresh blocks (instances, lists, dicts from several
+# functions, threads, a generator, a coroutine, exceptions) and from free
+# lists (floats, tuples), on 3.13+ where each creation is announced too.
+OBJECT_STACKS = r"""
+import asyncio, threading
+class Thing:
+    def __init__(self, i):
+        self.i = i
+def gen(n):
+    for i in range(n):
+        yield Thing(i), float(i) * 0.5, (i, i + 1)
+def worker(n):
+    out = []
+    for t, f, p in gen(n):
+        try:
+            if t.i % 5 == 0:
+                raise KeyError(t.i)
+            out.append({"t": t, "f": f, "p": [p]})
+        except KeyError as e:
+            out.append(e)
+    return out
+async def co(n):
+    acc = []
+    for i in range(n):
+        await asyncio.sleep(0)
+        acc.append(Thing(i))
+    return acc
+def make_dict(i):
+    return {"a": i, "b": i}   # its keys: an OBJ block that holds no object
+def make_float(i):
+    return i * 0.25           # from the float free list: walked, not reused
+for i in range(5000):
+    d = make_dict(i)
+    f = make_float(i)
+ts = [threading.Thread(target=worker, args=(3000,)) for _ in range(3)]
+for t in ts:
+    t.start()
+asyncio.run(co(2000))
+worker(3000)
+for t in ts:
+    t.join()
+"""
+
+
+@per_interpreter
+def test_object_stacks_reused_from_block(py):
+    """3.13+: an object created in the block its thread allocated last takes
+    that block's stack instead of walking the frames again. With
+    REFSCOPE_STACK_CHECK=1 every reuse is also walked: none may differ."""
+    if py.version < (3, 13):
+        raise harness.Skip("%s: no object events before 3.13" % py)
+    script = harness.write_script(OBJECT_STACKS, "objstacks.py")
+    traced = harness.run_traced([py.path, script], env={"REFSCOPE_STACK_CHECK": "1"}, timeout=180)
+    m = re.search(r"stack check: (\d+) object stacks taken from their block, (\d+) differ",
+                  traced.proc.stderr)
+    expect(m, "%s: no stack check report in %r" % (py, traced.proc.stderr[-500:]))
+    reused, differ = int(m.group(1)), int(m.group(2))
+    expect(reused > 20000, "%s: only %d reuses" % (py, reused))
+    expect(differ == 0, "%s: %d of %d reused object stacks differ from a walk" % (py, differ, reused))
