@@ -353,7 +353,9 @@ uint32_t rs_stack_current(int gil_held)
 
 void rs_stack_obj_memo_on(void)
 {
-    __atomic_store_n(&obj_memo_on, 1, __ATOMIC_RELAXED);
+    /* Python frames only: native frames of the allocation and of the
+     * creation differ (PyObject_Malloc's callers vs _Py_NewReference's) */
+    __atomic_store_n(&obj_memo_on, !native_on, __ATOMIC_RELAXED);
 }
 
 void rs_stack_note_obj_block(uint64_t addr, uint64_t size, uint32_t stack)

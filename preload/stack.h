@@ -24,7 +24,8 @@ uint32_t rs_stack_current(int gil_held);
  * rs_stack_obj_memo_on() was called), and the creation of an object inside
  * that block takes that stack instead of walking the frames again
  * (rs_stack_for_object; once per block). Objects made without a fresh block
- * (freelists, static memory) are captured as usual. */
+ * (freelists, static memory), and every object with --native (whose native
+ * frames differ), are captured as usual. */
 void rs_stack_obj_memo_on(void);
 void rs_stack_note_obj_block(uint64_t addr, uint64_t size, uint32_t stack);
 uint32_t rs_stack_for_object(uint64_t obj);
