@@ -4,16 +4,22 @@
  * loop per command, whose atoi() let "--depth x" pass as 0.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 
-static int fail(const struct rs_cli *cli, const char *fmt, const char *a, const char *b)
+/* The one line: "refscope CMD: <fmt...> (see 'refscope CMD --help')". Returns -1. */
+__attribute__((format(printf, 2, 3)))
+static int fail(const struct rs_cli *cli, const char *fmt, ...)
 {
+    va_list ap;
     fprintf(stderr, "refscope %s: ", cli->cmd);
-    fprintf(stderr, fmt, a, b);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
     fprintf(stderr, " (see 'refscope %s --help')\n", cli->cmd);
     return -1;
 }
@@ -43,7 +49,7 @@ static int set_value(const struct rs_cli *cli, const struct rs_opt *o, const cha
         return 0;
     case RS_OPT_STR:
         if (!*value)
-            return fail(cli, "%s needs a value%s", as, "");
+            return fail(cli, "%s needs a value", as);
         *(const char **)o->target = value;
         return 0;
     case RS_OPT_INT: {
@@ -55,9 +61,7 @@ static int set_value(const struct rs_cli *cli, const struct rs_opt *o, const cha
                 snprintf(range, sizeof(range), "an integer >= %d", o->min);
             else
                 snprintf(range, sizeof(range), "an integer from %d to %d", o->min, o->max);
-            fprintf(stderr, "refscope %s: %s takes %s, not '%s' (see 'refscope %s --help')\n", cli->cmd,
-                    as, range, value, cli->cmd);
-            return -1;
+            return fail(cli, "%s takes %s, not '%s'", as, range, value);
         }
         *(int *)o->target = (int)v;
         return 0;
@@ -73,9 +77,7 @@ static int set_value(const struct rs_cli *cli, const struct rs_opt *o, const cha
             used += (size_t)snprintf(list + used, used < sizeof(list) ? sizeof(list) - used : 0, "%s%s",
                                      i ? "|" : "", o->choices[i]);
         }
-        fprintf(stderr, "refscope %s: %s takes %s, not '%s' (see 'refscope %s --help')\n", cli->cmd, as,
-                list, value, cli->cmd);
-        return -1;
+        return fail(cli, "%s takes %s, not '%s'", as, list, value);
     }
     }
     return -1;
@@ -105,17 +107,17 @@ int rs_cli_parse(const struct rs_cli *cli, int argc, char **argv)
             o = find_long(cli, a + 2, len);
             snprintf(as, sizeof(as), "--%.*s", (int)(len < 60 ? len : 60), a + 2);
             if (!o)
-                return fail(cli, "unknown option '%s'%s", as, "");
+                return fail(cli, "unknown option '%s'", as);
             if (eq) {
                 if (o->kind == RS_OPT_FLAG)
-                    return fail(cli, "%s takes no value%s", as, "");
+                    return fail(cli, "%s takes no value", as);
                 value = eq + 1;
             }
         } else {
             o = find_short(cli, a[1]);
             snprintf(as, sizeof(as), "-%c", a[1]);
             if (!o)
-                return fail(cli, "unknown option '%s'%s", a, "");
+                return fail(cli, "unknown option '%s'", a);
             if (a[2]) {
                 if (o->kind == RS_OPT_FLAG)
                     return fail(cli, "%s takes no value (not '%s')", as, a);
@@ -124,7 +126,7 @@ int rs_cli_parse(const struct rs_cli *cli, int argc, char **argv)
         }
         if (o->kind != RS_OPT_FLAG && !value) {
             if (i + 1 >= argc)
-                return fail(cli, "%s needs a value%s", as, "");
+                return fail(cli, "%s needs a value", as);
             value = argv[++i];
         }
         if (set_value(cli, o, as, value ? value : "") < 0)

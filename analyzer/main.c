@@ -89,9 +89,6 @@ int main(int argc, char **argv)
                 printf("usage: refscope %s\n", commands[i].usage);
                 return 0;
             }
-        char name[64];
-        snprintf(name, sizeof(name), "refscope %s", commands[i].name);
-        argv[1] = name;
         return commands[i].fn(argc - 1, argv + 1);
     }
     fprintf(stderr, "refscope: unknown command '%s' (see 'refscope --help')\n", argv[1]);
