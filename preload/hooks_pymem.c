@@ -53,16 +53,23 @@ static char *(*real_setlocale)(int, const char *);
  * have per-thread states anyway); RAW calls may not. */
 #define GIL_HELD(c) ((c)->domain != RS_DOMAIN_RAW)
 
+/* A new block (malloc, calloc): its record, and for OBJ the block an object
+ * created next may take its stack from (stack.h). */
+static inline void record_new_block(const struct mem_cell *c, uint8_t flags, void *p, uint64_t size)
+{
+    uint32_t stack = rs_stack_current(GIL_HELD(c));
+    rs_emit_alloc(c->domain | flags, (uint64_t)(uintptr_t)p, size, stack);
+    if (c->domain == RS_DOMAIN_OBJ)
+        rs_stack_note_obj_block((uint64_t)(uintptr_t)p, size, stack);
+}
+
 static void *wrap_malloc(void *ctx, size_t size)
 {
     struct mem_cell *c = ctx;
     int outer = rs_guard_enter();
     void *p = c->orig.malloc(c->orig.ctx, size);
     if (outer && p) {
-        uint32_t stack = rs_stack_current(GIL_HELD(c));
-        rs_emit_alloc(c->domain, (uint64_t)(uintptr_t)p, size, stack);
-        if (c->domain == RS_DOMAIN_OBJ)
-            rs_stack_note_obj_block((uint64_t)(uintptr_t)p, size, stack);
+        record_new_block(c, 0, p, size);
         rs_pysafe_poll();
     }
     rs_guard_leave();
@@ -74,12 +81,8 @@ static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
     struct mem_cell *c = ctx;
     int outer = rs_guard_enter();
     void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
-    if (outer && p) {
-        uint32_t stack = rs_stack_current(GIL_HELD(c));
-        rs_emit_alloc(c->domain | RS_F_ZEROED, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize, stack);
-        if (c->domain == RS_DOMAIN_OBJ)
-            rs_stack_note_obj_block((uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize, stack);
-    }
+    if (outer && p)
+        record_new_block(c, RS_F_ZEROED, p, (uint64_t)nelem * elsize);
     rs_guard_leave();
     return p;
 }
