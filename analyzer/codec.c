@@ -47,18 +47,44 @@ _Static_assert(S_PAYLOAD + 1 == RS_CODEC_STREAMS, "one column per stream");
 #define MAX_FIELD 12u        /* bytes a record can add to one column (a head literal) */
 #define STORE_SLACK 8u       /* a varint is written with an 8-byte store */
 
-/* The encoder's cache of addresses: entry (addr >> 4) mod size holds the
- * last address that mapped there, the serial of its last allocation (its
- * place in A) and of its last free (its place in F). Serials are running
- * counts, so entries from earlier chunks are recognised as stale without
- * clearing the table; 0 is never valid. 16 MiB, touched as the heap is. */
+/* The encoder's cache of addresses: entry (addr >> 4) mod size stands for
+ * the last address that mapped there and what happened to it last: its
+ * allocation's serial (its place in A) or, once freed, its free's serial
+ * (its place in F). An address's next record needs only that one: a FREE
+ * or OBJ_DESTROY follows an allocation, an ALLOC reusing it follows a free.
+ * Serials are running counts, so entries from earlier chunks are
+ * recognised as stale without clearing the table; 0 is never valid.
+ *
+ * An entry is 8 bytes: the address bits its index leaves out, 24-55, are
+ * the tag. Only "plain" addresses, 16-byte aligned and below 2^56 (every
+ * block the allocators we wrap hand out), are cached; any other is stored
+ * as an empty entry and so always misses. The entries mirror the traced
+ * heap (an entry per 16 bytes of it) and share the last-level cache with
+ * the traced program: half the size of an entry with the whole address
+ * is that much less of the program's cache taken. 8 MiB. */
 #define REF_CACHE_BITS 20u
 #define REF_CACHE_MASK ((1u << REF_CACHE_BITS) - 1)
+#define REF_FREED 0x80000000u  /* serial is a free serial (its low 31 bits)      */
+#define REF_SERIAL_MAX (REF_FREED - 1)
 struct ref_entry {
-    uint64_t addr;
-    uint32_t serial;         /* allocation */
-    uint32_t free_serial;
+    uint32_t tag;            /* addr >> 24 */
+    uint32_t serial;         /* allocation serial, or REF_FREED | free serial; 0 = empty */
 };
+_Static_assert(sizeof(struct ref_entry) == 8, "compact cache entry");
+
+static inline uint32_t ref_tag(uint64_t addr) { return (uint32_t)(addr >> 24); }
+
+/* The serial an entry for addr may hold: 0 (empty) when addr is not cacheable. */
+static inline uint32_t ref_serial(uint64_t addr, uint32_t serial)
+{
+    return ((addr & 0xf) | (addr >> 56)) == 0 ? serial : 0;
+}
+
+static inline void ref_set(struct ref_entry *c, uint64_t addr, uint32_t serial)
+{
+    c->tag = ref_tag(addr);
+    c->serial = ref_serial(addr, serial);
+}
 
 /* The encoder's index of the head table T, by kind, flags and thread; the
  * index of each form's head. The lookup does not wait for the form, which
@@ -277,8 +303,8 @@ static void enc_reset(struct rs_enc *e)
     memset(e->head_slot, 0, sizeof(e->head_slot));
     /* serials must never repeat within the cache's memory: before the
      * counter could wrap, forget everything */
-    if (e->serial > UINT32_MAX - 2 * RS_CODEC_CHUNK_RECORDS ||
-        e->free_serial > UINT32_MAX - 2 * RS_CODEC_CHUNK_RECORDS) {
+    if (e->serial > REF_SERIAL_MAX - 2 * RS_CODEC_CHUNK_RECORDS ||
+        e->free_serial > REF_SERIAL_MAX - 2 * RS_CODEC_CHUNK_RECORDS) {
         memset(e->cache, 0, sizeof(*e->cache) << REF_CACHE_BITS);
         e->serial = e->free_serial = 1;
     }
@@ -463,8 +489,8 @@ static inline void encode_ref(struct rs_enc *e, struct run *r, const struct ref_
                               uint64_t addr)
 {
     uint32_t n = r->serial - e->chunk_serial;
-    uint32_t j = c->serial - e->chunk_serial;
-    if (__builtin_expect(c->addr != addr || j >= n, 0)) {
+    uint32_t j = c->serial - e->chunk_serial; /* >= n when freed, empty or stale */
+    if (__builtin_expect(c->tag != ref_tag(addr) || ref_serial(addr, 1) == 0 || j >= n, 0)) {
         e->col[S_REF].end = r->ref;
         encode_miss(e, addr);
         r->ref = e->col[S_REF].end;
@@ -493,19 +519,18 @@ static inline unsigned encode_alloc(struct rs_enc *e, struct run *r, uint64_t ad
     struct ref_entry *ce = cache_entry(r, addr);
     uint64_t code = addr_code(addr - e->class_last[c]);
     e->class_last[c] = addr;
-    uint32_t k = ce->free_serial - e->chunk_free_serial;
-    if (ce->addr == addr) {
+    /* k < len(F) only for a freed entry of this chunk */
+    uint32_t k = (ce->serial ^ REF_FREED) - e->chunk_free_serial;
+    if (ce->tag == ref_tag(addr) && ref_serial(addr, 1) != 0 &&
+        k < r->free_serial - e->chunk_free_serial) {
         uint64_t reuse = zigzag((uint64_t)((int64_t)k - (int64_t)e->reuse_last[c]));
-        if (k < r->free_serial - e->chunk_free_serial && reuse <= code) {
+        if (reuse <= code) {
             form |= FORM_REUSE;
             code = reuse;
             e->reuse_last[c] = k;
         }
-    } else {
-        ce->addr = addr;
-        ce->free_serial = 0;
     }
-    ce->serial = r->serial++;
+    ref_set(ce, addr, r->serial++);
     e->alloc_last = addr;
     *field = code;
     return form;
@@ -514,12 +539,7 @@ static inline unsigned encode_alloc(struct rs_enc *e, struct run *r, uint64_t ad
 /* Append an OBJ_CREATE to the allocation list. */
 static inline void alloc_list_add(struct rs_enc *e, struct run *r, uint64_t addr)
 {
-    struct ref_entry *c = cache_entry(r, addr);
-    if (c->addr != addr) {
-        c->addr = addr;
-        c->free_serial = 0;
-    }
-    c->serial = r->serial++;
+    ref_set(cache_entry(r, addr), addr, r->serial++);
     e->alloc_last = addr;
 }
 
@@ -560,13 +580,8 @@ static size_t encode_run(struct rs_enc *e, const struct rs_slot *recs, size_t m)
         } else if (is_ref_kind(kind)) {
             struct ref_entry *ce = cache_entry(&r, addr);
             encode_ref(e, &r, ce, addr);
-            if (kind == RS_EV_FREE) {
-                if (ce->addr != addr) {
-                    ce->addr = addr;
-                    ce->serial = 0;
-                }
-                ce->free_serial = r.free_serial++;
-            }
+            if (kind == RS_EV_FREE)
+                ref_set(ce, addr, REF_FREED | r.free_serial++);
         } else if (kind == RS_EV_OBJ_CREATE) {
             put_col(e, S_ADDR, addr_code(addr - e->alloc_last));
             alloc_list_add(e, &r, addr);

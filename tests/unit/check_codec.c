@@ -346,6 +346,23 @@ START_TEST(adversarial_addresses)
             s->size = 5;
             s->stack = 9;
         }
+        /* addresses sharing a cache entry and its tag with a plain (16-byte
+         * aligned, below 2^56) one: unaligned, or differing above bit 55 */
+        for (size_t i = 0; i < 3; i++) {
+            uint64_t plain = 0x7f1234500000ull + round * 0x10000;
+            uint64_t twin = plain + (uint64_t[]){8, 1ull << 56, 1 + (3ull << 60)}[i];
+            static const uint8_t kinds[] = {RS_EV_ALLOC, RS_EV_FREE, RS_EV_ALLOC, RS_EV_FREE,
+                                            RS_EV_ALLOC, RS_EV_ALLOC, RS_EV_FREE, RS_EV_FREE,
+                                            RS_EV_OBJ_CREATE, RS_EV_OBJ_DESTROY};
+            for (size_t k = 0; k < sizeof(kinds); k++) {
+                struct rs_slot *s = push(&st);
+                s->kind = kinds[k];
+                s->addr = (uint64_t[]){plain, plain, twin, twin, plain, twin, plain, twin,
+                                       plain, twin}[k];
+                s->size = s->kind == RS_EV_ALLOC ? 32 : 0;
+                s->time = (t += 1);
+            }
+        }
         /* the other fixed kinds, with huge values */
         struct rs_slot *s = push(&st);
         s->kind = RS_EV_CLOCK;
