@@ -51,11 +51,15 @@ def timed(args, env=None):
 
 
 def bench_one(py, build, rounds, repeat, workdir, mode="default"):
+    """Untraced and traced runs alternate, so that a machine whose speed drifts
+    (shared VMs) weighs on both alike. The ratio is fastest traced / fastest
+    untraced; `pairs` is the median of the ratios of each (untraced, traced)
+    pair, the spread a reader should expect from one run."""
     script = os.path.join(ROOT, "samples", "churn.py")
     cmd = [py.path, script, str(rounds)]
-    base = min(timed(cmd)[1] for _ in range(repeat))
-    best = None
+    bases, best, pairs = [], None, []
     for i in range(repeat):
+        bases.append(timed(cmd)[1])
         trace = os.path.join(workdir, "churn-%s-%d.rfs" % (py.label, i))
         proc, wall, cpu = timed([os.path.join(build, "refscope"), "run", "-f", "-o", trace, *MODES[mode], "--"]
                                 + cmd)
@@ -67,13 +71,17 @@ def bench_one(py, build, rounds, repeat, workdir, mode="default"):
         records, size = int(m.group(2)), int(m.group(3))
         for name in os.listdir(workdir):  # the trace and any child traces
             os.unlink(os.path.join(workdir, name))
+        pairs.append(wall / bases[-1])
         run = (wall, records, size, float(c.group(1)) if c else float("nan"), cpu)
         if best is None or wall < best[0]:
             best = run
+    base = min(bases)
     wall, records, size, rec_cpu, cpu = best
-    return ("%-16s %6.2fx  %8.2f M/s  %6.3f B/ev  %7.2f s  %8.1f MiB  %6.1f M events   (untraced %.2f s)"
+    pairs.sort()
+    spread = "   pairs: median %.2fx" % pairs[len(pairs) // 2] if len(pairs) > 1 else ""
+    return ("%-16s %6.2fx  %8.2f M/s  %6.3f B/ev  %7.2f s  %8.1f MiB  %6.1f M events   (untraced %.2f s)%s"
             % (py.label, wall / base, records / wall / 1e6, size / records, rec_cpu, size / 2**20,
-               records / 1e6, base))
+               records / 1e6, base, spread))
 
 
 # ---- heap snapshots (issue 5; owned by the snapshots feature) ------------------------
@@ -128,8 +136,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--repeat", type=int, default=0,
-                    help="runs of each (traced and untraced), the fastest counts; default 3 on the "
-                         "first interpreter (the one with targets), 1 on the others")
+                    help="runs of each (untraced and traced, alternating), the fastest counts; default 3 "
+                         "on the first interpreter (the one with targets), 1 on the others")
     ap.add_argument("--rounds", type=int, default=1000, help="churn rounds (10000 objects each)")
     ap.add_argument("--mode", choices=sorted(MODES) + ["all"], default="all",
                     help="pipeline (--no-stacks --gc-census=off), nostacks, default (Python stacks), "
