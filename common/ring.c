@@ -73,6 +73,36 @@ static int ring_wait_step(struct rs_ring *ring, unsigned *step)
     return 0;
 }
 
+/* What one wait has seen of the slot at tail: since when (ns, 0 = not
+ * seen uncommitted) slot `tail` has been uncommitted. */
+struct blocked_watch {
+    uint64_t tail, since;
+};
+
+/* Is the ring stuck on an uncommitted slot at `tail` (see struct rs_ring,
+ * `blocked_tail`)? */
+static int ring_blocked(struct rs_ring *ring, uint64_t tail, struct blocked_watch *w)
+{
+    if (__atomic_load_n(&rs_ring_slot(ring, tail)->kind, __ATOMIC_ACQUIRE) != RS_EV_EMPTY) {
+        w->since = 0; /* committed: the consumer is merely behind */
+        return 0;
+    }
+    if (__atomic_load_n(&ring->blocked_tail, __ATOMIC_RELAXED) == tail + 1)
+        return 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (!w->since || w->tail != tail || now < w->since) {
+        w->tail = tail;
+        w->since = now;
+        return 0;
+    }
+    if (now - w->since < RS_RING_BLOCKED_NS)
+        return 0;
+    __atomic_store_n(&ring->blocked_tail, tail + 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
 uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
 {
     struct rs_ring_header *hdr = ring->hdr;
@@ -89,6 +119,7 @@ uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
     uint64_t slack = lossy ? 0 : capacity / 16 < capacity - n ? capacity / 16 : capacity - n;
 
     uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+    struct blocked_watch blocked = {0, 0};
     unsigned step = 0;
     int waited = 0;
     for (;;) {
@@ -113,7 +144,7 @@ uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
                     waited = 1;
                     __atomic_fetch_add(&hdr->waits, 1, __ATOMIC_RELAXED);
                 }
-                if (ring_wait_step(ring, &step)) {
+                if (ring_blocked(ring, tail, &blocked) || ring_wait_step(ring, &step)) {
                     __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
                     return UINT64_MAX;
                 }

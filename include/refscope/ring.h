@@ -18,7 +18,9 @@
  *    head + n - tail > capacity: lossless mode waits (counting one wait per
  *    reservation that had to wait) until n + capacity/16 slots are free
  *    (batches, see rs_ring_reserve_slow), lossy mode drops the record and
- *    counts it.
+ *    counts it. A lossless wait drops and counts too when the ring cannot
+ *    drain: the slot at tail reserved and uncommitted for a second (see
+ *    struct rs_ring, `blocked_tail`).
  *  - The producer writes the record; for a VAR record the continuation slots
  *    first (byte 0 = RS_EV_CONT), then the first slot's fields, then stores
  *    the first slot's `kind` byte with release order. That store commits.
@@ -99,7 +101,15 @@ struct rs_ring {
      * when the recorder is gone. NULL = wait forever. */
     int (*stalled)(void *ctx);
     void *stall_ctx;
+    /* Lossless waits give up (drop and count) when the slot at `tail` has
+     * stayed reserved but uncommitted for RS_RING_BLOCKED_NS: the ring cannot
+     * drain past it, and its writer may be the very thread waiting (a
+     * signal handler that allocates, interrupting a record of its own
+     * thread), which would otherwise wait forever. Such a slot is remembered
+     * here (its index + 1) so that later waits on it give up at once. */
+    uint64_t blocked_tail;
 };
+#define RS_RING_BLOCKED_NS 1000000000ull
 
 /* Number of slots a VAR record with `len` payload bytes takes. */
 static inline uint32_t rs_var_slots(uint32_t len)

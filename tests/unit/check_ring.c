@@ -317,6 +317,80 @@ START_TEST(test_closed_and_stalled)
 }
 END_TEST
 
+/* A thread interrupted between reserving and committing, whose signal
+ * handler then records into a full ring: the ring cannot drain past the
+ * interrupted record, so the handler's lossless wait must give up (drop and
+ * count) instead of waiting forever; further waits on that slot give up at
+ * once, and once the record is committed and consumed everything is normal. */
+START_TEST(test_blocked_ring_gives_up)
+{
+    struct rs_ring ring;
+    struct timespec t0, t1, t2;
+    ring_new(&ring, 16, 0);
+    struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = 1 };
+    uint64_t interrupted = rs_ring_reserve(&ring, 1); /* reserved, never committed (yet) */
+    ck_assert_uint_eq(interrupted, 0);
+    for (int i = 1; i < 16; i++)
+        ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), -ENOSPC); /* the "handler" */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), -ENOSPC);
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    double first = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double second = (double)(t2.tv_sec - t1.tv_sec) + (double)(t2.tv_nsec - t1.tv_nsec) / 1e9;
+    ck_assert_msg(first >= 0.9 && first < 30, "gave up after %.3f s", first);
+    ck_assert_msg(second < 0.5, "a second wait on the same slot took %.3f s", second);
+    ck_assert_uint_eq(ring.hdr->dropped, 2);
+    /* the interrupted record completes: the ring drains and takes records again */
+    rs_ring_slot(&ring, interrupted)->addr = 7;
+    rs_ring_commit(&ring, interrupted, RS_EV_FREE);
+    struct rs_slot got;
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    ck_assert_uint_eq(got.addr, 7);
+    for (int i = 1; i < 16; i++)
+        ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    ck_assert_uint_eq(ring.hdr->dropped, 2);
+    free(ring.hdr);
+}
+END_TEST
+
+/* ...but a ring that drains, however slowly, is waited for: here two records
+ * in flight at the tail take 1.4 s between them, 0.7 s each. */
+static void *put_one(void *p)
+{
+    struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = 99 };
+    return (void *)(uintptr_t)(rs_ring_put(p, &rec) != 0);
+}
+
+START_TEST(test_slow_ring_is_waited_for)
+{
+    struct rs_ring ring;
+    struct timespec pause = { 0, 700000000 };
+    struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = 1 }, got;
+    pthread_t waiter;
+    void *failed;
+    ring_new(&ring, 16, 0);
+    ck_assert_uint_eq(rs_ring_reserve(&ring, 1), 0);
+    ck_assert_uint_eq(rs_ring_reserve(&ring, 1), 1);
+    for (int i = 2; i < 16; i++)
+        ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    ck_assert_int_eq(pthread_create(&waiter, NULL, put_one, &ring), 0);
+    for (uint64_t k = 0; k < 2; k++) {
+        nanosleep(&pause, NULL);
+        rs_ring_commit(&ring, k, RS_EV_FREE);
+        ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    }
+    while (rs_ring_consume(&ring, &got, NULL, 0, NULL, 0) == 1)
+        ;
+    pthread_join(waiter, &failed);
+    ck_assert_ptr_null(failed);
+    ck_assert_uint_eq(ring.hdr->dropped, 0);
+    free(ring.hdr);
+}
+END_TEST
+
 /* A producer that found the ring full goes on only once a sixteenth of it
  * (plus its record) is free again: producer and consumer work in batches. */
 static void *one_more_producer(void *p)
@@ -438,6 +512,8 @@ static Suite *ring_suite(void)
     tcase_add_test(tc, test_dead_producer_skipped);
     tcase_add_test(tc, test_full_ring_waits);
     tcase_add_test(tc, test_closed_and_stalled);
+    tcase_add_test(tc, test_blocked_ring_gives_up);
+    tcase_add_test(tc, test_slow_ring_is_waited_for);
     tcase_add_test(tc, test_full_ring_resumes_in_batches);
     tcase_add_test(tc, test_solo_reserve);
     tcase_add_test(tc, test_consume_fixed_runs);
