@@ -65,9 +65,12 @@ static void warnings(const struct rs_gc_model *m, const struct rs_trace_info *in
                      void (*fn)(const char *, void *), void *arg)
 {
     char buf[256];
-    for (uint32_t i = 0; i < m->nnotes; i++)
+    int gc_off = 0; /* run --no-gc: the shim's note says so */
+    for (uint32_t i = 0; i < m->nnotes; i++) {
         fn(m->notes[i], arg);
-    if (!m->have_gc)
+        gc_off |= m->note_codes[i] == RS_NOTE_GC_OFF;
+    }
+    if (!m->have_gc && !gc_off)
         fn(info->py_version ? "no gc events in this trace (the gc callback was never registered or "
                               "the process ended before the first safe point)"
                             : "not a Python process: no gc events",

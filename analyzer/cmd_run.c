@@ -1,7 +1,7 @@
 /*
  * `refscope run` and `refscope record`: the two ways a recorder is started.
  *
- *   run [-o OUT] [-f] [--native | --no-stacks] [--lossy] [--ring-mb N] [--snapshot-interval N] [--] CMD ARGS...
+ *   run [-o OUT] [-f] [--native | --no-stacks] [--no-gc] [--lossy] [--ring-mb N] [--snapshot-interval N] [--] CMD ARGS...
  *       recorder on a background thread, CMD spawned with the shim preloaded
  *       and REFSCOPE_SOCK set; waits for CMD and every traced descendant,
  *       then exits with CMD's status (128+signal when CMD was killed).
@@ -153,7 +153,7 @@ static int descendants_alive(void)
 int cmd_run(int argc, char **argv)
 {
     const char *output = NULL;
-    int force = 0, native = 0, lossy = 0, no_stacks = 0, census = -1, ring_mb = 0, interval = 0;
+    int force = 0, native = 0, lossy = 0, no_stacks = 0, no_gc = 0, census = -1, ring_mb = 0, interval = 0;
     char shim[PATH_MAX], out_buf[64], err[512];
     char *preload = NULL;
     struct rs_recorder *r = NULL;
@@ -168,6 +168,7 @@ int cmd_run(int argc, char **argv)
         {"no-stacks", 0, RS_OPT_FLAG, &no_stacks, 0, 0, NULL}, /* allocation records without Python stacks */
         {"lossy", 0, RS_OPT_FLAG, &lossy, 0, 0, NULL},
         {"ring-mb", 0, RS_OPT_INT, &ring_mb, 1, 65536, NULL},
+        {"no-gc", 0, RS_OPT_FLAG, &no_gc, 0, 0, NULL},                /* no gc callback: allocation records only */
         {"gc-census", 0, RS_OPT_CHOICE, &census, 0, 0, on_off},       /* issue 4: census of collected generations */
         {"snapshot-interval", 0, RS_OPT_INT, &interval, 1, 86399, NULL}, /* issue 5: heap snapshot every N s */
         RS_OPT_END,
@@ -175,7 +176,12 @@ int cmd_run(int argc, char **argv)
     const struct rs_cli cli = { "run", opts, "a command to run", 1, INT_MAX, 1 };
     if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
-    if ((no_stacks && setenv(RS_ENV_PYSTACKS, "0", 1)) ||
+    if (no_gc && census == 1) {
+        fprintf(stderr, "refscope run: --no-gc records no collections, so no census: drop one of "
+                        "--no-gc and --gc-census=on (see 'refscope run --help')\n");
+        return 2;
+    }
+    if ((no_stacks && setenv(RS_ENV_PYSTACKS, "0", 1)) || (no_gc && setenv(RS_ENV_GC, "off", 1)) ||
         (census >= 0 && setenv("REFSCOPE_GC_CENSUS", on_off[census], 1)) ||
         (interval && env_set_int("REFSCOPE_SNAPSHOT_INTERVAL", interval))) {
         fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));

@@ -29,8 +29,8 @@ struct command {
 
 static const struct command commands[] = {
     {"run", cmd_run,
-     "run [-o OUT] [-f] [--native | --no-stacks] [--lossy] [--ring-mb N]\n"
-     "      [--gc-census=on|off] [--snapshot-interval SECONDS] [--] CMD ARGS...\n"
+     "run [-o OUT] [-f] [--native | --no-stacks] [--no-gc | --gc-census=on|off] [--lossy]\n"
+     "      [--ring-mb N] [--snapshot-interval SECONDS] [--] CMD ARGS...\n"
      "      trace CMD and every process it starts; exits with CMD's status"},
     {"summary", cmd_summary, "summary [--json] TRACE\n"
      "      process, duration, per-domain allocations/frees/bytes, peak and live bytes"},

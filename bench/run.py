@@ -29,7 +29,8 @@ from gc_census import bench_gc_census  # noqa: E402
 TIMEOUT = 600
 # --mode: what the traced run records, and the issues' wall-time targets
 MODES = {
-    "pipeline": ("--no-stacks", "--gc-census=off"),   # allocation and GC records only (issue 2: <= 1.5x)
+    "pipeline": ("--no-stacks", "--no-gc"),           # allocation records only (issue 2: <= 1.5x)
+    "gcevents": ("--no-stacks", "--gc-census=off"),   # plus GC events (issue 4; gc.callbacks)
     "nostacks": ("--no-stacks",),                     # plus the GC census (issue 4's promotions)
     "default": (),                                    # plus Python stacks: the default (issues 3, 4: <= 2x)
     "native": ("--native",),                          # plus native stacks (issue 3: <= 5x)
@@ -140,7 +141,8 @@ def main():
                          "on the first interpreter (the one with targets), 1 on the others")
     ap.add_argument("--rounds", type=int, default=1000, help="churn rounds (10000 objects each)")
     ap.add_argument("--mode", choices=sorted(MODES) + ["all"], default="all",
-                    help="pipeline (--no-stacks --gc-census=off), nostacks, default (Python stacks), "
+                    help="pipeline (--no-stacks --no-gc), gcevents (--no-stacks --gc-census=off), "
+                         "nostacks, default (Python stacks), "
                          "native (--native), or all: every mode on the first interpreter and the "
                          "default mode on the others (make bench)")
     ap.add_argument("--only", default="", help="comma-separated interpreter labels or paths")
@@ -161,7 +163,7 @@ def main():
                                                     "rec. CPU", "trace size", "events"))
     # (interpreter, mode) pairs
     if opts.mode == "all":
-        runs = [(py, m) for py in pys[:1] for m in ("pipeline", "nostacks", "default", "native")]
+        runs = [(py, m) for py in pys[:1] for m in ("pipeline", "gcevents", "nostacks", "default", "native")]
         runs += [(py, "default") for py in pys[1:]]
     else:
         runs = [(py, opts.mode) for py in pys]

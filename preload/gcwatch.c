@@ -48,6 +48,11 @@
  * 3.14.4 run the incremental collector; later lists not verified); a note
  * says so.
  *
+ * REFSCOPE_GC=off (run --no-gc) registers nothing: no callback, no
+ * wrappers, no census; a note says so. For the program that collects often
+ * the callback is not free even if it did nothing: CPython builds an info
+ * dict and a phase string for each of its two calls per collection.
+ *
  * Everything here runs at safe points (GIL held) with the recursion guard
  * held, so refscope's own temporary objects are not recorded.
  */
@@ -56,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "refscope/clock.h"
+#include "refscope/transport.h"
 #include "emit.h"
 #include "guard.h"
 #include "objtrace.h"
@@ -153,6 +159,7 @@ struct gc_config {
 };
 
 static struct {
+    int off;               /* REFSCOPE_GC=off: no callback at all           */
     int census;            /* census on (lists found)                     */
     int census_types;      /* tenured lists carry type ids (< 3.13)       */
     int census_unavailable; /* wanted, but the lists were not found        */
@@ -1165,6 +1172,15 @@ static void gcwatch_at_init(void *arg)
     if (!rs_emit_active())
         return;
     rs_guard_depth++;
+    if (st.off) {
+        /* gc.callbacks stays as the program left it: CPython builds an info
+         * dict for every callback call, which costs the program itself a few
+         * percent when it collects often */
+        rs_emit_note(RS_NOTE_GC_OFF, "gc events off (run --no-gc, REFSCOPE_GC=off): no collections, "
+                                     "promotions or tenured garbage in this trace");
+        rs_guard_depth--;
+        return;
+    }
     if (!st.generational)
         rs_emit_note(rs_py.free_threaded ? RS_NOTE_GC_FREETHREADED : RS_NOTE_GC_INCREMENTAL,
                   rs_py.free_threaded
@@ -1186,10 +1202,10 @@ static void gcwatch_at_init(void *arg)
     rs_guard_depth--;
 }
 
-static int census_wanted(void)
+static int env_off(const char *name)
 {
-    const char *v = getenv("REFSCOPE_GC_CENSUS");
-    return !(v && (!strcmp(v, "off") || !strcmp(v, "0") || !strcmp(v, "no")));
+    const char *v = getenv(name);
+    return v && (!strcmp(v, "off") || !strcmp(v, "0") || !strcmp(v, "no"));
 }
 
 __attribute__((constructor(RS_CTOR_FEATURE)))
@@ -1204,7 +1220,8 @@ static void gcwatch_init(void)
             return; /* not an interpreter this file can drive */
     }
     st.generational = !rs_py.free_threaded && !rs_py_gc_incremental();
-    st.census = census_wanted() && st.generational;
+    st.off = env_off(RS_ENV_GC);
+    st.census = !st.off && !env_off("REFSCOPE_GC_CENSUS") && st.generational;
     if (rs_pysafe_on_init(gcwatch_at_init, NULL) != 0)
         rs_warn("gc events: no safe point slot left; gc events are off");
 }

@@ -365,6 +365,8 @@ enum rs_note_gc {
     RS_NOTE_GC_CENSUS_OFF     = 0x0408, /* REFSCOPE_GC_CENSUS=off                 */
     RS_NOTE_GC_CENSUS_UNAVAILABLE = 0x0409, /* the generation lists of this CPython
                                            were not found (3.14+, unknown layout) */
+    RS_NOTE_GC_OFF            = 0x040a, /* REFSCOPE_GC=off (run --no-gc): no gc
+                                           callback, so no collections in the trace */
 };
 
 /* ---- issue 5: snapshots (preload/snapshot.c) -------------------------------------- */

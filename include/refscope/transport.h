@@ -53,6 +53,7 @@ struct rs_reply {
 #define RS_ENV_LOSSY     "REFSCOPE_LOSSY"      /* 1 = drop and count instead of waiting */
 #define RS_ENV_NATIVE    "REFSCOPE_NATIVE"     /* 1 = native stacks (run --native)      */
 #define RS_ENV_PYSTACKS  "REFSCOPE_PYSTACKS"   /* 0 = no Python stacks                  */
+#define RS_ENV_GC        "REFSCOPE_GC"         /* off = no gc callback, no census (run --no-gc) */
 #define RS_ENV_UNWIND_CHECK "REFSCOPE_UNWIND_CHECK" /* 1 = tests: compare native walks with libunwind */
 #define RS_ENV_STACK_CHECK  "REFSCOPE_STACK_CHECK"  /* 1 = tests: walk anyway where a block's stack is reused */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"

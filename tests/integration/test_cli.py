@@ -93,6 +93,7 @@ def test_bad_option_values():
         (["dump", "--kind", "alloc,nonsense", "t.rfs"], "unknown record kind 'nonsense'"),
         (["run", "--ring-mb", "0", "--", "true"], "--ring-mb takes an integer from 1 to 65536, not '0'"),
         (["run", "--gc-census", "maybe", "true"], "--gc-census takes off|on, not 'maybe'"),
+        (["run", "--no-gc", "--gc-census=on", "true"], "drop one of --no-gc and --gc-census=on"),
         (["run", "--snapshot-interval=0", "true"], "--snapshot-interval takes an integer from 1 to 86399"),
         (["run", "--"], "expected a command to run"),
         (["record", "--serve"], "--serve needs a value"),

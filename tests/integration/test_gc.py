@@ -348,6 +348,33 @@ def test_gc_census_off(py):
     expect(rep["generations"][0]["collections"] == truth[0]["collections"], "collections still exact")
 
 
+NO_GC_PROG = r"""
+import gc, sys
+callbacks = len(gc.callbacks)
+keep = [[i] for i in range(20000)]
+gc.collect()
+sys.stdout.write("CALLBACKS %d\n" % callbacks)
+"""
+
+
+@per_interpreter
+def test_no_gc(py):
+    """run --no-gc: the program's gc.callbacks stays untouched, no collection
+    is recorded, allocations still are, and the reports say why there are
+    no collections; by default refscope's callback is there."""
+    for run_args, want in (((), 1), (("--no-gc",), 0)):
+        traced = _trace(py, NO_GC_PROG, run_args=run_args)
+        expect(_printed(traced, "CALLBACKS") == want,
+               "%s: gc.callbacks had %r entries, expected %d" % (run_args, _printed(traced, "CALLBACKS"), want))
+    rep = _gc_report(traced)
+    expect(all(g["collections"] == 0 for g in rep["generations"]), "--no-gc recorded collections: %r" % rep)
+    expect(any("--no-gc" in w for w in rep["warnings"]), "gc report should say --no-gc: %r" % rep["warnings"])
+    expect(not any("never registered" in w for w in rep["warnings"]),
+           "--no-gc is not a registration failure: %r" % rep["warnings"])
+    summary = refscope_json("summary", traced.trace, timeout=TIMEOUT)
+    expect(summary["domains"]["obj"]["allocations"] >= 20000, "allocations missing with --no-gc: %r" % summary)
+
+
 def test_gc_heavy_sample_exists():
     here = os.path.dirname(os.path.abspath(__file__))
     expect(os.path.exists(os.path.join(here, "..", "..", "samples", "gc_heavy.py")), "samples/gc_heavy.py missing")
