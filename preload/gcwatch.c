@@ -1202,12 +1202,6 @@ static void gcwatch_at_init(void *arg)
     rs_guard_depth--;
 }
 
-static int env_off(const char *name)
-{
-    const char *v = getenv(name);
-    return v && (!strcmp(v, "off") || !strcmp(v, "0") || !strcmp(v, "no"));
-}
-
 __attribute__((constructor(RS_CTOR_FEATURE)))
 static void gcwatch_init(void)
 {
@@ -1220,8 +1214,8 @@ static void gcwatch_init(void)
             return; /* not an interpreter this file can drive */
     }
     st.generational = !rs_py.free_threaded && !rs_py_gc_incremental();
-    st.off = env_off(RS_ENV_GC);
-    st.census = !st.off && !env_off("REFSCOPE_GC_CENSUS") && st.generational;
+    st.off = !rs_env_flag(RS_ENV_GC, 1);
+    st.census = !st.off && rs_env_flag(RS_ENV_GC_CENSUS, 1) && st.generational;
     if (rs_pysafe_on_init(gcwatch_at_init, NULL) != 0)
         rs_warn("gc events: no safe point slot left; gc events are off");
 }

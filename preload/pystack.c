@@ -395,12 +395,9 @@ __attribute__((destructor)) static void check_report(void)
 
 __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
 {
-    const char *env = getenv(RS_ENV_PYSTACKS);
-    const char *nat = getenv(RS_ENV_NATIVE);
-    const char *check = getenv(RS_ENV_STACK_CHECK);
-    native_on = nat && nat[0] == '1';
-    check_mode = check && check[0] == '1';
-    if (rs_pyver_init() < 0 || (env && env[0] == '0'))
+    native_on = rs_env_flag(RS_ENV_NATIVE, 0);
+    check_mode = rs_env_flag(RS_ENV_STACK_CHECK, 0);
+    if (rs_pyver_init() < 0 || !rs_env_flag(RS_ENV_PYSTACKS, 1))
         return;
     /* default builds: a GC type's block starts with the 16-byte GC header */
     if (!rs_py.free_threaded)

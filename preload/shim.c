@@ -83,12 +83,12 @@ static void warn_failure(const char *what, int err)
     warn_error(what, err, "; running untraced");
 }
 
-static int env_flag(const char *name, int dflt)
+int rs_env_flag(const char *name, int dflt)
 {
     const char *v = getenv(name);
     if (!v || !*v)
         return dflt;
-    return strcmp(v, "0") != 0;
+    return strcmp(v, "0") && strcmp(v, "off") && strcmp(v, "no");
 }
 
 /* PY_VERSION_HEX of the interpreter in this process, 0 if not CPython. */
@@ -124,14 +124,14 @@ static void read_config(void)
     const char *mb = getenv(RS_ENV_RING_MB);
     unsigned long v = mb ? strtoul(mb, NULL, 10) : 0;
     config.ring_bytes = v ? (uint64_t)v << 20 : RS_RING_DEFAULT_BYTES;
-    if (env_flag(RS_ENV_LOSSY, 0)) {
+    if (rs_env_flag(RS_ENV_LOSSY, 0)) {
         config.ring_flags |= RS_RING_LOSSY;
         config.proc_flags |= RS_PROC_LOSSY;
     }
-    if (env_flag(RS_ENV_NATIVE, 0))
+    if (rs_env_flag(RS_ENV_NATIVE, 0))
         config.proc_flags |= RS_PROC_NATIVE_STACKS;
     config.py_version = python_version(&config.proc_flags);
-    if ((config.proc_flags & RS_PROC_PYTHON) && env_flag(RS_ENV_PYSTACKS, 1))
+    if ((config.proc_flags & RS_PROC_PYTHON) && rs_env_flag(RS_ENV_PYSTACKS, 1))
         config.proc_flags |= RS_PROC_PY_STACKS;
     const char *wait = getenv(RS_ENV_EXIT_WAIT);
     config.exit_wait_ms = wait && *wait ? atoi(wait) : 30000;
@@ -346,7 +346,7 @@ __attribute__((constructor(RS_CTOR_CORE))) static void shim_init(void)
     int rc = rs_emit_init();
     if (rc == 0)
         rc = rs_forkexec_init();
-    if (env_flag(RS_ENV_UNTRACED, 0)) {
+    if (rs_env_flag(RS_ENV_UNTRACED, 0)) {
         trace.failed = 1; /* an ancestor already said why */
     } else if (rc < 0) {
         warn_failure("cannot set up thread and fork handling", rc);

@@ -16,6 +16,11 @@
 /* Print "refscope: <msg>\n" on stderr with write(2): no stdio, no malloc. */
 void rs_warn(const char *msg);
 
+/* An on/off environment variable, read the same way by every part of the
+ * shim: unset or empty gives `dflt`, "0", "off" and "no" give 0, anything
+ * else 1. (getenv only: safe in constructors.) */
+int rs_env_flag(const char *name, int dflt);
+
 /* ---- core (shim.c, forkexec.c, hooks_libc.c, transport.c) ---------------------- */
 
 /* Resolve the real libc allocator functions (hooks_libc.c). Returns 1 when

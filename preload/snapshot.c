@@ -506,8 +506,7 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void snapshot_ctor(void)
         if (*end == 0 && v > 0 && v < 86400)
             snap_interval_s = (unsigned)v;
     }
-    const char *off = getenv("REFSCOPE_SNAPSHOTS");
-    if (off && !strcmp(off, "0"))
+    if (!rs_env_flag("REFSCOPE_SNAPSHOTS", 1))
         return;
     if (rs_pysafe_on_init(snapshot_init, NULL) < 0)
         return;

@@ -931,9 +931,8 @@ RS_EXPORT int dlclose(void *handle)
 __attribute__((constructor(RS_CTOR_FEATURE)))
 static void unwind_init(void)
 {
-    const char *env = getenv(RS_ENV_NATIVE);
     resolve_real();
-    if (!env || strcmp(env, "1") || !rs_emit_active())
+    if (!rs_env_flag(RS_ENV_NATIVE, 0) || !rs_emit_active())
         return;
     void *map = mmap(NULL, sizeof(struct nstack_entry) * NSTACK_TABLE_SIZE,
                      PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -945,8 +944,7 @@ static void unwind_init(void)
     map = mmap(NULL, sizeof(struct rule_slot) * RULE_SLOTS, PROT_READ | PROT_WRITE,
                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     rule_table = map == MAP_FAILED ? NULL : map;   /* NULL: libunwind for every capture */
-    const char *check = getenv(RS_ENV_UNWIND_CHECK);
-    check_mode = check && !strcmp(check, "1");
+    check_mode = rs_env_flag(RS_ENV_UNWIND_CHECK, 0);
     uint64_t seed = 0x243f6a8885a308d3ull;  /* splitmix64: fixed odd constants */
     for (int lane = 0; lane < 2; lane++)
         for (int i = 0; i < RS_NSTACK_MAX_FRAMES + 24; i++) {

@@ -54,6 +54,7 @@ struct rs_reply {
 #define RS_ENV_NATIVE    "REFSCOPE_NATIVE"     /* 1 = native stacks (run --native)      */
 #define RS_ENV_PYSTACKS  "REFSCOPE_PYSTACKS"   /* 0 = no Python stacks                  */
 #define RS_ENV_GC        "REFSCOPE_GC"         /* off = no gc callback, no census (run --no-gc) */
+#define RS_ENV_GC_CENSUS "REFSCOPE_GC_CENSUS"  /* off = no census of collected generations */
 #define RS_ENV_UNWIND_CHECK "REFSCOPE_UNWIND_CHECK" /* 1 = tests: compare native walks with libunwind */
 #define RS_ENV_STACK_CHECK  "REFSCOPE_STACK_CHECK"  /* 1 = tests: walk anyway where a block's stack is reused */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
