@@ -482,15 +482,37 @@ static void tw_flush(uint32_t seq, uint8_t flags)
     tw.prev = 0;
 }
 
+/* Per-type answers remembered during one walk or one record, direct-mapped
+ * by the type's address (types cannot die meanwhile; objects of two or
+ * three types often alternate). A NULL type is never remembered. */
+#define TYPE_MEMO_SLOTS 8
+struct type_memo {
+    const void *type[TYPE_MEMO_SLOTS];
+    uint32_t value[TYPE_MEMO_SLOTS];
+};
+
+static inline uint32_t type_memo(struct type_memo *m, const void *tp, uint32_t (*of)(const void *tp))
+{
+    unsigned k = (unsigned)((uintptr_t)tp >> 4) & (TYPE_MEMO_SLOTS - 1);
+    if (tp != m->type[k] || !tp) {
+        m->type[k] = tp;
+        m->value[k] = of(tp);
+    }
+    return m->value[k];
+}
+
+static uint32_t type_id(const void *tp)
+{
+    return tp ? rs_pytype_id_safe(tp) : 0;
+}
+
 /* Emits cs.tenured (sorted here: cs.sort_tmp must hold as many) as
  * TENURED records of collection seq. */
 static void emit_tenured(uint32_t seq)
 {
     uint64_t *v = cs.tenured.v, any = 0;
     size_t n = cs.tenured.n;
-    /* type -> id for the last few types seen (objects of two or three types
-     * often alternate) */
-    struct { const void *type; uint32_t id; } types[8] = {{NULL, 0}};
+    struct type_memo ids = {{NULL}, {0}};
     uint32_t last_id = 0;
     uint8_t flags = st.census_types ? RS_GC_TENURED_TYPES : 0;
     unsigned shift;
@@ -524,13 +546,7 @@ static void emit_tenured(uint32_t seq)
             tw.run = 1;
         }
         if (flags & RS_GC_TENURED_TYPES) {
-            const void *tp = rs_py_type((const void *)(uintptr_t)v[i]);
-            unsigned t = (unsigned)((uintptr_t)tp >> 4) & 7;
-            if (types[t].type != tp || !tp) {
-                types[t].type = tp;
-                types[t].id = tp ? rs_pytype_id_safe(tp) : 0;
-            }
-            last_id = types[t].id;
+            last_id = type_memo(&ids, rs_py_type((const void *)(uintptr_t)v[i]), type_id);
             if (tw.type_run && last_id == tw.type)
                 tw.type_run++;
             else {
@@ -546,27 +562,18 @@ static void emit_tenured(uint32_t seq)
 
 /* ---- census: collections ------------------------------------------------------ */
 
-/* Can the collector move this object to the tail of a list it is not
- * collecting? Only weakrefs with a callback (handle_weakrefs). `cache`
- * remembers the answer for the last few types looked at during one walk,
- * direct-mapped by address (types cannot die while we walk; objects of two
- * or three types often alternate). */
-#define TYPE_CACHE_SLOTS 8
-struct type_cache {
-    const void *type[TYPE_CACHE_SLOTS];
-    uint8_t movable[TYPE_CACHE_SLOTS];
-};
-
-static int movable(const void *node, struct type_cache *cache)
+/* Can the collector move objects of this type to the tail of a list it is
+ * not collecting? Only weakrefs with a callback (handle_weakrefs). */
+static uint32_t type_movable(const void *tp)
 {
-    const void *tp = rs_py_type(rs_py_gc_object(node));
-    unsigned k = (unsigned)((uintptr_t)tp >> 4) & (TYPE_CACHE_SLOTS - 1);
-    if (tp != cache->type[k] || !tp) {
-        cache->type[k] = tp;
-        cache->movable[k] = tp == cs.weakref_types[0] || tp == cs.weakref_types[1] ||
-                            tp == cs.weakref_types[2] || (tp && cs.is_subtype(tp, cs.weakref_types[0]));
-    }
-    return cache->movable[k];
+    return tp == cs.weakref_types[0] || tp == cs.weakref_types[1] || tp == cs.weakref_types[2] ||
+           (tp && cs.is_subtype(tp, cs.weakref_types[0]));
+}
+
+/* type_movable of this object's type, remembered in `cache` for one walk. */
+static int movable(const void *node, struct type_memo *cache)
+{
+    return (int)type_memo(cache, rs_py_type(rs_py_gc_object(node)), type_movable);
 }
 
 /* Both ends of the permanent generation: when they are the same at stop as
@@ -618,7 +625,7 @@ static inline int examine_node(const void *node, void *tag)
  * (see census_promoted and census_stop). */
 static void census_start(int g)
 {
-    struct type_cache cache = {{NULL}, {0}};
+    struct type_memo cache = {{NULL}, {0}};
     cs.gen = g;
     cs.failed = 0;
     cs.hashed = 0;
@@ -674,7 +681,7 @@ struct promote_walk {
     int g;
     enum census_lookup lookup;
     uint64_t promoted;
-    struct type_cache cache;
+    struct type_memo cache;
 };
 
 /* One object of the walk below: 0, -EAGAIN or -ENOMEM. */
