@@ -13,18 +13,24 @@
  *   - stack table: 64-bit hash of (code ids, offsets, flags, native id) ->
  *     stack id, defined once per trace by RS_EV_PY_STACK with lines resolved
  *     from the line table right there, so reports are exact.
- * A per-thread cache keyed by a hash of the raw walk (code address, offset,
- * flags per frame) skips both tables for stacks this thread saw recently;
- * its ids are invalidated whenever a known code object dies or the trace
- * epoch changes.
+ * Those give the stack's id. A per-thread cache remembers it for the walk's
+ * raw frames (rs_py_raw_frames: each frame's code reference, instruction
+ * field and owner bytes as the interpreter stores them), from which the
+ * (code, offset, flags) frames are a function as long as no code object
+ * dies: its ids are invalidated whenever a known code object dies or the
+ * trace epoch changes. A hit reads only raw frames; a miss walks the frames
+ * proper and goes to the tables (REFSCOPE_STACK_CHECK=1 does that for every
+ * hit too, and counts differences).
  *
  * Fast path. Consecutive allocations of a thread mostly share all frames but
- * the innermost one, so the thread also keeps the outer frames of its
- * previous walk, outermost first, with the hash of every prefix: a new walk's
- * outer frames are compared with them from the outermost in, and only the
- * frames that differ are hashed. The comparison covers every field the hash
- * covers, so the key is the same function of the walk as if it had been
- * hashed whole.
+ * the innermost one, so the thread also keeps the outer raw frames of its
+ * previous walk, outermost first, with the hash of every prefix. The walk
+ * compares its frames with them as it reads them (rs_py_raw_match): when all
+ * are equal, it has read every frame once, written none, and the outer key
+ * is the memo's. Otherwise the raw frames are read into an array and
+ * compared from the outermost in, and only those that differ are hashed.
+ * Either comparison covers every field the hash covers, so the key is the
+ * same function of the walk as if it had been hashed whole.
  * Payload layouts: include/refscope/events.h, "issue 3".
  */
 #include <errno.h>
@@ -62,8 +68,8 @@ struct stack_entry {
 /* One stack this thread saw: its innermost frame exactly, the rest by key. */
 struct tcache_entry {
     uint64_t outer;      /* walk_outer_key() of the other frames             */
-    const void *code;    /* innermost frame: code object ...                 */
-    uint64_t word;       /* ... and rs_pyframe_word() (offset, flags)         */
+    const void *code;    /* innermost raw frame: code reference ...          */
+    uint64_t word;       /* ... and rs_pyframe_word() (instruction, owner)    */
     uint32_t id;
     uint32_t stamp;      /* low bits of code_gen when filled                 */
 };
@@ -78,7 +84,7 @@ static uint32_t code_block_delta; /* GC header before a code object, if any */
 
 static __thread struct tcache_entry tcache[TCACHE_SLOTS] __attribute__((tls_model("initial-exec")));
 
-/* The outer frames of the thread's previous walk (see the top of the file). */
+/* The outer raw frames of the thread's previous walk (see the top of the file). */
 struct walk_memo {
     uint32_t n;                                  /* frames in fr[]              */
     uint32_t tail;                               /* n, truncated, native of `key` */
@@ -99,10 +105,11 @@ struct obj_block_memo {
 static __thread struct obj_block_memo obj_memo __attribute__((tls_model("initial-exec")));
 static int obj_memo_on;
 
-/* REFSCOPE_STACK_CHECK=1 (tests): every reuse walks the frames too; the
- * counts are reported at exit. */
+/* REFSCOPE_STACK_CHECK=1 (tests): every reuse of a block's stack and every
+ * fast-path walk is checked against a whole walk; the counts are reported at
+ * exit. */
 static int check_mode;
-static uint64_t check_reused, check_differ;
+static uint64_t check_reused, check_differ, check_walks, check_walks_differ;
 
 /* Weak fallback; preload/unwind.c provides the real one. */
 __attribute__((weak)) uint32_t rs_native_stack_current(int skip)
@@ -315,6 +322,67 @@ static inline uint64_t walk_outer_key(struct walk_memo *m, const struct rs_pyfra
     return m->key;
 }
 
+/* The thread cache's slot for a walk: outer key, innermost raw frame. Indexed
+ * by a cheap fold (no multiply chain on the way to the load); the entry is
+ * checked field by field. */
+static inline struct tcache_entry *tcache_slot(uint64_t outer, const void *code, uint64_t word)
+{
+    uint64_t fold = outer ^ (uint64_t)(uintptr_t)code ^ word * 0x9e3779b97f4a7c15ull;
+    return &tcache[(fold ^ fold >> 29) & (TCACHE_SLOTS - 1)];
+}
+
+static inline int tcache_hit(const struct tcache_entry *c, uint64_t outer, const void *code,
+                             uint64_t word, uint32_t stamp)
+{
+    return c->outer == outer && c->code == code && c->word == word && c->stamp == stamp && c->id;
+}
+
+/* The stack id of the current walk from the frames themselves (rs_py_frames)
+ * and the tables: what the thread cache remembers. */
+static __attribute__((noinline)) uint32_t stack_from_frames(int gil_held, uint32_t native)
+{
+    struct rs_pyframe fr[RS_PYSTACK_MAX_FRAMES];
+    int truncated = 0;
+    int n = stacks_on ? rs_py_frames(fr, RS_PYSTACK_MAX_FRAMES, &truncated, gil_held) : 0;
+    if (n == 0 && native == 0)
+        return 0;
+    return stack_define(fr, n, truncated, native);
+}
+
+/* Look the walk up in the thread cache, filling it on a miss. */
+static inline uint32_t stack_cached(uint64_t outer, const struct rs_pyframe *inner, int gil_held,
+                                    uint32_t native)
+{
+    const void *code = inner ? inner->code : NULL;
+    uint64_t word = inner ? rs_pyframe_word(inner) : 0;
+    uint32_t stamp = (uint32_t)__atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
+    struct tcache_entry *c = tcache_slot(outer, code, word);
+    if (__builtin_expect(tcache_hit(c, outer, code, word, stamp), 1))
+        return c->id;
+    uint32_t id = stack_from_frames(gil_held, native);
+    c->outer = outer;
+    c->code = code;
+    c->word = word;
+    c->id = id;
+    c->stamp = stamp;
+    return id;
+}
+
+/* A walk whose outer frames are not the memo's: the raw frames into an
+ * array, the outer key from the memo's prefixes. */
+static __attribute__((noinline)) uint32_t stack_walk(int gil_held, uint32_t native)
+{
+    struct rs_pyframe raw[RS_PYSTACK_MAX_FRAMES];
+    int truncated = 0;
+    int n = stacks_on ? rs_py_raw_frames(raw, RS_PYSTACK_MAX_FRAMES, &truncated, gil_held) : 0;
+    if (n == 0 && native == 0)
+        return 0;
+    if (truncated) /* the raw frames kept need not decide the frames kept */
+        return stack_from_frames(gil_held, native);
+    uint64_t outer = walk_outer_key(&memo, raw, (uint32_t)n, native, truncated);
+    return stack_cached(outer, n ? &raw[0] : NULL, gil_held, native);
+}
+
 uint32_t rs_stack_current(int gil_held)
 {
     if (!stacks_on && !native_on)
@@ -323,31 +391,23 @@ uint32_t rs_stack_current(int gil_held)
     if (__builtin_expect(epoch != __atomic_load_n(&seen_epoch, __ATOMIC_RELAXED), 0))
         reset_tables(epoch);
 
-    struct rs_pyframe fr[RS_PYSTACK_MAX_FRAMES];
-    int truncated = 0;
-    int n = stacks_on ? rs_py_frames(fr, RS_PYSTACK_MAX_FRAMES, &truncated, gil_held) : 0;
-    uint32_t native = native_on ? rs_native_stack_current(1) : 0;
-    if (n == 0 && native == 0)
+    uint32_t native = native_on ? rs_native_stack_current(1) : 0, id;
+    struct walk_memo *m = &memo;
+    struct rs_pyframe inner;
+    /* Fast path: the outer raw frames are the memo's (m->tail == n also says
+     * the memo's walk was not truncated), so the outer key is too. */
+    int n = stacks_on ? rs_py_raw_match(&inner, m->fr, (int)m->n, gil_held) : 0;
+    if (__builtin_expect(n > 0 && (uint32_t)n == m->tail && native == m->native, 1))
+        id = stack_cached(m->key, &inner, gil_held, native);
+    else if (n == 0 && native == 0)
         return 0;
-
-    /* The cache is indexed by a cheap fold (no multiply chain on the way to
-     * the load); the entry is checked field by field. */
-    uint64_t outer = walk_outer_key(&memo, fr, (uint32_t)n, native, truncated);
-    const void *code = n ? fr[0].code : NULL;
-    uint64_t word = n ? rs_pyframe_word(&fr[0]) : 0;
-    uint64_t fold = outer ^ (uint64_t)(uintptr_t)code ^ word * 0x9e3779b97f4a7c15ull;
-    uint32_t stamp = (uint32_t)__atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
-    struct tcache_entry *c = &tcache[(fold ^ fold >> 29) & (TCACHE_SLOTS - 1)];
-    if (__builtin_expect(c->outer == outer && c->code == code && c->word == word &&
-                         c->stamp == stamp && c->id, 1))
-        return c->id;
-
-    uint32_t id = stack_define(fr, n, truncated, native);
-    c->outer = outer;
-    c->code = code;
-    c->word = word;
-    c->id = id;
-    c->stamp = stamp;
+    else
+        id = stack_walk(gil_held, native);
+    if (__builtin_expect(check_mode, 0)) {
+        __atomic_add_fetch(&check_walks, 1, __ATOMIC_RELAXED);
+        if (stack_from_frames(gil_held, native) != id)
+            __atomic_add_fetch(&check_walks_differ, 1, __ATOMIC_RELAXED);
+    }
     return id;
 }
 
@@ -385,11 +445,14 @@ uint32_t rs_stack_for_object(uint64_t obj)
 
 __attribute__((destructor)) static void check_report(void)
 {
-    char line[160];
+    char line[240];
     if (!check_mode)
         return;
-    snprintf(line, sizeof(line), "stack check: %llu object stacks taken from their block, %llu differ from a walk",
-             (unsigned long long)check_reused, (unsigned long long)check_differ);
+    snprintf(line, sizeof(line),
+             "stack check: %llu object stacks taken from their block, %llu differ from a walk; "
+             "%llu stacks found from raw frames, %llu differ from a walk",
+             (unsigned long long)check_reused, (unsigned long long)check_differ,
+             (unsigned long long)check_walks, (unsigned long long)check_walks_differ);
     rs_warn(line);
 }
 

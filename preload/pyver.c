@@ -152,6 +152,34 @@ static int layout_debug_offsets(const uint64_t *w)
     return 0;
 }
 
+/* Raw frames (rs_py_raw_frames): f_lasti is an int before 3.11, then a
+ * pointer (below 2^48 in user space); the owner byte, with 3.11's is_entry
+ * just before it. */
+static void raw_layout(void)
+{
+    switch (rs_py.frames) {
+    case RS_PYFRAMES_OBJECT:
+        rs_py.raw_instr_mask = 0xffffffffull;
+        rs_py.raw_bits = 0;
+        rs_py.raw_bits_mask = 0;
+        break;
+    case RS_PYFRAMES_INTERP_311:
+        rs_py.raw_instr_mask = (1ull << 48) - 1;
+        rs_py.raw_bits = rs_py.fr_is_entry; /* is_entry, then owner */
+        rs_py.raw_bits_mask = rs_py.fr_owner == rs_py.fr_is_entry + 1 ? 0xffffu : 0;
+        if (!rs_py.raw_bits_mask)
+            rs_py.frames = RS_PYFRAMES_NONE;
+        break;
+    case RS_PYFRAMES_NONE:
+        break;
+    default:
+        rs_py.raw_instr_mask = (1ull << 48) - 1;
+        rs_py.raw_bits = rs_py.fr_owner;
+        rs_py.raw_bits_mask = 0xffu;
+        break;
+    }
+}
+
 int rs_pyver_init(void)
 {
     if (pyver_done)
@@ -232,6 +260,7 @@ int rs_pyver_init(void)
         rs_py.frames = RS_PYFRAMES_NONE;
         rs_warn("unknown CPython layout: Python stacks are off");
     }
+    raw_layout();
     return pyver_status = rc;
 }
 
@@ -478,11 +507,10 @@ static int frames_interp_313(const char *f, struct rs_pyframe *out, int max, int
     return n;
 }
 
-int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held)
+/* The thread's innermost frame (3.11/3.12: the _PyInterpreterFrame, not the
+ * cframe), or NULL. Not for RS_PYFRAMES_NONE. */
+static inline const char *current_frame(int gil_held)
 {
-    *truncated = 0;
-    if (rs_py.frames == RS_PYFRAMES_NONE)
-        return 0;
     const void *const *gil_tstate = __atomic_load_n(&rs_py.gil_tstate, __ATOMIC_ACQUIRE);
     const char *ts;
     if (gil_held && gil_tstate) {
@@ -493,17 +521,92 @@ int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held)
             ts = rs_py.get_tstate_detached();
     }
     if (!ts)
-        return 0;
+        return NULL;
     const char *f = field(ts, rs_py.ts_frame);
+    if (f && (rs_py.frames == RS_PYFRAMES_INTERP_311 || rs_py.frames == RS_PYFRAMES_INTERP_312))
+        f = field(f, rs_py.cframe_current);
+    return f;
+}
+
+int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held)
+{
+    *truncated = 0;
+    if (rs_py.frames == RS_PYFRAMES_NONE)
+        return 0;
+    const char *f = current_frame(gil_held);
     switch (rs_py.frames) {
     case RS_PYFRAMES_OBJECT:
         return frames_object(f, out, max, truncated);
     case RS_PYFRAMES_INTERP_311:
     case RS_PYFRAMES_INTERP_312:
-        return f ? frames_interp_311_312(field(f, rs_py.cframe_current), out, max, truncated) : 0;
+        return frames_interp_311_312(f, out, max, truncated);
     default:
         return frames_interp_313(f, out, max, truncated);
     }
+}
+
+/* ---- raw frames ------------------------------------------------------------------- */
+
+struct raw_layout {
+    uint32_t prev, code, instr, bits;
+    uint64_t instr_mask, bits_mask;
+};
+
+static inline struct raw_layout raw_layout_now(void)
+{
+    struct raw_layout l = { rs_py.fr_previous, rs_py.fr_code, rs_py.fr_instr, rs_py.raw_bits,
+                            rs_py.raw_instr_mask, rs_py.raw_bits_mask };
+    return l;
+}
+
+static inline uint64_t raw_word(const char *f, const struct raw_layout *l)
+{
+    uint64_t instr, bits = 0;
+    uint16_t b;
+    memcpy(&instr, f + l->instr, 8);
+    memcpy(&b, f + l->bits, 2);
+    bits = b;
+    return (instr & l->instr_mask) | (bits & l->bits_mask) << 48;
+}
+
+int rs_py_raw_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held)
+{
+    *truncated = 0;
+    if (rs_py.frames == RS_PYFRAMES_NONE)
+        return 0;
+    const struct raw_layout l = raw_layout_now();
+    int n = 0;
+    for (const char *f = current_frame(gil_held); f; f = field(f, l.prev)) {
+        if (n == max) {
+            *truncated = 1;
+            break;
+        }
+        uint64_t w = raw_word(f, &l);
+        out[n].code = field(f, l.code);
+        memcpy((char *)&out[n] + offsetof(struct rs_pyframe, offset), &w, sizeof w);
+        n++;
+    }
+    return n;
+}
+
+int rs_py_raw_match(struct rs_pyframe *inner, const struct rs_pyframe *expect, int expect_n,
+                    int gil_held)
+{
+    if (rs_py.frames == RS_PYFRAMES_NONE)
+        return 0;
+    const char *f = current_frame(gil_held);
+    if (!f)
+        return 0;
+    const struct raw_layout l = raw_layout_now();
+    uint64_t w = raw_word(f, &l);
+    inner->code = field(f, l.code);
+    memcpy((char *)inner + offsetof(struct rs_pyframe, offset), &w, sizeof w);
+    for (int k = expect_n - 1; k >= 0; k--) {
+        f = field(f, l.prev);
+        if (!f || field(f, l.code) != expect[k].code || raw_word(f, &l) != rs_pyframe_word(&expect[k]))
+            return -1;
+    }
+    return field(f, l.prev) ? -1 : expect_n + 1;
 }
 
 /* ---- snapshots (issue 5) ---- */

@@ -94,6 +94,9 @@ struct rs_pyver {
     uint32_t fr_owner;       /* owner (char), 3.11+                               */
     uint32_t fr_is_entry;    /* is_entry (bool), 3.11 only                        */
     uint32_t lasti_scale;    /* 3.9/3.10: bytes per f_lasti unit (1 or 2)         */
+    uint64_t raw_instr_mask; /* raw frames: width of the fr_instr field           */
+    uint32_t raw_bits;       /* raw frames: offset of the owner (and is_entry) bytes */
+    uint32_t raw_bits_mask;  /* ... and which of the 16 bits there are fields      */
 
     /* code objects */
     uint32_t co_filename, co_name, co_qualname, co_firstlineno;
@@ -173,6 +176,26 @@ static inline void rs_pyframe_add_flags(struct rs_pyframe *f, uint32_t flags)
  * thread's state is the GIL holder's, one load away before 3.12 instead of
  * a thread-specific-data lookup. */
 int rs_py_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held);
+
+/* The same frames raw, as the interpreter stores them: every frame of the
+ * chain (those rs_py_frames skips too), each as its code (executable)
+ * reference and a word of its instruction field, masked to its width, with
+ * its owner (and is_entry) bytes in the top 16 bits. What rs_py_frames makes
+ * of a walk is a function of its raw frames and of the code objects they
+ * name, so while no code object dies (rs_py_code_freed) equal raw walks are
+ * equal walks; reading them takes no decision per frame. Same contract as
+ * rs_py_frames otherwise. */
+int rs_py_raw_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held);
+
+/* The raw walk compared, as it is read, with an expected one: `expect` holds
+ * its frames but the innermost, outermost first (expect_n of them). Returns
+ * expect_n + 1, with the innermost raw frame in *inner, when every other
+ * frame equals expect[] and there are no more; 0 when the thread runs no
+ * Python code; -1 as soon as the walk differs. Consecutive allocations mostly
+ * differ in their innermost frame only: this reads each frame once and
+ * writes none. */
+int rs_py_raw_match(struct rs_pyframe *inner, const struct rs_pyframe *expect, int expect_n,
+                    int gil_held);
 
 /* A code object is being freed (its address may come back as another one):
  * drops what rs_py_frames remembers about code objects. */

@@ -322,3 +322,62 @@ def test_object_stacks_reused_from_block(py):
     reused, differ = int(m.group(1)), int(m.group(2))
     expect(reused > 20000, "%s: only %d reuses" % (py, reused))
     expect(differ == 0, "%s: %d of %d reused object stacks differ from a walk" % (py, differ, reused))
+
+
+# Stacks whose outer frames change all the time: recursion deeper than the
+# 128 frames a stack keeps, calls back from C (sorted's key, map), closures
+# and class bodies, generators and coroutines resumed from different
+# callers, exec'd functions dying and reborn at the same addresses, threads.
+RAW_FRAMES = r"""
+import asyncio, threading
+def deep(n):
+    return [n] * 3 if n == 0 else deep(n - 1) + [n]
+def keyed(x):
+    return (x % 7, [x])
+def gen(n):
+    for i in range(n):
+        yield [i] * 2
+def pull(g, k):
+    return [next(g) for _ in range(k)]
+async def co(n):
+    acc = []
+    for i in range(n):
+        await asyncio.sleep(0)
+        acc.append({"i": i})
+    return acc
+def work(rounds):
+    for r in range(rounds):
+        deep(150 if r % 10 == 0 else r % 20)
+        sorted(range(50), key=keyed)
+        list(map(lambda v: [v, v], range(20)))
+        g = gen(40)
+        pull(g, 10); [x for x in g]
+        ns = {}
+        exec("def f():\n    return [bytearray(%d)]\n" % (100 + r), ns)
+        ns["f"]()
+        class C:
+            items = [dict(a=r)]
+ts = [threading.Thread(target=work, args=(150,)) for _ in range(2)]
+for t in ts:
+    t.start()
+work(150)
+asyncio.run(co(500))
+for t in ts:
+    t.join()
+"""
+
+
+@per_interpreter
+def test_raw_frame_cache_agrees_with_walks(py):
+    """The thread cache finds stacks from raw frames (pystack.c); with
+    REFSCOPE_STACK_CHECK=1 each one is also found by walking the frames
+    proper: none may differ, on a workload whose outer frames keep changing."""
+    script = harness.write_script(RAW_FRAMES, "rawframes.py")
+    traced = harness.run_traced([py.path, script], env={"REFSCOPE_STACK_CHECK": "1"}, timeout=180)
+    expect(traced.proc.returncode == 0, "%s: exit %d: %s" % (py, traced.proc.returncode,
+                                                            traced.proc.stderr[-500:]))
+    m = re.search(r"(\d+) stacks found from raw frames, (\d+) differ", traced.proc.stderr)
+    expect(m, "%s: no stack check report in %r" % (py, traced.proc.stderr[-500:]))
+    found, differ = int(m.group(1)), int(m.group(2))
+    expect(found > 50000, "%s: only %d stacks checked" % (py, found))
+    expect(differ == 0, "%s: %d of %d stacks from raw frames differ from a walk" % (py, differ, found))
