@@ -235,6 +235,44 @@ void rs_stack_note_obj_free(uint64_t addr)
     }
 }
 
+/* Lines of (code id, offset) pairs already resolved. A new stack mostly
+ * shares its outer frames with earlier ones, and PyCode_Addr2Line scans the
+ * code's line table from its start: at start-up (imports: deep stacks over
+ * long functions) this was most of what defining stacks cost. Code ids are
+ * never reused, so entries never go stale. Lock-free: a writer takes an entry
+ * by making its sequence number odd; a reader that sees it odd or changed
+ * misses. */
+#define LINE_SLOTS 4096u
+struct line_entry {
+    uint32_t seq;        /* 0 empty, odd while written                       */
+    uint32_t line;
+    uint64_t key;        /* code id << 32 | offset                           */
+};
+static struct line_entry lines[LINE_SLOTS];
+
+static uint32_t code_line(uint32_t id, const void *code, int32_t offset)
+{
+    uint64_t key = (uint64_t)id << 32 | (uint32_t)offset;
+    struct line_entry *e = &lines[hash_addr(key) & (LINE_SLOTS - 1)];
+    uint32_t seq = __atomic_load_n(&e->seq, __ATOMIC_ACQUIRE);
+    if (seq && !(seq & 1)) {
+        uint64_t k = __atomic_load_n(&e->key, __ATOMIC_RELAXED);
+        uint32_t line = __atomic_load_n(&e->line, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (k == key && __atomic_load_n(&e->seq, __ATOMIC_RELAXED) == seq)
+            return line;
+    }
+    uint32_t line = rs_py_code_line(code, offset);
+    if (!(seq & 1) && __atomic_compare_exchange_n(&e->seq, &seq, seq + 1, 0, __ATOMIC_ACQ_REL,
+                                                  __ATOMIC_RELAXED)) {
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        __atomic_store_n(&e->key, key, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->line, line, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->seq, seq + 2, __ATOMIC_RELEASE);
+    }
+    return line;
+}
+
 static void emit_stack(uint32_t id, uint32_t native, const struct rs_pyframe *fr,
                        const uint32_t *ids, int n, int truncated)
 {
@@ -246,7 +284,7 @@ static void emit_stack(uint32_t id, uint32_t native, const struct rs_pyframe *fr
     rs_buf_u16(&b, truncated ? RS_PYSTACK_TRUNCATED : 0);
     for (int i = 0; i < n; i++) {
         rs_buf_u32(&b, ids[i]);
-        rs_buf_u32(&b, ids[i] ? rs_py_code_line(fr[i].code, fr[i].offset) : 0);
+        rs_buf_u32(&b, ids[i] ? code_line(ids[i], fr[i].code, fr[i].offset) : 0);
         rs_buf_u32(&b, fr[i].flags);
     }
     rs_emit_var(RS_EV_PY_STACK, 0, 0, 0, b.data, b.len);
