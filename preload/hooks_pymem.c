@@ -55,6 +55,7 @@ static char *(*real_setlocale)(int, const char *);
 
 /* A new block (malloc, calloc): its record, and for OBJ the block an object
  * created next may take its stack from (stack.h). */
+__attribute__((always_inline))
 static inline void record_new_block(const struct mem_cell *c, uint8_t flags, void *p, uint64_t size)
 {
     uint32_t stack = rs_stack_current(GIL_HELD(c));
