@@ -84,6 +84,14 @@ static uint32_t code_block_delta; /* GC header before a code object, if any */
 
 static __thread struct tcache_entry tcache[TCACHE_SLOTS] __attribute__((tls_model("initial-exec")));
 
+/* Raw frames read at most. A stack keeps RS_PYSTACK_MAX_FRAMES frames; the
+ * raw frames the walk skips are entry frames (3.12: owned by the C stack;
+ * 3.13+: not running code), never two in a row, each after a frame it keeps,
+ * and an incomplete innermost frame. So the first 2 * 128 + 4 raw frames
+ * decide everything a stack keeps: its 128 frames, their flags (a marker
+ * follows its frame) and whether there were more. */
+#define RAW_MAX_FRAMES (2 * RS_PYSTACK_MAX_FRAMES + 4)
+
 /* The outer raw frames of the thread's previous walk (see the top of the file). */
 struct walk_memo {
     uint32_t n;                                  /* frames in fr[]              */
@@ -91,8 +99,8 @@ struct walk_memo {
     uint32_t native;
     uint32_t pad;
     uint64_t key;                                /* walk_outer_key() of the walk */
-    struct rs_pyframe fr[RS_PYSTACK_MAX_FRAMES]; /* outermost first             */
-    uint64_t prefix[RS_PYSTACK_MAX_FRAMES + 1];  /* prefix[d]: hash of fr[0..d) */
+    struct rs_pyframe fr[RAW_MAX_FRAMES];        /* outermost first             */
+    uint64_t prefix[RAW_MAX_FRAMES + 1];         /* prefix[d]: hash of fr[0..d) */
 };
 static __thread struct walk_memo memo __attribute__((tls_model("initial-exec")));
 
@@ -410,13 +418,11 @@ static inline uint32_t stack_cached(uint64_t outer, const struct rs_pyframe *inn
  * array, the outer key from the memo's prefixes. */
 static __attribute__((noinline)) uint32_t stack_walk(int gil_held, uint32_t native)
 {
-    struct rs_pyframe raw[RS_PYSTACK_MAX_FRAMES];
+    struct rs_pyframe raw[RAW_MAX_FRAMES];
     int truncated = 0;
-    int n = stacks_on ? rs_py_raw_frames(raw, RS_PYSTACK_MAX_FRAMES, &truncated, gil_held) : 0;
+    int n = stacks_on ? rs_py_raw_frames(raw, RAW_MAX_FRAMES, &truncated, gil_held) : 0;
     if (n == 0 && native == 0)
         return 0;
-    if (truncated) /* the raw frames kept need not decide the frames kept */
-        return stack_from_frames(gil_held, native);
     uint64_t outer = walk_outer_key(&memo, raw, (uint32_t)n, native, truncated);
     return stack_cached(outer, n ? &raw[0] : NULL, gil_held, native);
 }

@@ -325,13 +325,15 @@ def test_object_stacks_reused_from_block(py):
 
 
 # Stacks whose outer frames change all the time: recursion deeper than the
-# 128 frames a stack keeps, calls back from C (sorted's key, map), closures
+# 128 frames a stack keeps and than the raw frames read (260), calls back from C (sorted's key, map), closures
 # and class bodies, generators and coroutines resumed from different
 # callers, exec'd functions dying and reborn at the same addresses, threads.
 RAW_FRAMES = r"""
 import asyncio, threading
 def deep(n):
     return [n] * 3 if n == 0 else deep(n - 1) + [n]
+def deepc(n):  # every level called from C (map): an entry frame between each
+    return list(map(deepc, [n - 1])) if n else [bytearray(3)]
 def keyed(x):
     return (x % 7, [x])
 def gen(n):
@@ -347,7 +349,10 @@ async def co(n):
     return acc
 def work(rounds):
     for r in range(rounds):
-        deep(150 if r % 10 == 0 else r % 20)
+        deep(150 if r % 10 == 0 else 300 if r % 10 == 5 else r % 20)
+        deepc(200 if r % 10 == 3 else r % 5)
+        if r % 10 == 7:
+            deepc(100)  # the same 200 innermost raw frames from two callers
         sorted(range(50), key=keyed)
         list(map(lambda v: [v, v], range(20)))
         g = gen(40)
@@ -355,6 +360,8 @@ def work(rounds):
         ns = {}
         exec("def f():\n    return [bytearray(%d)]\n" % (100 + r), ns)
         ns["f"]()
+        if r % 10 == 8:
+            deepc(100)
         class C:
             items = [dict(a=r)]
 ts = [threading.Thread(target=work, args=(150,)) for _ in range(2)]
