@@ -154,8 +154,8 @@ static int layout_debug_offsets(const uint64_t *w)
 
 /* Raw frames (rs_py_raw_frames): f_lasti is an int before 3.11, then a
  * pointer (below 2^48 in user space); the owner byte, with 3.11's is_entry
- * just before it. */
-static void raw_layout(void)
+ * just before it (layout_311). */
+static void raw_frames_init(void)
 {
     switch (rs_py.frames) {
     case RS_PYFRAMES_OBJECT:
@@ -166,9 +166,7 @@ static void raw_layout(void)
     case RS_PYFRAMES_INTERP_311:
         rs_py.raw_instr_mask = (1ull << 48) - 1;
         rs_py.raw_bits = rs_py.fr_is_entry; /* is_entry, then owner */
-        rs_py.raw_bits_mask = rs_py.fr_owner == rs_py.fr_is_entry + 1 ? 0xffffu : 0;
-        if (!rs_py.raw_bits_mask)
-            rs_py.frames = RS_PYFRAMES_NONE;
+        rs_py.raw_bits_mask = 0xffffu;
         break;
     case RS_PYFRAMES_NONE:
         break;
@@ -260,7 +258,7 @@ int rs_pyver_init(void)
         rs_py.frames = RS_PYFRAMES_NONE;
         rs_warn("unknown CPython layout: Python stacks are off");
     }
-    raw_layout();
+    raw_frames_init();
     return pyver_status = rc;
 }
 
@@ -561,12 +559,18 @@ static inline struct raw_layout raw_layout_now(void)
 
 static inline uint64_t raw_word(const char *f, const struct raw_layout *l)
 {
-    uint64_t instr, bits = 0;
-    uint16_t b;
+    uint64_t instr;
+    uint16_t bits;
     memcpy(&instr, f + l->instr, 8);
-    memcpy(&b, f + l->bits, 2);
-    bits = b;
-    return (instr & l->instr_mask) | (bits & l->bits_mask) << 48;
+    memcpy(&bits, f + l->bits, 2);
+    return (instr & l->instr_mask) | ((uint64_t)bits & l->bits_mask) << 48;
+}
+
+static inline void raw_frame(struct rs_pyframe *out, const char *f, const struct raw_layout *l)
+{
+    uint64_t w = raw_word(f, l);
+    out->code = field(f, l->code);
+    memcpy((char *)out + offsetof(struct rs_pyframe, offset), &w, sizeof w);
 }
 
 int rs_py_raw_frames(struct rs_pyframe *out, int max, int *truncated, int gil_held)
@@ -581,10 +585,7 @@ int rs_py_raw_frames(struct rs_pyframe *out, int max, int *truncated, int gil_he
             *truncated = 1;
             break;
         }
-        uint64_t w = raw_word(f, &l);
-        out[n].code = field(f, l.code);
-        memcpy((char *)&out[n] + offsetof(struct rs_pyframe, offset), &w, sizeof w);
-        n++;
+        raw_frame(&out[n++], f, &l);
     }
     return n;
 }
@@ -598,9 +599,7 @@ int rs_py_raw_match(struct rs_pyframe *inner, const struct rs_pyframe *expect, i
     if (!f)
         return 0;
     const struct raw_layout l = raw_layout_now();
-    uint64_t w = raw_word(f, &l);
-    inner->code = field(f, l.code);
-    memcpy((char *)inner + offsetof(struct rs_pyframe, offset), &w, sizeof w);
+    raw_frame(inner, f, &l);
     for (int k = expect_n - 1; k >= 0; k--) {
         f = field(f, l.prev);
         if (!f || field(f, l.code) != expect[k].code || raw_word(f, &l) != rs_pyframe_word(&expect[k]))
