@@ -17,7 +17,7 @@
  * raw frames (rs_py_raw_frames: each frame's code reference, instruction
  * field and owner bytes as the interpreter stores them), from which the
  * (code, offset, flags) frames are a function as long as no code object
- * dies: its ids are invalidated whenever a known code object dies or the
+ * dies: its ids are invalidated whenever a code object is seen dying or the
  * trace epoch changes. A hit reads only raw frames; a miss walks the frames
  * proper and goes to the tables (REFSCOPE_STACK_CHECK=1 does that for every
  * hit too, and counts differences).
@@ -221,13 +221,16 @@ void rs_stack_note_obj_free(uint64_t addr)
     /* The block still holds the dying object: only code objects matter. A
      * block too small to hold an object header may end a page: reading its
      * "ob_type" could cross into an unmapped one, so those are not peeked at
-     * and take the table probe instead. */
+     * and take the table probe instead. Every code death seen invalidates the
+     * thread caches, interned or not: a raw frame names its code by address
+     * (an incomplete innermost frame's code is never interned). */
     const char *obj = (const char *)(uintptr_t)addr + code_block_delta;
     uint64_t page_left = 4096 - ((uintptr_t)obj & 4095);
+    int died = 0;
     if (page_left >= rs_py.ob_type + 8) {
         if (rs_py_type(obj) != rs_py.code_type)
             return;
-        rs_py_code_freed();
+        died = 1;
     }
     uint64_t key = (uint64_t)(uintptr_t)obj;
     uint32_t slot = (uint32_t)hash_addr(key) & (CODE_SLOTS - 1);
@@ -236,10 +239,12 @@ void rs_stack_note_obj_free(uint64_t addr)
         if (cur == 0)
             break;
         if (cur == key && __atomic_compare_exchange_n(&codes[slot].addr, &cur, TOMBSTONE, 0,
-                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
-            rs_py_code_freed();
-        }
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            died = 1;
+    }
+    if (died) {
+        __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
+        rs_py_code_freed();
     }
 }
 
