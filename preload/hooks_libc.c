@@ -22,10 +22,6 @@
 
 __thread int rs_guard_depth __attribute__((tls_model("initial-exec")));
 
-/* Until the stack and Python features are linked in, these do nothing. */
-__attribute__((weak)) uint32_t rs_stack_current(int gil_held) { (void)gil_held; return 0; }
-__attribute__((weak)) void rs_stack_note_obj_free(uint64_t addr) { (void)addr; }
-
 static void *(*real_malloc)(size_t);
 static void *(*real_calloc)(size_t, size_t);
 static void *(*real_realloc)(void *, size_t);

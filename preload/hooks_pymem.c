@@ -24,6 +24,7 @@
 #include "emit.h"
 #include "guard.h"
 #include "pysafe.h"
+#include "pytypes.h"
 #include "pyver.h"
 #include "shim.h"
 #include "stack.h"
@@ -111,8 +112,10 @@ static void wrap_free(void *ctx, void *ptr)
     struct mem_cell *c = ctx;
     int outer = rs_guard_enter();
     if (outer && ptr) {
-        if (c->domain == RS_DOMAIN_OBJ)
+        if (c->domain == RS_DOMAIN_OBJ) {
             rs_stack_note_obj_free((uint64_t)(uintptr_t)ptr);
+            rs_pytype_note_obj_free((uint64_t)(uintptr_t)ptr);
+        }
         rs_emit_free(c->domain, (uint64_t)(uintptr_t)ptr);
     }
     c->orig.free(c->orig.ctx, ptr);

@@ -214,26 +214,19 @@ static uint32_t code_id(const void *code)
     return 0;
 }
 
-void rs_stack_note_obj_free(uint64_t addr)
+uint32_t rs_stack_peek_below, rs_stack_peek_at;
+const void *rs_stack_code_type;
+
+void rs_stack_obj_block_freed(uint64_t addr, int is_code)
 {
-    if (!stacks_on || !addr)
-        return;
-    /* The block still holds the dying object: only code objects matter. A
-     * block too small to hold an object header may end a page: reading its
-     * "ob_type" could cross into an unmapped one, so those are not peeked at
-     * and take the table probe instead. Every code death seen invalidates the
-     * thread caches, interned or not: a raw frame names its code by address
-     * (an incomplete innermost frame's code is never interned). */
-    const char *obj = (const char *)(uintptr_t)addr + code_block_delta;
-    uint64_t page_left = 4096 - ((uintptr_t)obj & 4095);
-    int died = 0;
-    if (page_left >= rs_py.ob_type + 8) {
-        if (rs_py_type(obj) != rs_py.code_type)
-            return;
-        died = 1;
-    }
-    uint64_t key = (uint64_t)(uintptr_t)obj;
+    /* The block still holds the dying object: a code object when is_code;
+     * when it could not be peeked at, the table tells. Every code death seen
+     * invalidates the thread caches, interned or not: a raw frame names its
+     * code by address (an incomplete innermost frame's code is never
+     * interned). */
+    uint64_t key = addr + code_block_delta;
     uint32_t slot = (uint32_t)hash_addr(key) & (CODE_SLOTS - 1);
+    int died = is_code;
     for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
         uint64_t cur = __atomic_load_n(&codes[slot].addr, __ATOMIC_ACQUIRE);
         if (cur == 0)
@@ -515,4 +508,7 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
     if (!rs_py.free_threaded)
         code_block_delta = (rs_py_type_flags(rs_py.code_type) & RS_PY_TPFLAGS_HAVE_GC) ? 16 : 0;
     stacks_on = 1;
+    rs_stack_code_type = rs_py.code_type;
+    rs_stack_peek_at = code_block_delta + rs_py.ob_type;
+    rs_stack_peek_below = 4096 - rs_stack_peek_at - 8 + 1;
 }

@@ -4,9 +4,12 @@
  *
  * A fixed, statically allocated open-addressing table; slots are claimed with
  * a CAS on the type pointer, so concurrent hooks (free-threaded builds) need
- * no lock and nothing allocates. The key is (type address, tp_name pointer):
- * a heap type that dies and whose address is reused by another type has a
- * different tp_name buffer, so it gets a new id instead of a wrong name.
+ * no lock and nothing allocates. Heap types die and their addresses are
+ * reused by other types, often with their tp_name buffer at a reused address
+ * too (classes made in a loop): the OBJ-domain free of a type object marks
+ * its slot dead (rs_pytype_note_obj_free), and the next type seen at that
+ * address takes the slot over with a new id and definition. The tp_name
+ * pointer stays part of the key, for a death that was not seen.
  * When rs_emit_epoch() changes (a fork child starts its own trace) the table
  * is cleared, so each trace defines every id it uses.
  */
@@ -22,7 +25,7 @@
 #define NAME_MAX_BYTES 256u
 
 
-enum { SLOT_EMPTY = 0, SLOT_CLAIMED = 1, SLOT_READY = 2 };
+enum { SLOT_EMPTY = 0, SLOT_CLAIMED = 1, SLOT_READY = 2, SLOT_DEAD = 3 };
 
 struct type_slot {
     uint64_t type;       /* key part 1, claimed by CAS                    */
@@ -36,6 +39,11 @@ struct type_slot {
 static struct type_slot table[TYPE_SLOTS];
 static uint32_t next_id;
 static uint32_t table_epoch;
+uint32_t rs_pytype_deaths;
+int rs_pytype_watching;
+uint32_t rs_pytype_peek_below;
+const void *rs_pytype_metas[RS_TYPE_METAS];
+uint64_t rs_pytype_meta_bits;
 
 /* C API used only by rs_pytype_id_safe (safe points). */
 static void *(*api_getattr)(void *, const char *);
@@ -46,6 +54,14 @@ static void (*api_decref)(void *);
 __attribute__((constructor(RS_CTOR_FEATURE)))
 static void pytypes_init(void)
 {
+    const void *type_type = dlsym(RTLD_DEFAULT, "PyType_Type");
+    uint32_t gc_header = rs_py.free_threaded ? 0 : 16;
+    if (rs_pyver_init() == 0 && rs_py.is_python && rs_py.ob_size && type_type &&
+        gc_header + rs_py.ob_type == RS_TYPE_PEEK_AT) {
+        rs_pytype_metas[0] = type_type;
+        rs_pytype_watching = 1;
+        rs_pytype_peek_below = 4096 - RS_TYPE_PEEK_AT - 8 + 1;
+    }
     api_getattr = (void *(*)(void *, const char *))dlsym(RTLD_DEFAULT, "PyObject_GetAttrString");
     api_as_utf8 = (const char *(*)(void *, long *))dlsym(RTLD_DEFAULT, "PyUnicode_AsUTF8AndSize");
     api_err_clear = (void (*)(void))dlsym(RTLD_DEFAULT, "PyErr_Clear");
@@ -125,6 +141,43 @@ static void emit_definition(const void *type, uint32_t id, const char *name, con
                 data, b.len);
 }
 
+static inline uint32_t hash_type(uint64_t key)
+{
+    return (uint32_t)((key >> 4) * 0x9E3779B97F4A7C15ull >> 40);
+}
+
+/* A metatype's instances are types: watch for their deaths (pytypes.h). Slots
+ * are claimed by CAS, never given back (metatypes rarely die). */
+static void watch_metatype(const void *type)
+{
+    for (uint32_t i = 0; i < RS_TYPE_METAS; i++) {
+        const void *cur = __atomic_load_n(&rs_pytype_metas[i], __ATOMIC_ACQUIRE);
+        if (cur == type)
+            return;
+        if (!cur && __atomic_compare_exchange_n(&rs_pytype_metas[i], &cur, type, 0,
+                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            __atomic_or_fetch(&rs_pytype_meta_bits, rs_pytype_meta_bit(type), __ATOMIC_RELEASE);
+            return;
+        }
+        if (cur == type)
+            return;
+    }
+}
+
+/* Gives a claimed slot its key and a new id, and publishes it. */
+static struct type_slot *define_slot(struct type_slot *s, const void *type, uint64_t name_ptr,
+                                     int *inserted)
+{
+    if (rs_pytype_watching && (rs_py_type_flags(type) & RS_PY_TPFLAGS_TYPE_SUBCLASS))
+        watch_metatype(type);
+    s->name_ptr = name_ptr;
+    s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->module_done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->state, SLOT_READY, __ATOMIC_RELEASE);
+    *inserted = 1;
+    return s;
+}
+
 /* Finds or inserts (type, tp_name); returns the slot or NULL. */
 static struct type_slot *lookup(const void *type, int *inserted)
 {
@@ -140,44 +193,87 @@ static struct type_slot *lookup(const void *type, int *inserted)
         return NULL;
     check_epoch();
     name_ptr = (uint64_t)(uintptr_t)name;
-    h = (uint32_t)((key >> 4) * 0x9E3779B97F4A7C15ull >> 40);
+    h = hash_type(key);
     for (uint32_t probe = 0; probe < TYPE_SLOTS; probe++) {
         struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
         uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
         if (cur == 0) {
             uint64_t expected = 0;
-            if (!__atomic_compare_exchange_n(&s->type, &expected, key, 0, __ATOMIC_ACQ_REL,
-                                             __ATOMIC_ACQUIRE)) {
-                cur = expected;
-            } else {
-                s->name_ptr = name_ptr;
-                s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
-                __atomic_store_n(&s->state, SLOT_READY, __ATOMIC_RELEASE);
-                *inserted = 1;
-                return s;
-            }
+            if (__atomic_compare_exchange_n(&s->type, &expected, key, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                return define_slot(s, type, name_ptr, inserted);
+            cur = expected;
         }
         if (cur != key)
             continue;
-        /* Same address: wait (briefly) for the claimer to publish the key. */
-        for (int spin = 0; __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != SLOT_READY; spin++)
+        /* Same address: wait (briefly) for the claimer to publish the key; a
+         * dead type's slot is taken over by the type living there now. */
+        for (int spin = 0;; spin++) {
+            uint32_t state = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+            if (state == SLOT_READY)
+                break;
+            if (state == SLOT_DEAD &&
+                __atomic_compare_exchange_n(&s->state, &state, SLOT_CLAIMED, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                return define_slot(s, type, name_ptr, inserted);
             if (spin > 100000)
                 return NULL;
+        }
         if (s->name_ptr == name_ptr)
             return s;
-        /* A different type at a reused address: keep probing for its own slot. */
+        /* A different type at a reused address, whose predecessor's death was
+         * not seen: keep probing for its own slot. */
     }
     return NULL;
 }
 
-uint32_t rs_pytype_id(const void *type)
+void rs_pytype_maybe_died(const void *tp, const void *type)
+{
+    uint64_t key = (uint64_t)(uintptr_t)type;
+    uint32_t h = hash_type(key), died = 0, meta = 0;
+
+    for (uint32_t i = 0; i < RS_TYPE_METAS && !meta; i++) {
+        const void *cur = __atomic_load_n(&rs_pytype_metas[i], __ATOMIC_ACQUIRE);
+        if (!cur)
+            break;
+        meta = cur == tp;
+    }
+    if (!meta || __atomic_load_n(&table_epoch, __ATOMIC_ACQUIRE) != rs_emit_epoch())
+        return; /* not a type, or a table about to be cleared */
+    for (uint32_t probe = 0; probe < TYPE_SLOTS; probe++) {
+        struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
+        uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
+        if (cur == 0)
+            break;
+        uint32_t ready = SLOT_READY;
+        if (cur == key && __atomic_compare_exchange_n(&s->state, &ready, SLOT_DEAD, 0,
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            died = 1;
+    }
+    if (died) /* every thread's memo forgets its ids */
+        __atomic_add_fetch(&rs_pytype_deaths, 1, __ATOMIC_RELEASE);
+}
+
+__thread struct rs_type_memo rs_type_memo[RS_TYPE_MEMO_SLOTS]
+    __attribute__((tls_model("initial-exec")));
+
+uint32_t rs_pytype_id_slow(const void *type)
 {
     int inserted;
+    /* read before the lookup: a death after it makes the memo entry stale */
+    uint32_t epoch = rs_emit_epoch();
+    uint32_t deaths = __atomic_load_n(&rs_pytype_deaths, __ATOMIC_ACQUIRE);
     struct type_slot *s = lookup(type, &inserted);
     if (!s)
         return 0;
     if (inserted)
         emit_definition(type, s->id, rs_py_type_name(type), NULL, 0);
+    /* after the definition: a memo hit never precedes it in this thread */
+    struct rs_type_memo *m = rs_type_memo_of(type);
+    m->type = type;
+    m->id = s->id;
+    m->epoch = epoch;
+    m->deaths = deaths;
     return s->id;
 }
 

@@ -37,14 +37,6 @@
 #include "u64vec.h"
 #include "shim.h"
 
-/* Fallback while preload/pytypes.c is not linked: no type ids (the snapshot
- * carries type names itself). */
-__attribute__((weak)) uint32_t rs_pytype_id(const void *type)
-{
-    (void)type;
-    return 0;
-}
-
 /* ---- scratch memory (mmap; never malloc): rs_u64vec arrays (u64vec.h) and a set */
 
 /* Address set: open addressing, linear probing, 0 = empty slot. */

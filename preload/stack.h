@@ -31,8 +31,31 @@ void rs_stack_note_obj_block(uint64_t addr, uint64_t size, uint32_t stack);
 uint32_t rs_stack_for_object(uint64_t obj);
 
 /* A block freed in the OBJ domain: lets the stack layer forget a dead code
- * object at that address (code objects are reused by address). Cheap. */
-void rs_stack_note_obj_free(uint64_t addr);
+ * object at that address (code objects are reused by address). Inline,
+ * below: a look at the block's would-be ob_type, compared with &PyCode_Type,
+ * never followed; a block ending a page, whose next page may be unmapped, is
+ * not peeked at and goes to the table instead (rs_stack_obj_block_freed). */
+static inline void rs_stack_note_obj_free(uint64_t addr);
+
+/* State owned by pystack.c: blocks whose offset in their page is below
+ * rs_stack_peek_below (0 while stacks are off) are peeked at, at
+ * rs_stack_peek_at (the code object's GC header, if any, + ob_type). */
+extern uint32_t rs_stack_peek_below, rs_stack_peek_at;
+extern const void *rs_stack_code_type;
+void rs_stack_obj_block_freed(uint64_t addr, int is_code);
+
+static inline void rs_stack_note_obj_free(uint64_t addr)
+{
+    uint32_t below = rs_stack_peek_below;
+    if (__builtin_expect((addr & 4095) < below, 1)) {
+        if (__builtin_expect(*(const void *const *)(uintptr_t)(addr + rs_stack_peek_at) !=
+                             rs_stack_code_type, 1))
+            return;
+        rs_stack_obj_block_freed(addr, 1);
+    } else if (below) {
+        rs_stack_obj_block_freed(addr, 0);
+    }
+}
 
 /* Native capture (preload/unwind.c): id of the deduplicated native stack of
  * the caller, emitting RS_EV_NATIVE_STACK on first sight; 0 when --native is

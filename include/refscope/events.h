@@ -214,6 +214,8 @@ enum rs_module_event { RS_MODULE_INITIAL = 0, RS_MODULE_DLOPEN = 1, RS_MODULE_DL
  * Type table (preload/pytypes.c). RS_EV_PY_TYPE (VAR) defines a type id once
  * per trace; a later record with the same id replaces the definition (used to
  * add the module of a heap type, which is only readable at a safe point).
+ * Ids are never reused, addresses are: a heap type that dies leaves its
+ * address to the next type there, which is defined under a new id.
  *   payload  u64 type address (PyTypeObject *)   [= slot addr]
  *            u32 type id (1..)                   [= low half of slot size]
  *            u32 RS_TYPE_* flags                 [= high half of slot size]

@@ -317,6 +317,46 @@ def test_tenured_garbage_by_type(py):
     expect("YoungMarker" not in by_type, "YoungMarker never reached generation 2: %r" % by_type)
 
 
+REBORN_PROG = r"""
+import gc, sys
+seen, reused = set(), 0
+for i in range(300):
+    K = type("Reborn%d" % i, (), {})
+    reused += id(K) in seen
+    seen.add(id(K))
+    objs = [K() for _ in range(3)]
+    gc.collect(1)           # objs (and K) -> generation 2: tenured, with their type
+    del objs, K
+    gc.collect()            # K dies; the next class usually takes its address
+sys.stdout.write("REUSED %d\n" % reused)
+"""
+
+
+@per_interpreter
+def test_types_reborn_at_reused_addresses(py):
+    """Classes made in a loop die and the next one takes the address (and its
+    name buffer the old name's): each must get its own type id and name."""
+    traced = _trace(py, REBORN_PROG)
+    reused = _printed(traced, "REUSED")
+    if reused < 50:
+        raise Skip("only %d of 300 classes reused an address: nothing to check" % reused)
+    rep = refscope_json("lifetimes", traced.trace, timeout=TIMEOUT)
+    tables = []
+    if _has_census(py):
+        tables.append(("tenured_garbage", rep["tenured_garbage"]["by_type"]))
+    if py.version >= (3, 13):
+        tables.append(("by_type", rep["by_type"]))
+    if not tables:
+        raise Skip("neither a census nor object events on this interpreter")
+    for name, table in tables:
+        counts = {t["type"]: t["count"] for t in table if "Reborn" in t["type"]}
+        wrong = {k: v for k, v in counts.items() if v != 3}
+        expect(len(counts) == 300 and not wrong,
+               "%s: 300 Reborn types with 3 deaths each expected (%d classes reused an "
+               "address): %d types, wrong counts %r" % (name, reused, len(counts),
+                                                        dict(list(wrong.items())[:5])))
+
+
 TRACEMALLOC_PROG = r"""
 import gc, tracemalloc
 tracemalloc.start()
