@@ -219,7 +219,7 @@ static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uin
     slot->time = time;
     slot->addr = addr;
     slot->size = size;
-    rs_ring_commit(ring, index, kind);
+    rs_ring_commit_slot(slot, kind);
     if (__builtin_expect(rs_emit_hot.lossy, 0))
         rs_emit_report_lost((uint16_t)(thread - 1));
 }

@@ -40,7 +40,7 @@ static struct type_slot table[TYPE_SLOTS];
 static uint32_t next_id;
 static uint32_t table_epoch;
 uint32_t rs_pytype_deaths;
-int rs_pytype_watching;
+static int watching;     /* type deaths can be seen (pytypes_init) */
 uint32_t rs_pytype_peek_below;
 const void *rs_pytype_metas[RS_TYPE_METAS];
 uint64_t rs_pytype_meta_bits;
@@ -59,8 +59,7 @@ static void pytypes_init(void)
     if (rs_pyver_init() == 0 && rs_py.is_python && rs_py.ob_size && type_type &&
         gc_header + rs_py.ob_type == RS_TYPE_PEEK_AT) {
         rs_pytype_metas[0] = type_type;
-        rs_pytype_watching = 1;
-        rs_pytype_peek_below = 4096 - RS_TYPE_PEEK_AT - 8 + 1;
+        watching = 1;
     }
     api_getattr = (void *(*)(void *, const char *))dlsym(RTLD_DEFAULT, "PyObject_GetAttrString");
     api_as_utf8 = (const char *(*)(void *, long *))dlsym(RTLD_DEFAULT, "PyUnicode_AsUTF8AndSize");
@@ -168,8 +167,13 @@ static void watch_metatype(const void *type)
 static struct type_slot *define_slot(struct type_slot *s, const void *type, uint64_t name_ptr,
                                      int *inserted)
 {
-    if (rs_pytype_watching && (rs_py_type_flags(type) & RS_PY_TPFLAGS_TYPE_SUBCLASS))
+    uint64_t tp_flags = rs_py_type_flags(type);
+    if (watching && (tp_flags & RS_PY_TPFLAGS_TYPE_SUBCLASS))
         watch_metatype(type);
+    /* only heap types die: frees are peeked at once the table has one */
+    if (watching && (tp_flags & RS_PY_TPFLAGS_HEAPTYPE) &&
+        !__atomic_load_n(&rs_pytype_peek_below, __ATOMIC_RELAXED))
+        __atomic_store_n(&rs_pytype_peek_below, 4096 - RS_TYPE_PEEK_AT - 8 + 1, __ATOMIC_RELAXED);
     s->name_ptr = name_ptr;
     s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->module_done, 0, __ATOMIC_RELAXED);

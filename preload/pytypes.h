@@ -46,13 +46,13 @@ struct rs_type_memo {
 extern __thread struct rs_type_memo rs_type_memo[RS_TYPE_MEMO_SLOTS]
     __attribute__((tls_model("initial-exec")));
 extern uint32_t rs_pytype_deaths;     /* types in the table seen dying, so far     */
-/* Type deaths are watched (a Python process whose object header puts a
- * type object's ob_type RS_TYPE_PEEK_AT bytes into its block: 16-byte GC
- * header + 8 on default builds, no GC header + 24 on free-threaded ones). */
-extern int rs_pytype_watching;
+/* Type deaths are watched in a Python process whose object header puts a
+ * type object's ob_type RS_TYPE_PEEK_AT bytes into its block (16-byte GC
+ * header + 8 on default builds, no GC header + 24 on free-threaded ones),
+ * from the first heap type in the table on: blocks are peeked at when their
+ * offset in their page is below rs_pytype_peek_below, 0 until then, else
+ * where the peeked word would cross into the next page. */
 #define RS_TYPE_PEEK_AT 24u
-/* Blocks are peeked at when their offset in their page is below this: 0 when
- * not watching, else where the peeked word would cross into the next page. */
 extern uint32_t rs_pytype_peek_below;
 /* The metatypes whose instances' deaths are watched: &PyType_Type, then every
  * interned type with RS_TYPE_METATYPE (ABCMeta, EnumType, ...), in order;

@@ -190,10 +190,16 @@ static inline struct rs_slot *rs_ring_slot(struct rs_ring *ring, uint64_t index)
     return &ring->slots[index & ring->mask];
 }
 
-/* Commit the record whose first slot is `index` (all fields but kind written). */
+/* Commit the record whose first slot is `slot` (all fields but kind written). */
+static inline void rs_ring_commit_slot(struct rs_slot *slot, uint8_t kind)
+{
+    __atomic_store_n(&slot->kind, kind, __ATOMIC_RELEASE);
+}
+
+/* The same, by the slot's index. */
 static inline void rs_ring_commit(struct rs_ring *ring, uint64_t index, uint8_t kind)
 {
-    __atomic_store_n(&rs_ring_slot(ring, index)->kind, kind, __ATOMIC_RELEASE);
+    rs_ring_commit_slot(rs_ring_slot(ring, index), kind);
 }
 
 /* Convenience: write a whole fixed record. Returns 0, or -ENOSPC if dropped. */
