@@ -21,7 +21,8 @@
 #include "pyver.h"
 #include "shim.h"
 
-#define TYPE_SLOTS 16384u /* power of two; more distinct types → id 0 */
+#define TYPE_SLOTS 16384u /* power of two */
+#define MAX_PROBES 256u   /* a type not placed within this many slots gets id 0 */
 #define NAME_MAX_BYTES 256u
 
 
@@ -55,9 +56,8 @@ __attribute__((constructor(RS_CTOR_FEATURE)))
 static void pytypes_init(void)
 {
     const void *type_type = dlsym(RTLD_DEFAULT, "PyType_Type");
-    uint32_t gc_header = rs_py.free_threaded ? 0 : 16;
     if (rs_pyver_init() == 0 && rs_py.is_python && rs_py.ob_size && type_type &&
-        gc_header + rs_py.ob_type == RS_TYPE_PEEK_AT) {
+        (rs_py.free_threaded ? 0 : 16) + rs_py.ob_type == RS_TYPE_PEEK_AT) {
         rs_pytype_metas[0] = type_type;
         watching = 1;
     }
@@ -182,7 +182,10 @@ static struct type_slot *define_slot(struct type_slot *s, const void *type, uint
     return s;
 }
 
-/* Finds or inserts (type, tp_name); returns the slot or NULL. */
+/* Finds or inserts (type, tp_name); returns the slot, or NULL with
+ * *inserted = -1 when the table has no room for it within MAX_PROBES, or NULL
+ * with *inserted = 0 when the type cannot be read. A new type takes the first
+ * dead slot on its probe path, so types that die make room for new ones. */
 static struct type_slot *lookup(const void *type, int *inserted)
 {
     const char *name;
@@ -198,35 +201,55 @@ static struct type_slot *lookup(const void *type, int *inserted)
     check_epoch();
     name_ptr = (uint64_t)(uintptr_t)name;
     h = hash_type(key);
-    for (uint32_t probe = 0; probe < TYPE_SLOTS; probe++) {
-        struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
-        uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
-        if (cur == 0) {
-            uint64_t expected = 0;
-            if (__atomic_compare_exchange_n(&s->type, &expected, key, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE))
-                return define_slot(s, type, name_ptr, inserted);
-            cur = expected;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        struct type_slot *dead = NULL;
+        for (uint32_t probe = 0; probe < MAX_PROBES; probe++) {
+            struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
+            uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
+            if (cur == 0) {
+                if (dead)
+                    break;
+                uint64_t expected = 0;
+                if (__atomic_compare_exchange_n(&s->type, &expected, key, 0, __ATOMIC_ACQ_REL,
+                                                __ATOMIC_ACQUIRE))
+                    return define_slot(s, type, name_ptr, inserted);
+                cur = expected;
+            }
+            if (cur != key) {
+                if (!dead && __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DEAD)
+                    dead = s;
+                continue;
+            }
+            /* Same address: wait (briefly) for the claimer to publish the key; a
+             * dead type's slot is taken over by the type living there now. */
+            for (int spin = 0;; spin++) {
+                uint32_t state = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+                if (state == SLOT_READY)
+                    break;
+                if (state == SLOT_DEAD &&
+                    __atomic_compare_exchange_n(&s->state, &state, SLOT_CLAIMED, 0,
+                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                    return define_slot(s, type, name_ptr, inserted);
+                if (spin > 100000)
+                    return NULL;
+            }
+            if (s->name_ptr == name_ptr)
+                return s;
+            /* A different type at a reused address, whose predecessor's death
+             * was not seen: keep probing for its own slot. */
         }
-        if (cur != key)
-            continue;
-        /* Same address: wait (briefly) for the claimer to publish the key; a
-         * dead type's slot is taken over by the type living there now. */
-        for (int spin = 0;; spin++) {
-            uint32_t state = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
-            if (state == SLOT_READY)
-                break;
-            if (state == SLOT_DEAD &&
-                __atomic_compare_exchange_n(&s->state, &state, SLOT_CLAIMED, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE))
-                return define_slot(s, type, name_ptr, inserted);
-            if (spin > 100000)
-                return NULL;
+        if (!dead) {
+            *inserted = -1;
+            return NULL;
         }
-        if (s->name_ptr == name_ptr)
-            return s;
-        /* A different type at a reused address, whose predecessor's death was
-         * not seen: keep probing for its own slot. */
+        /* Not in the table: take the dead slot over (another thread may have
+         * been first: then look again). */
+        uint32_t state = SLOT_DEAD;
+        if (__atomic_compare_exchange_n(&dead->state, &state, SLOT_CLAIMED, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            __atomic_store_n(&dead->type, key, __ATOMIC_RELEASE);
+            return define_slot(dead, type, name_ptr, inserted);
+        }
     }
     return NULL;
 }
@@ -244,7 +267,7 @@ void rs_pytype_maybe_died(const void *tp, const void *type)
     }
     if (!meta || __atomic_load_n(&table_epoch, __ATOMIC_ACQUIRE) != rs_emit_epoch())
         return; /* not a type, or a table about to be cleared */
-    for (uint32_t probe = 0; probe < TYPE_SLOTS; probe++) {
+    for (uint32_t probe = 0; probe < MAX_PROBES; probe++) {
         struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
         uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
         if (cur == 0)
@@ -268,17 +291,18 @@ uint32_t rs_pytype_id_slow(const void *type)
     uint32_t epoch = rs_emit_epoch();
     uint32_t deaths = __atomic_load_n(&rs_pytype_deaths, __ATOMIC_ACQUIRE);
     struct type_slot *s = lookup(type, &inserted);
-    if (!s)
+    if (!s && inserted != -1)
         return 0;
-    if (inserted)
+    if (s && inserted)
         emit_definition(type, s->id, rs_py_type_name(type), NULL, 0);
-    /* after the definition: a memo hit never precedes it in this thread */
+    /* after the definition: a memo hit never precedes it in this thread; no
+     * room is remembered too (id 0), until a type dies */
     struct rs_type_memo *m = rs_type_memo_of(type);
     m->type = type;
-    m->id = s->id;
+    m->id = s ? s->id : 0;
     m->epoch = epoch;
     m->deaths = deaths;
-    return s->id;
+    return m->id;
 }
 
 uint32_t rs_pytype_id_safe(const void *type)

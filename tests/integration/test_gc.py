@@ -357,6 +357,31 @@ def test_types_reborn_at_reused_addresses(py):
                                                         dict(list(wrong.items())[:5])))
 
 
+MANY_TYPES_PROG = r"""
+import gc
+for wave in range(2):           # 2 x 12000 classes: more than the shim's table holds at once
+    classes = [type("W%dC%d" % (wave, i), (), {}) for i in range(12000)]
+    objs = [c() for c in classes for _ in range(2)]
+    del objs, classes
+    gc.collect()
+"""
+
+
+@per_interpreter
+def test_dead_types_make_room(py):
+    """Types that die free their table slots for new ones: 24000 classes, no
+    more than 12000 alive at once, all reported by name."""
+    if py.version < (3, 13):
+        raise Skip("object events (3.13+) type every object; a census types only tenured ones")
+    traced = _trace(py, MANY_TYPES_PROG)
+    rep = refscope_json("lifetimes", traced.trace, timeout=TIMEOUT)
+    counts = {t["type"]: t["count"] for t in rep["by_type"] if t["type"].startswith("W")}
+    wrong = {k: v for k, v in counts.items() if v != 2}
+    expect(len(counts) == 24000 and not wrong,
+           "24000 classes W<wave>C<i> with 2 instances each expected: %d types, wrong counts %r"
+           % (len(counts), dict(list(wrong.items())[:5])))
+
+
 TRACEMALLOC_PROG = r"""
 import gc, tracemalloc
 tracemalloc.start()
