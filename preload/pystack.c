@@ -49,11 +49,12 @@
 #define CODE_SLOTS  (1u << 17)
 #define STACK_SLOTS (1u << 18)
 #define MAX_PROBES  128
-#define TOMBSTONE   1u
+#define TOMBSTONE   1u      /* a dead code object's slot, free for another one */
+#define CLAIMING    2u      /* a tombstone being taken over                     */
 #define TCACHE_SLOTS 256
 
 struct code_entry {
-    uint64_t addr;       /* 0 free, TOMBSTONE dead, else the code object    */
+    uint64_t addr;       /* 0 free, TOMBSTONE, CLAIMING, else the code object */
     const void *name;    /* qualname object when interned                    */
     uint32_t id;         /* 0 while the inserting thread defines it          */
     uint32_t pad;
@@ -180,36 +181,65 @@ static void emit_code(uint32_t id, const void *code)
     rs_emit_var(RS_EV_PY_CODE, 0, 0, 0, b.data, b.len);
 }
 
+/* Gives slot e, claimed for code, its id and definition. */
+static uint32_t code_define(struct code_entry *e, const void *code, const void *name)
+{
+    e->name = name;
+    uint32_t id = __atomic_add_fetch(&next_code_id, 1, __ATOMIC_RELAXED);
+    emit_code(id, code);
+    __atomic_store_n(&e->id, id, __ATOMIC_RELEASE);
+    return id;
+}
+
+/* The id of code object `code`, interned on first sight. A new code object
+ * takes the first tombstone on its probe path (code objects made by exec,
+ * namedtuple or dataclasses die all the time in long-running programs). */
 static uint32_t code_id(const void *code)
 {
     uint64_t addr = (uint64_t)(uintptr_t)code;
     const void *name = rs_py_code_qualname(code);
-    uint32_t slot = (uint32_t)hash_addr(addr) & (CODE_SLOTS - 1);
-    for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
-        struct code_entry *e = &codes[slot];
-        uint64_t cur = __atomic_load_n(&e->addr, __ATOMIC_ACQUIRE);
-        if (cur == addr) {
-            uint32_t id = wait_id(&e->id);
-            if (id && e->name == name)
-                return id;
-            /* a code object died unseen and another took its address */
-            if (__atomic_compare_exchange_n(&e->addr, &cur, TOMBSTONE, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE))
-                __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
-            continue;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        struct code_entry *tomb = NULL;
+        uint32_t slot = (uint32_t)hash_addr(addr) & (CODE_SLOTS - 1);
+        for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
+            struct code_entry *e = &codes[slot];
+            uint64_t cur = __atomic_load_n(&e->addr, __ATOMIC_ACQUIRE);
+            if (cur == addr) {
+                uint32_t id = wait_id(&e->id);
+                if (id && e->name == name)
+                    return id;
+                /* a code object died unseen and another took its address */
+                if (__atomic_compare_exchange_n(&e->addr, &cur, TOMBSTONE, 0, __ATOMIC_ACQ_REL,
+                                                __ATOMIC_ACQUIRE))
+                    __atomic_add_fetch(&code_gen, 1, __ATOMIC_RELEASE);
+                cur = TOMBSTONE;
+            }
+            if (cur == TOMBSTONE && !tomb)
+                tomb = e;
+            if (cur != 0)
+                continue;
+            if (tomb)
+                break;
+            if (!__atomic_compare_exchange_n(&e->addr, &cur, addr, 0, __ATOMIC_ACQ_REL,
+                                             __ATOMIC_ACQUIRE)) {
+                probe--; /* lost the race for this slot: look at it again */
+                slot = (slot - 1) & (CODE_SLOTS - 1);
+                continue;
+            }
+            return code_define(e, code, name);
         }
-        if (cur != 0)
-            continue;
-        if (!__atomic_compare_exchange_n(&e->addr, &cur, addr, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            probe--; /* lost the race for this slot: look at it again */
-            slot = (slot - 1) & (CODE_SLOTS - 1);
-            continue;
+        if (!tomb)
+            return 0;
+        /* Not in the table: take the tombstone over. Its id is cleared before
+         * the address is published, so that a reader of the address waits
+         * for the new id instead of taking the dead code's. */
+        uint64_t expected = TOMBSTONE;
+        if (__atomic_compare_exchange_n(&tomb->addr, &expected, CLAIMING, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            __atomic_store_n(&tomb->id, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&tomb->addr, addr, __ATOMIC_RELEASE);
+            return code_define(tomb, code, name);
         }
-        e->name = name;
-        uint32_t id = __atomic_add_fetch(&next_code_id, 1, __ATOMIC_RELAXED);
-        emit_code(id, code);
-        __atomic_store_n(&e->id, id, __ATOMIC_RELEASE);
-        return id;
     }
     return 0;
 }

@@ -187,6 +187,30 @@ def test_pystacks_exec_reused_code(py):
         expect(size <= total <= size + 200, "%s: f_%d has %d bytes, expected ~%d" % (py, i, total, size))
 
 
+EXEC_MANY = """
+import os
+for i in range(70000):           # 140000 code objects over the run, few alive at once
+    ns = {}
+    exec("def f():\\n    return bytearray(1000)\\n", ns)
+    ns["f"]()
+os._exit(0)
+"""
+
+
+@per_interpreter
+def test_pystacks_dead_code_makes_room(py):
+    """More code objects over a run than the shim's code table holds, as a
+    long-running program making namedtuples or exec'ing templates has: the
+    dead ones' slots are taken over, and no frame is left without its code."""
+    _, _, sites = _traced_sites(py, EXEC_MANY)
+    unknown = _sum([s for s in sites if any(f.get("function") == "<unknown code>"
+                                           for f in s.get("frames") or [])], "allocations")
+    in_f = _sum([s for s in sites if (s.get("frames") or [{}])[0].get("function") == "f"
+                 and s["frames"][0].get("file") == "<string>"], "allocations")
+    expect(unknown == 0, "%s: %d allocations have a frame of unknown code" % (py, unknown))
+    expect(in_f >= 70000, "%s: %d allocations in the exec'd f(), expected >= 70000" % (py, in_f))
+
+
 PROFILE = """
 import sys
 def target():
