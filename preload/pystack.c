@@ -540,5 +540,5 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
     stacks_on = 1;
     rs_stack_code_type = rs_py.code_type;
     rs_stack_peek_at = code_block_delta + rs_py.ob_type;
-    rs_stack_peek_below = 4096 - rs_stack_peek_at - 8 + 1;
+    rs_stack_peek_below = rs_py_peek_below(rs_stack_peek_at);
 }

@@ -41,7 +41,6 @@ static struct type_slot table[TYPE_SLOTS];
 static uint32_t next_id;
 static uint32_t table_epoch;
 uint32_t rs_pytype_deaths;
-static int watching;     /* type deaths can be seen (pytypes_init) */
 uint32_t rs_pytype_peek_below;
 const void *rs_pytype_metas[RS_TYPE_METAS];
 uint64_t rs_pytype_meta_bits;
@@ -58,8 +57,7 @@ static void pytypes_init(void)
     const void *type_type = dlsym(RTLD_DEFAULT, "PyType_Type");
     if (rs_pyver_init() == 0 && rs_py.is_python && rs_py.ob_size && type_type &&
         (rs_py.free_threaded ? 0 : 16) + rs_py.ob_type == RS_TYPE_PEEK_AT) {
-        rs_pytype_metas[0] = type_type;
-        watching = 1;
+        rs_pytype_metas[0] = type_type; /* type deaths can be seen */
     }
     api_getattr = (void *(*)(void *, const char *))dlsym(RTLD_DEFAULT, "PyObject_GetAttrString");
     api_as_utf8 = (const char *(*)(void *, long *))dlsym(RTLD_DEFAULT, "PyUnicode_AsUTF8AndSize");
@@ -151,14 +149,12 @@ static void watch_metatype(const void *type)
 {
     for (uint32_t i = 0; i < RS_TYPE_METAS; i++) {
         const void *cur = __atomic_load_n(&rs_pytype_metas[i], __ATOMIC_ACQUIRE);
-        if (cur == type)
-            return;
         if (!cur && __atomic_compare_exchange_n(&rs_pytype_metas[i], &cur, type, 0,
                                                 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             __atomic_or_fetch(&rs_pytype_meta_bits, rs_pytype_meta_bit(type), __ATOMIC_RELEASE);
             return;
         }
-        if (cur == type)
+        if (cur == type) /* there already, or another thread was first with it */
             return;
     }
 }
@@ -168,12 +164,14 @@ static struct type_slot *define_slot(struct type_slot *s, const void *type, uint
                                      int *inserted)
 {
     uint64_t tp_flags = rs_py_type_flags(type);
+    int watching = rs_pytype_metas[0] != NULL; /* pytypes_init */
     if (watching && (tp_flags & RS_PY_TPFLAGS_TYPE_SUBCLASS))
         watch_metatype(type);
     /* only heap types die: frees are peeked at once the table has one */
     if (watching && (tp_flags & RS_PY_TPFLAGS_HEAPTYPE) &&
         !__atomic_load_n(&rs_pytype_peek_below, __ATOMIC_RELAXED))
-        __atomic_store_n(&rs_pytype_peek_below, 4096 - RS_TYPE_PEEK_AT - 8 + 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&rs_pytype_peek_below, rs_py_peek_below(RS_TYPE_PEEK_AT),
+                         __ATOMIC_RELAXED);
     s->name_ptr = name_ptr;
     s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->module_done, 0, __ATOMIC_RELAXED);

@@ -56,7 +56,8 @@ extern uint32_t rs_pytype_deaths;     /* types in the table seen dying, so far  
 extern uint32_t rs_pytype_peek_below;
 /* The metatypes whose instances' deaths are watched: &PyType_Type, then every
  * interned type with RS_TYPE_METATYPE (ABCMeta, EnumType, ...), in order;
- * NULL ends the list. Past &PyType_Type, a block's would-be type is first
+ * NULL ends the list, and an empty list means deaths cannot be seen (not
+ * Python, or another object header). Past &PyType_Type, a block's would-be type is first
  * tested against rs_pytype_meta_bits (a bit per metatype). A type whose
  * metatype is not here dies unseen (the table's tp_name check is then all
  * that tells its successor apart). */

@@ -118,6 +118,15 @@ int rs_pyver_init(void);
 
 /* ---- object header -------------------------------------------------------- */
 
+/* A block about to be freed may be peeked at for the word `at` bytes into it
+ * (a would-be ob_type: compared, never followed) when its offset in its page
+ * is below rs_py_peek_below(at): the word then ends in the block's page, which
+ * is mapped whatever the block's size. */
+static inline uint32_t rs_py_peek_below(uint32_t at)
+{
+    return 4096 - at - 8 + 1;
+}
+
 static inline const void *rs_py_type(const void *obj)
 {
     return *(const void *const *)((const char *)obj + rs_py.ob_type);
