@@ -1,6 +1,7 @@
 /*
- * `refscope lifetimes [--json] TRACE`: how long objects live, in log2-scale
- * buckets, by type and by allocation site, and "tenured garbage": objects
+ * `refscope lifetimes [--json] [--depth N] TRACE`: how long objects live, in
+ * log2-scale buckets, by type and by allocation site (siteindex.h: the
+ * innermost Python frame, or N frames), and "tenured garbage": objects
  * promoted to the oldest generation that later died (what a different
  * threshold could have collected young), by type and site.
  *
@@ -19,6 +20,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "gcmodel.h"
+#include "siteindex.h"
 #include "stacks.h"
 #include "trace_read.h"
 #include "types.h"
@@ -28,7 +30,7 @@
 #define BUCKETS 64 /* bucket b holds lifetimes in [2^(b-1), 2^b) ns; bucket 0 = 0 ns */
 
 struct group {
-    uint64_t key;  /* type id or stack id */
+    uint64_t key;  /* type id, stack id, or site id (by_site, once merged) */
     uint64_t count, tenured, total_ns, min_ns, max_ns;
     uint64_t hist[BUCKETS];
 };
@@ -145,18 +147,31 @@ static struct group *sorted(const struct group_table *t, uint64_t *n,
     return out;
 }
 
-static void site_name(struct rs_stacks *st, uint32_t id, char *buf, size_t len)
+static void group_merge(struct group *into, const struct group *g)
 {
-    const struct rs_frame *f;
-    int n = id ? rs_stacks_resolve(st, id, &f) : 0;
-    if (n <= 0) {
-        snprintf(buf, len, id ? "stack %u" : "(no stack)", id);
-        return;
+    into->count += g->count;
+    into->tenured += g->tenured;
+    into->total_ns += g->total_ns;
+    if (g->min_ns < into->min_ns)
+        into->min_ns = g->min_ns;
+    if (g->max_ns > into->max_ns)
+        into->max_ns = g->max_ns;
+    for (int b = 0; b < BUCKETS; b++)
+        into->hist[b] += g->hist[b];
+}
+
+/* The groups by stack id, merged by site into *out. Returns 0 or -ENOMEM. */
+static int merge_by_site(const struct group_table *by_stack, struct rs_site_index *sites,
+                         struct group_table *out)
+{
+    for (size_t i = 0; i < by_stack->n; i++) {
+        uint32_t site;
+        struct group *g;
+        if (rs_site_of(sites, (uint32_t)by_stack->g[i].key, &site) < 0 || !(g = group_get(out, site)))
+            return -ENOMEM;
+        group_merge(g, &by_stack->g[i]);
     }
-    if (f[0].file)
-        snprintf(buf, len, "%s (%s:%u)", f[0].function ? f[0].function : "?", f[0].file, f[0].line);
-    else
-        snprintf(buf, len, "%s", f[0].function ? f[0].function : "?");
+    return 0;
 }
 
 static json_t *group_json(const struct group *g, const char *label_key, const char *label)
@@ -195,14 +210,16 @@ static void print_hist(const struct group *g)
 
 int cmd_lifetimes(int argc, char **argv)
 {
-    int json = 0, rc = 1, r, k;
+    int json = 0, depth = 1, rc = 1, r, k;
     const char *path = NULL;
-    char err[256], label[512], a1[32], a2[32], a3[32];
+    char err[256], a1[32], a2[32], a3[32];
     struct rs_trace *t = NULL;
     struct rs_event ev;
     struct rs_gc_model m;
     struct rs_types *types = NULL;
     struct rs_stacks *stacks = NULL;
+    struct rs_site_index *sites = NULL;
+    struct group_table by_site;
     struct agg agg;
     struct group *bt = NULL, *bs = NULL, *tt = NULL, *ts = NULL;
     uint64_t nbt = 0, nbs = 0, ntt = 0, nts = 0;
@@ -210,7 +227,10 @@ int cmd_lifetimes(int argc, char **argv)
 
     memset(&agg, 0, sizeof(agg));
     memset(&m, 0, sizeof(m));
-    const struct rs_opt opts[] = { {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL}, RS_OPT_END };
+    memset(&by_site, 0, sizeof(by_site));
+    const struct rs_opt opts[] = { {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL},
+                                   {"depth", 0, RS_OPT_INT, &depth, 0, 1000, NULL}, /* 0: whole stack */
+                                   RS_OPT_END };
     const struct rs_cli cli = { "lifetimes", opts, "TRACE", 1, 1, 0 };
     if (rs_cli_parse(&cli, argc, argv) < 0)
         return 2;
@@ -236,10 +256,14 @@ int cmd_lifetimes(int argc, char **argv)
         goto fail;
 
     k = m.object_creates ? 0 : 1; /* object events when the trace has them */
+    if (!(sites = rs_site_index_new(stacks, depth)) || merge_by_site(&agg.by_site[k], sites, &by_site) < 0) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
     bt = sorted(&agg.by_type[k], &nbt, cmp_count);
-    bs = sorted(&agg.by_site[k], &nbs, cmp_count);
+    bs = sorted(&by_site, &nbs, cmp_count);
     tt = sorted(&agg.by_type[k], &ntt, cmp_tenured);
-    ts = sorted(&agg.by_site[k], &nts, cmp_tenured);
+    ts = sorted(&by_site, &nts, cmp_tenured);
     if (!bt || !bs || !tt || !ts) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
@@ -268,15 +292,15 @@ int cmd_lifetimes(int argc, char **argv)
                *tgs = json_array();
         json_object_set_new(root, "trace", json_string(path));
         json_object_set_new(root, "mode", json_string(k ? "blocks" : "objects"));
+        json_object_set_new(root, "depth", json_integer(depth));
         json_object_set_new(root, "deaths", json_integer((json_int_t)agg.deaths[k]));
         json_object_set_new(root, "died_at_shutdown", json_integer((json_int_t)agg.at_shutdown[k]));
         json_object_set_new(root, "born_before_tracing", json_integer((json_int_t)agg.unknown_birth[k]));
         for (uint64_t i = 0; i < nbt; i++)
             json_array_append_new(jt, group_json(&bt[i], "type", rs_types_display(types, (uint32_t)(bt[i].key))));
         for (uint64_t i = 0; i < nbs; i++) {
-            site_name(stacks, (uint32_t)(bs[i].key), label, sizeof(label));
-            json_t *o = group_json(&bs[i], "site", label);
-            json_object_set_new(o, "stack", json_integer((json_int_t)(bs[i].key)));
+            json_t *o = group_json(&bs[i], "site", rs_site_name(sites, (uint32_t)bs[i].key));
+            json_object_set_new(o, "stack", json_integer(rs_site_stack(sites, (uint32_t)bs[i].key)));
             json_array_append_new(js, o);
         }
         json_object_set_new(root, "by_type", jt);
@@ -285,11 +309,10 @@ int cmd_lifetimes(int argc, char **argv)
         for (uint64_t i = 0; i < ntt && tt[i].tenured; i++)
             json_array_append_new(tgt, json_pack("{s:s,s:I}", "type", rs_types_display(types, (uint32_t)(tt[i].key)),
                                                  "count", (json_int_t)tt[i].tenured));
-        for (uint64_t i = 0; i < nts && ts[i].tenured; i++) {
-            site_name(stacks, (uint32_t)(ts[i].key), label, sizeof(label));
-            json_array_append_new(tgs, json_pack("{s:s,s:I,s:I}", "site", label, "stack",
-                                                 (json_int_t)(ts[i].key), "count", (json_int_t)ts[i].tenured));
-        }
+        for (uint64_t i = 0; i < nts && ts[i].tenured; i++)
+            json_array_append_new(tgs, json_pack("{s:s,s:I,s:I}", "site", rs_site_name(sites, (uint32_t)ts[i].key),
+                                                 "stack", (json_int_t)rs_site_stack(sites, (uint32_t)ts[i].key),
+                                                 "count", (json_int_t)ts[i].tenured));
         json_object_set_new(tg, "by_type", tgt);
         json_object_set_new(tg, "by_site", tgs);
         json_object_set_new(root, "tenured_garbage", tg);
@@ -310,21 +333,20 @@ int cmd_lifetimes(int argc, char **argv)
             if (i < 5)
                 print_hist(&bt[i]);
         }
-        printf("\nby allocation site (top %d):\n", TOP_TEXT);
+        printf("\nby allocation site (%s; top %d):\n", rs_site_depth_text(depth, a2, sizeof(a2)), TOP_TEXT);
         for (uint64_t i = 0; i < nbs && i < TOP_TEXT; i++) {
-            site_name(stacks, (uint32_t)(bs[i].key), label, sizeof(label));
             rs_units_ns((double)bs[i].total_ns / (double)bs[i].count, a1, sizeof(a1));
-            printf("  %-60s %10llu  mean %9s\n", label, (unsigned long long)bs[i].count, a1);
+            printf("  %-60s %10llu  mean %9s\n", rs_site_name(sites, (uint32_t)bs[i].key),
+                   (unsigned long long)bs[i].count, a1);
         }
         printf("\ntenured garbage: %llu objects promoted to the oldest generation died later\n",
                (unsigned long long)agg.tenured[k]);
         for (uint64_t i = 0; i < ntt && tt[i].tenured && i < TOP_TEXT; i++)
             printf("  %-40s %10llu\n", rs_types_display(types, (uint32_t)(tt[i].key)),
                    (unsigned long long)tt[i].tenured);
-        for (uint64_t i = 0; i < nts && ts[i].tenured && i < TOP_TEXT; i++) {
-            site_name(stacks, (uint32_t)(ts[i].key), label, sizeof(label));
-            printf("  at %-60s %10llu\n", label, (unsigned long long)ts[i].tenured);
-        }
+        for (uint64_t i = 0; i < nts && ts[i].tenured && i < TOP_TEXT; i++)
+            printf("  at %-60s %10llu\n", rs_site_name(sites, (uint32_t)ts[i].key),
+                   (unsigned long long)ts[i].tenured);
         for (size_t i = 0; i < json_array_size(warn); i++)
             printf("warning: %s\n", json_string_value(json_array_get(warn, i)));
     }
@@ -342,6 +364,8 @@ out:
         group_table_free(&agg.by_type[i]);
         group_table_free(&agg.by_site[i]);
     }
+    group_table_free(&by_site);
+    rs_site_index_free(sites);
     rs_gcmodel_free(&m);
     rs_types_free(types);
     if (stacks)

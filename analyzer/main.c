@@ -42,8 +42,8 @@ static const struct command commands[] = {
      "      self-contained HTML flame graph, or folded stacks"},
     {"gc", cmd_gc, "gc [--json] TRACE\n"
      "      collections, pauses, promotions and thresholds per generation"},
-    {"lifetimes", cmd_lifetimes, "lifetimes [--json] TRACE\n"
-     "      object lifetime distributions by type and site, tenured garbage"},
+    {"lifetimes", cmd_lifetimes, "lifetimes [--json] [--depth N] TRACE\n"
+     "      object lifetime distributions by type and site (N frames, 0 = whole stack), tenured garbage"},
     {"leaks", cmd_leaks, "leaks [--json] [--since SECONDS|import] [--snapshot N] [--limit N] [--depth N] TRACE\n"
      "      objects alive at the end that grew after warm-up, with why-alive chains"},
     {"cycles", cmd_cycles, "cycles [--json] [--all] [--limit N] [--depth N] [--dot OUT.dot] [--snapshot N] TRACE\n"

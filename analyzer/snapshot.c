@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "refscope/events.h"
+#include "siteindex.h"
 #include "snapshot.h"
 #include "stacks.h"
 #include "units.h"
@@ -571,8 +572,6 @@ const char *rs_snapshot_describe_edge(const struct rs_snapshot *s, uint32_t i, u
     return buf;
 }
 
-static void site_index_free(struct rs_site_index *x);
-
 /* ---- one-pass trace reading --------------------------------------------------------- */
 
 /* Start-up detection: import-time start-up ends with the first allocation
@@ -674,7 +673,7 @@ int rs_snapshot_trace_open(const char *cmd, const char *path, int site_depth,
 
 void rs_snapshot_trace_close(struct rs_snapshot_trace *t)
 {
-    site_index_free(t->sites);
+    rs_site_index_free(t->sites);
     if (t->snaps)
         rs_snapshots_free(t->snaps);
     if (t->stacks)
@@ -686,10 +685,6 @@ void rs_snapshot_trace_close(struct rs_snapshot_trace *t)
     memset(t, 0, sizeof(*t));
 }
 
-/* Python frames only, when the stack has any (kept in a per-call buffer). */
-#define SNAP_MAX_FRAMES 256
-static const struct rs_frame *python_only[SNAP_MAX_FRAMES];
-
 int rs_snapshot_frames(struct rs_snapshot_trace *t, uint32_t stack, const struct rs_frame **frames)
 {
     if (!stack)
@@ -700,26 +695,15 @@ int rs_snapshot_frames(struct rs_snapshot_trace *t, uint32_t stack, const struct
     return n;
 }
 
-static int python_frames(struct rs_snapshot_trace *t, uint32_t stack)
-{
-    const struct rs_frame *f;
-    int n = rs_snapshot_frames(t, stack, &f), k = 0;
-    for (int i = 0; i < n && k < SNAP_MAX_FRAMES; i++)
-        if (!f[i].native)
-            python_only[k++] = &f[i];
-    if (k)
-        return k;
-    for (int i = 0; i < n && k < SNAP_MAX_FRAMES; i++)
-        python_only[k++] = &f[i];
-    return k;
-}
+#define SNAP_JSON_FRAMES 256
 
 struct json_t *rs_snapshot_frames_json(struct rs_snapshot_trace *t, uint32_t stack)
 {
+    const struct rs_frame *frames[SNAP_JSON_FRAMES];
     json_t *arr = json_array();
-    int n = python_frames(t, stack);
+    int n = rs_site_frames(t->stacks, stack, frames, SNAP_JSON_FRAMES);
     for (int i = 0; i < n; i++) {
-        const struct rs_frame *f = python_only[i];
+        const struct rs_frame *f = frames[i];
         json_t *o = json_object();
         json_object_set_new(o, "function", json_string(f->function ? f->function : "??"));
         json_object_set_new(o, "file", f->file ? json_string(f->file) : json_null());
@@ -732,164 +716,22 @@ struct json_t *rs_snapshot_frames_json(struct rs_snapshot_trace *t, uint32_t sta
 
 /* ---- sites --------------------------------------------------------------------- */
 
-/* Site texts are interned (one id per distinct text) and every stack id is
- * looked up once: reports ask for each object of a snapshot, and snapshots
- * hold millions of objects over a few thousand stacks. */
-struct rs_site_index {
-    char **names;            /* id -> text (owned); names[0] is "(unknown site)" */
-    size_t nnames, names_cap;
-    uint32_t *by_text;       /* open addressing: id + 1, 0 = empty         */
-    size_t text_cap;
-    struct u64map memo;      /* stack id -> site id                        */
-    char *buf;               /* text being built                           */
-    size_t buf_len, buf_cap;
-};
-
-static void site_index_free(struct rs_site_index *x)
-{
-    if (!x)
-        return;
-    for (size_t i = 0; i < x->nnames; i++)
-        free(x->names[i]);
-    free(x->names);
-    free(x->by_text);
-    u64map_free(&x->memo);
-    free(x->buf);
-    free(x);
-}
-
-static uint64_t text_hash(const char *p)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *p; p++)
-        h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
-    return h;
-}
-
-static int site_append(struct rs_site_index *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int site_append(struct rs_site_index *x, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(x->buf + x->buf_len, x->buf_cap - x->buf_len, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return -EINVAL;
-        if ((size_t)n < x->buf_cap - x->buf_len) {
-            x->buf_len += (size_t)n;
-            return 0;
-        }
-        if (grow(&x->buf, &x->buf_cap, x->buf_len + (size_t)n + 1, 1))
-            return -ENOMEM;
-    }
-}
-
-/* The id of text (x->buf), adding it when new. */
-static int site_intern(struct rs_site_index *x, uint32_t *id)
-{
-    if ((x->nnames + 1) * 2 > x->text_cap) {
-        size_t cap = x->text_cap ? x->text_cap * 2 : 256;
-        uint32_t *n = calloc(cap, sizeof(*n));
-        if (!n)
-            return -ENOMEM;
-        for (size_t i = 0; i < x->nnames; i++) {
-            size_t j = text_hash(x->names[i]) & (cap - 1);
-            while (n[j])
-                j = (j + 1) & (cap - 1);
-            n[j] = (uint32_t)i + 1;
-        }
-        free(x->by_text);
-        x->by_text = n;
-        x->text_cap = cap;
-    }
-    size_t j = text_hash(x->buf) & (x->text_cap - 1);
-    while (x->by_text[j]) {
-        if (!strcmp(x->names[x->by_text[j] - 1], x->buf)) {
-            *id = x->by_text[j] - 1;
-            return 0;
-        }
-        j = (j + 1) & (x->text_cap - 1);
-    }
-    if (grow(&x->names, &x->names_cap, x->nnames + 1, sizeof(char *)))
-        return -ENOMEM;
-    char *copy = strdup(x->buf);
-    if (!copy)
-        return -ENOMEM;
-    x->names[x->nnames] = copy;
-    x->by_text[j] = (uint32_t)x->nnames + 1;
-    *id = (uint32_t)x->nnames++;
-    return 0;
-}
-
-static struct rs_site_index *site_index_new(void)
-{
-    struct rs_site_index *x = calloc(1, sizeof(*x));
-    if (!x || site_append(x, "(unknown site)") < 0)
-        goto fail;
-    uint32_t id;
-    if (site_intern(x, &id) < 0)
-        goto fail;
-    return x;
-fail:
-    site_index_free(x);
-    return NULL;
-}
-
-static int site_text_build(struct rs_snapshot_trace *t, struct rs_site_index *x, uint32_t stack)
-{
-    int n = python_frames(t, stack);
-    int depth = t->site_depth > 0 && t->site_depth < n ? t->site_depth : n;
-    x->buf_len = 0;
-    if (!n)
-        return site_append(x, "(unknown site)");
-    for (int i = 0; i < depth; i++) {
-        const struct rs_frame *f = python_only[i];
-        const char *fn = f->function ? f->function : "??";
-        int rc = f->file ? site_append(x, "%s%s (%s:%u)", i ? " <- " : "", fn, f->file, f->line)
-                         : site_append(x, "%s%s", i ? " <- " : "", fn);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
 int rs_snapshot_site(struct rs_snapshot_trace *t, uint32_t stack, uint32_t *site)
 {
     *site = 0;
-    if (!stack)
-        return 0;
-    if (!t->sites && !(t->sites = site_index_new()))
+    if (!t->sites && !(t->sites = rs_site_index_new(t->stacks, t->site_depth)))
         return -ENOMEM;
-    struct rs_site_index *x = t->sites;
-    const uint64_t *memo = u64map_get(&x->memo, stack);
-    if (memo) {
-        *site = (uint32_t)*memo;
-        return 0;
-    }
-    int rc = site_text_build(t, x, stack);
-    if (rc < 0 || (rc = site_intern(x, site)) < 0)
-        return rc;
-    rc = u64map_put(&x->memo, stack, *site);
-    return rc < 0 ? rc : 0;
+    return rs_site_of(t->sites, stack, site);
 }
 
 const char *rs_snapshot_site_name(const struct rs_snapshot_trace *t, uint32_t site)
 {
-    if (!t->sites || site >= t->sites->nnames)
-        return "(unknown site)";
-    return t->sites->names[site];
+    return rs_site_name(t->sites, site);
 }
 
 const char *rs_snapshot_site_depth_text(const struct rs_snapshot_trace *t, char *buf, size_t len)
 {
-    if (t->site_depth <= 0)
-        snprintf(buf, len, "whole stack");
-    else if (t->site_depth == 1)
-        snprintf(buf, len, "innermost Python frame");
-    else
-        snprintf(buf, len, "%d innermost frames", t->site_depth);
-    return buf;
+    return rs_site_depth_text(t->site_depth, buf, len);
 }
 
 const char *rs_snapshot_reason_name(uint8_t reason)

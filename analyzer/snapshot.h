@@ -131,12 +131,9 @@ int rs_snapshot_frames(struct rs_snapshot_trace *t, uint32_t stack, const struct
 struct json_t;
 struct json_t *rs_snapshot_frames_json(struct rs_snapshot_trace *t, uint32_t stack);
 
-/* Allocation sites as the three reports print and group them: the
- * innermost t->site_depth frames of a stack (its Python frames when it has
- * any), "f (file:line) <- g (file:line)". Stacks differ in what a report
- * does not show (bytecode offsets, native frames, outer callers), so reports
- * group by site, not by stack id: two rows never print the same. *site
- * receives the site id; site 0 is "(unknown site)". Returns 0 or -ENOMEM. */
+/* Allocation sites (siteindex.h) t->site_depth frames deep, the index made
+ * on first use. *site receives the site id; site 0 is "(unknown site)".
+ * Returns 0 or -ENOMEM. */
 int rs_snapshot_site(struct rs_snapshot_trace *t, uint32_t stack, uint32_t *site);
 /* The text of a site id from rs_snapshot_site. */
 const char *rs_snapshot_site_name(const struct rs_snapshot_trace *t, uint32_t site);

@@ -443,3 +443,42 @@ def test_no_gc(py):
 def test_gc_heavy_sample_exists():
     here = os.path.dirname(os.path.abspath(__file__))
     expect(os.path.exists(os.path.join(here, "..", "..", "samples", "gc_heavy.py")), "samples/gc_heavy.py missing")
+
+
+SITES_PROG = r"""
+def make():
+    out = []
+    for _ in range(50):
+        out.append(bytearray(100))      # the site: line 5
+    return out
+def a():
+    return make()
+def b():
+    return make()
+keep = []
+for i in range(200):
+    x = a()
+    y = b()
+    keep.append(x[0])
+"""
+
+
+@per_interpreter
+def test_lifetimes_group_by_site(py):
+    """A site is what a report prints: one row for make's line whoever calls
+    it, two rows (one per caller) at --depth 2; never two rows alike."""
+    traced = _trace(py, SITES_PROG, name="sites.py")
+    one = refscope_json("lifetimes", traced.trace, timeout=TIMEOUT)
+    two = refscope_json("lifetimes", "--depth", "2", traced.trace, timeout=TIMEOUT)
+    for rep in (one, two):
+        labels = [s["site"] for s in rep["by_site"]]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        expect(not dup, "depth %d: sites printed twice: %r" % (rep["depth"], dup[:5]))
+    site = [s for s in one["by_site"] if s["site"].startswith("make (") and s["site"].endswith("sites.py:5)")]
+    expect(len(site) == 1, "one row for make's line 5 expected: %r" % [s["site"] for s in one["by_site"][:10]])
+    callers = {s["site"].rsplit(" <- ", 1)[-1].split(" ")[0]: s["count"] for s in two["by_site"]
+               if s["site"].startswith("make (") and s["site"].split(" <- ")[0].endswith("sites.py:5)")}
+    expect(set(callers) == {"a", "b"}, "rows for callers a and b expected at depth 2: %r" % callers)
+    # 20000 bytearrays (and their buffers before 3.13), 300 alive until shutdown
+    expect(callers["a"] + callers["b"] == site[0]["count"] and site[0]["count"] >= 19000,
+           "depth 2 rows should add up to the depth 1 row: %r, %d" % (callers, site[0]["count"]))
