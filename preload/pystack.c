@@ -12,7 +12,12 @@
  *     the name object, a second check against a free we did not see.
  *   - stack table: 64-bit hash of (code ids, offsets, flags, native id) ->
  *     stack id, defined once per trace by RS_EV_PY_STACK with lines resolved
- *     from the line table right there, so reports are exact.
+ *     from the line table right there, so reports are exact. When a new
+ *     stack finds no free slot on its probe path, the table starts a new
+ *     generation: entries not found since then may be taken over by new
+ *     stacks, and a stack whose entry was taken is defined again under a
+ *     new id when next seen (ids stay valid for good; reports group by
+ *     frames). Stacks of dead code objects thus make room.
  * Those give the stack's id. A per-thread cache remembers it for the walk's
  * raw frames (rs_py_raw_frames: each frame's code reference, instruction
  * field and owner bytes as the interpreter stores them), from which the
@@ -50,7 +55,8 @@
 #define STACK_SLOTS (1u << 18)
 #define MAX_PROBES  128
 #define TOMBSTONE   1u      /* a dead code object's slot, free for another one */
-#define CLAIMING    2u      /* a tombstone being taken over                     */
+#define CLAIMING    2u      /* a tombstone (code) or an old entry (stack) being taken over;
+                               stack keys are odd, so never TOMBSTONE or CLAIMING */
 #define TCACHE_SLOTS 256
 
 struct code_entry {
@@ -61,9 +67,10 @@ struct code_entry {
 };
 
 struct stack_entry {
-    uint64_t key;        /* 0 = free                                         */
+    uint64_t key;        /* 0 = free, CLAIMING, else the stack's key         */
     uint32_t id;         /* 0 while the inserting thread defines it          */
-    uint32_t pad;
+    uint32_t gen;        /* stack_gen when defined or last found; an older one
+                            may be taken over by a new stack                 */
 };
 
 /* One stack this thread saw: its innermost frame exactly, the rest by key. */
@@ -78,6 +85,8 @@ struct tcache_entry {
 static struct code_entry codes[CODE_SLOTS];
 static struct stack_entry stacks[STACK_SLOTS];
 static uint32_t next_code_id, next_stack_id;
+static uint32_t stack_gen = 1;                /* see struct stack_entry */
+static uint32_t stack_mask = STACK_SLOTS - 1; /* tests use fewer slots (RS_ENV_TEST_STACK_SLOTS) */
 static uint64_t code_gen = 1;   /* bumped when a known code dies or on reset */
 static uint32_t seen_epoch;
 static int stacks_on, native_on;
@@ -326,7 +335,25 @@ static void emit_stack(uint32_t id, uint32_t native, const struct rs_pyframe *fr
     rs_emit_var(RS_EV_PY_STACK, 0, 0, 0, b.data, b.len);
 }
 
-/* Slow path: intern the code objects and find or define the stack. */
+/* Define a new stack in entry e, whose key the caller holds as CLAIMING
+ * (or just took from 0): id cleared before the key is published, so a
+ * reader that finds the key waits for this stack's id, never an older one. */
+static uint32_t stack_insert(struct stack_entry *e, uint64_t key, uint32_t gen, uint32_t native,
+                             const struct rs_pyframe *fr, const uint32_t *ids, int n, int truncated)
+{
+    __atomic_store_n(&e->id, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->gen, gen, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->key, key, __ATOMIC_RELEASE);
+    uint32_t id = __atomic_add_fetch(&next_stack_id, 1, __ATOMIC_RELAXED);
+    emit_stack(id, native, fr, ids, n, truncated);
+    __atomic_store_n(&e->id, id, __ATOMIC_RELEASE);
+    return id;
+}
+
+/* Slow path: intern the code objects and find or define the stack. The
+ * probe path ends at a free slot; a new stack takes the first entry on it
+ * older than the current generation, else the free slot. A path with
+ * neither starts a new generation (once), and the search runs again. */
 static uint32_t stack_define(const struct rs_pyframe *fr, int n, int truncated, uint32_t native)
 {
     uint32_t ids[RS_PYSTACK_MAX_FRAMES];
@@ -336,24 +363,53 @@ static uint32_t stack_define(const struct rs_pyframe *fr, int n, int truncated, 
         key = mix(key, ((uint64_t)ids[i] << 32) | (uint32_t)fr[i].offset);
         key = mix(key, fr[i].flags);
     }
-    key |= 1; /* never 0 (free) */
-    uint32_t slot = (uint32_t)key & (STACK_SLOTS - 1);
-    for (int probe = 0; probe < MAX_PROBES; probe++) {
-        struct stack_entry *e = &stacks[slot];
-        uint64_t cur = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
-        if (cur == key)
-            return wait_id(&e->id);
-        if (cur == 0) {
-            if (!__atomic_compare_exchange_n(&e->key, &cur, key, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                continue; /* someone took this slot: look again */
-            uint32_t id = __atomic_add_fetch(&next_stack_id, 1, __ATOMIC_RELAXED);
-            emit_stack(id, native, fr, ids, n, truncated);
-            __atomic_store_n(&e->id, id, __ATOMIC_RELEASE);
-            return id;
+    key |= 1; /* never 0 (free) nor CLAIMING */
+    uint32_t mask = stack_mask;
+    for (int round = 0; round < 8; round++) {
+        uint32_t gen = __atomic_load_n(&stack_gen, __ATOMIC_ACQUIRE);
+        uint32_t slot = (uint32_t)key & mask;
+        struct stack_entry *old = NULL, *e = NULL;
+        int probe = 0, again = 0;
+        while (probe < MAX_PROBES) {
+            e = &stacks[slot];
+            uint64_t cur = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
+            if (cur == key) {
+                uint32_t id = wait_id(&e->id);
+                if (__atomic_load_n(&e->key, __ATOMIC_ACQUIRE) != key) {
+                    again = 1; /* taken over meanwhile: the id may be the new stack's */
+                    break;
+                }
+                if (__atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen)
+                    __atomic_store_n(&e->gen, gen, __ATOMIC_RELAXED);
+                return id;
+            }
+            if (cur == 0) {
+                if (old)
+                    break; /* the key is not further on: take the older entry */
+                if (__atomic_compare_exchange_n(&e->key, &cur, CLAIMING, 0, __ATOMIC_ACQ_REL,
+                                                __ATOMIC_ACQUIRE))
+                    return stack_insert(e, key, gen, native, fr, ids, n, truncated);
+                continue; /* someone took this slot: look at it again */
+            }
+            if (!old && cur != CLAIMING && __atomic_load_n(&e->gen, __ATOMIC_RELAXED) != gen)
+                old = e;
+            probe++;
+            slot = (slot + 1) & mask;
         }
-        slot = (slot + 1) & (STACK_SLOTS - 1);
+        if (again)
+            continue;
+        if (old) {
+            uint64_t cur = __atomic_load_n(&old->key, __ATOMIC_ACQUIRE);
+            if (cur != 0 && cur != CLAIMING && __atomic_load_n(&old->gen, __ATOMIC_RELAXED) != gen &&
+                __atomic_compare_exchange_n(&old->key, &cur, CLAIMING, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                return stack_insert(old, key, gen, native, fr, ids, n, truncated);
+            continue; /* another thread took it first: search again */
+        }
+        /* every entry on the path was found or defined in this generation */
+        __atomic_compare_exchange_n(&stack_gen, &gen, gen + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
-    return 0; /* table full */
+    return 0; /* no room */
 }
 
 static inline int same_frame(const struct rs_pyframe *a, const struct rs_pyframe *b)
@@ -532,6 +588,10 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
 {
     native_on = rs_env_flag(RS_ENV_NATIVE, 0);
     check_mode = rs_env_flag(RS_ENV_STACK_CHECK, 0);
+    const char *slots = getenv(RS_ENV_TEST_STACK_SLOTS);
+    unsigned long n = slots ? strtoul(slots, NULL, 10) : 0;
+    if (n >= 256 && n <= STACK_SLOTS && !(n & (n - 1)))
+        stack_mask = (uint32_t)n - 1;
     if (rs_pyver_init() < 0 || !rs_env_flag(RS_ENV_PYSTACKS, 1))
         return;
     /* default builds: a GC type's block starts with the 16-byte GC header */

@@ -137,7 +137,11 @@ struct rs_end_info {
  * each code id a stack uses is defined earlier by one RS_EV_PY_CODE record.
  * Ids are nonzero, unique within one trace (a fork child's trace defines its
  * own), and never reused within a trace: when a code object dies and another
- * one is created at the same address, the new one gets a new code id.
+ * one is created at the same address, the new one gets a new code id. One
+ * stack may be defined more than once, under different ids (the shim's
+ * table forgets stacks not seen for a while when it fills up; native
+ * stacks likewise): readers that group by call site compare frames, not
+ * stack ids.
  * Offsets below are from the start of the payload (the first 16 payload
  * bytes travel in the slot's addr/size fields, see the top of this file;
  * rs_event.payload always starts at offset 0). The fixed part's `flags` is 0.

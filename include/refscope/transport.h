@@ -57,6 +57,7 @@ struct rs_reply {
 #define RS_ENV_GC_CENSUS "REFSCOPE_GC_CENSUS"  /* off = no census of collected generations */
 #define RS_ENV_UNWIND_CHECK "REFSCOPE_UNWIND_CHECK" /* 1 = tests: compare native walks with libunwind */
 #define RS_ENV_STACK_CHECK  "REFSCOPE_STACK_CHECK"  /* 1 = tests: walk anyway where a block's stack is reused */
+#define RS_ENV_TEST_STACK_SLOTS "REFSCOPE_TEST_STACK_SLOTS" /* tests: Python stack table slots (256..262144) */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
 /* Set to 1 by the shim after its set-up failed (the one warning line is
  * printed): programs it execs then run untraced without repeating it. */

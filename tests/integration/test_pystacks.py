@@ -211,6 +211,45 @@ def test_pystacks_dead_code_makes_room(py):
     expect(in_f >= 70000, "%s: %d allocations in the exec'd f(), expected >= 70000" % (py, in_f))
 
 
+MANY_STACKS = """
+import os
+src = "".join("def f%d():\\n    return bytearray(1000)\\n" % k for k in range(40))
+ns = {}
+exec(compile(src, "many_gen.py", "exec"), ns)
+def rec(n, f):
+    if n == 0:
+        return f()
+    return rec(n - 1, f)
+for rnd in range(3):                # 4000 distinct stacks, each seen 3 times
+    for k in range(40):
+        for d in range(100):
+            rec(d, ns["f%d" % k])
+os._exit(0)
+"""
+
+
+@per_interpreter
+def test_pystacks_full_table_makes_room(py):
+    """More distinct stacks than the shim's stack table holds (1024 slots
+    here, 262144 by default): entries not seen lately are taken over, a stack
+    whose entry was taken is defined again when next seen, and every
+    allocation keeps its stack."""
+    _, t, sites = _traced_sites(py, MANY_STACKS, env={"REFSCOPE_TEST_STACK_SLOTS": "1024"})
+    per_f = {}
+    for s in sites:
+        fr = s.get("frames") or []
+        if fr and fr[0].get("file") == "many_gen.py" and fr[0].get("function") != "<module>":
+            per_f[fr[0]["function"]] = per_f.get(fr[0]["function"], 0) + s["bytes"]
+    short = {f: b for f, b in per_f.items() if b < 300 * 1000}
+    expect(len(per_f) == 40 and not short,
+           "%s: 40 functions with >= 300 KB each expected (3 x 100 calls of bytearray(1000)): "
+           "%d functions, short %r" % (py, len(per_f), dict(list(short.items())[:5])))
+    dump = harness.refscope("dump", "--kind", "py_stack", t.trace)
+    defs = dump.stdout.count("\n")
+    expect(dump.returncode == 0 and defs > 4000,
+           "%s: stacks should be defined again after their entries were taken: %d definitions" % (py, defs))
+
+
 PROFILE = """
 import sys
 def target():
