@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "grow.h"
 #include "siteindex.h"
 #include "u64map.h"
 
@@ -29,23 +30,6 @@ struct rs_site_index {
     char *buf;               /* text being built                           */
     size_t buf_len, buf_cap;
 };
-
-static int grow(void *pp, size_t *cap, size_t need, size_t elsize)
-{
-    void **p = pp;
-    if (need <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 256;
-    while (c < need)
-        c *= 2;
-    void *n = realloc(*p, c * elsize);
-    if (!n)
-        return -ENOMEM;
-    memset((char *)n + *cap * elsize, 0, (c - *cap) * elsize);
-    *p = n;
-    *cap = c;
-    return 0;
-}
 
 static uint64_t text_hash(const char *p)
 {
@@ -69,7 +53,7 @@ static int append(struct rs_site_index *x, const char *fmt, ...)
             x->buf_len += (size_t)n;
             return 0;
         }
-        if (grow(&x->buf, &x->buf_cap, x->buf_len + (size_t)n + 1, 1))
+        if (rs_grow(&x->buf, &x->buf_cap, x->buf_len + (size_t)n + 1, 1))
             return -ENOMEM;
     }
 }
@@ -100,7 +84,7 @@ static int intern(struct rs_site_index *x, uint32_t stack, uint32_t *id)
         }
         j = (j + 1) & (x->text_cap - 1);
     }
-    if (grow(&x->names, &x->names_cap, x->nnames + 1, sizeof(*x->names)))
+    if (rs_grow(&x->names, &x->names_cap, x->nnames + 1, sizeof(*x->names)))
         return -ENOMEM;
     char *copy = strdup(x->buf);
     if (!copy)

@@ -13,28 +13,13 @@
 #include <jansson.h>
 
 #include "refscope/events.h"
+#include "grow.h"
 #include "siteindex.h"
 #include "snapshot.h"
 #include "stacks.h"
 #include "units.h"
 
 /* ---- small helpers -------------------------------------------------------------- */
-
-static int grow(void *pp, size_t *cap, size_t need, size_t elsize)
-{
-    void **p = pp;
-    if (need <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 256;
-    while (c < need)
-        c *= 2;
-    void *n = realloc(*p, c * elsize);
-    if (!n)
-        return -ENOMEM;
-    *p = n;
-    *cap = c;
-    return 0;
-}
 
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -222,7 +207,7 @@ const struct rs_snapshot *rs_snapshots_pick(const struct rs_snapshots *s, const 
 static int add_string(struct builder *b, const uint8_t *p, uint32_t n, uint32_t *off)
 {
     struct rs_snapshot *s = b->snap;
-    if (grow(&s->strings, &b->strings_cap, s->strings_len + n + 1, 1))
+    if (rs_grow(&s->strings, &b->strings_cap, s->strings_len + n + 1, 1))
         return -ENOMEM;
     memcpy(s->strings + s->strings_len, p, n);
     s->strings[s->strings_len + n] = 0;
@@ -268,8 +253,8 @@ static int builder_finish(struct rs_snapshots *ss, const struct rs_heap *heap, u
         uint32_t src = rs_snapshot_lookup(s, b->more_src[i]);
         if (src == RS_SNAP_NONE)
             continue;
-        if (grow(&b->edge_src, &b->edge_src_cap, b->nedge + 1, sizeof(uint32_t)) ||
-            grow(&b->edge_dst, &b->edge_cap, b->nedge + 1, sizeof(uint64_t)))
+        if (rs_grow(&b->edge_src, &b->edge_src_cap, b->nedge + 1, sizeof(uint32_t)) ||
+            rs_grow(&b->edge_dst, &b->edge_cap, b->nedge + 1, sizeof(uint64_t)))
             goto out;
         b->edge_src[b->nedge] = src;
         b->edge_dst[b->nedge++] = b->more_dst[i];
@@ -346,7 +331,7 @@ static int builder_finish(struct rs_snapshots *ss, const struct rs_heap *heap, u
         }
     }
 
-    if (grow(&ss->v, &ss->cap, ss->n + 1, sizeof(*ss->v)))
+    if (rs_grow(&ss->v, &ss->cap, ss->n + 1, sizeof(*ss->v)))
         goto out;
     ss->v[ss->n++] = s;
     b->snap = NULL;
@@ -369,10 +354,10 @@ static int feed_payload(struct rs_snapshots *ss, uint8_t sub, const uint8_t *p, 
         uint16_t n = rd16(p + 20);
         if (p + 22 + n > end || ref > (1u << 20))
             return 0;
-        if (grow(&b->typeref, &b->typeref_cap, ref + 1, sizeof(uint32_t)))
+        if (rs_grow(&b->typeref, &b->typeref_cap, ref + 1, sizeof(uint32_t)))
             return -ENOMEM;
-        if (grow(&s->types, &b->types_cap, s->ntypes + 1, sizeof(*s->types)) ||
-            grow(&b->type_name_off, &b->type_name_cap, s->ntypes + 1, sizeof(uint32_t)))
+        if (rs_grow(&s->types, &b->types_cap, s->ntypes + 1, sizeof(*s->types)) ||
+            rs_grow(&b->type_name_off, &b->type_name_cap, s->ntypes + 1, sizeof(uint32_t)))
             return -ENOMEM;
         uint32_t off;
         if (add_string(b, p + 22, n, &off))
@@ -387,7 +372,7 @@ static int feed_payload(struct rs_snapshots *ss, uint8_t sub, const uint8_t *p, 
             uint32_t n = rd32(p + 28);
             if ((uint64_t)(end - p - RS_SNAP_OBJ_FIXED) < (uint64_t)n * 8)
                 break;
-            if (grow(&s->objs, &b->objs_cap, s->nobjs + 1, sizeof(*s->objs)))
+            if (rs_grow(&s->objs, &b->objs_cap, s->nobjs + 1, sizeof(*s->objs)))
                 return -ENOMEM;
             struct rs_snap_object *o = &s->objs[s->nobjs];
             uint32_t ref = rd32(p + 8);
@@ -399,8 +384,8 @@ static int feed_payload(struct rs_snapshots *ss, uint8_t sub, const uint8_t *p, 
             o->flags = p[24];
             o->preheader = p[25];
             o->label = RS_SNAP_NONE;
-            if (grow(&b->edge_src, &b->edge_src_cap, b->nedge + n, sizeof(uint32_t)) ||
-                grow(&b->edge_dst, &b->edge_cap, b->nedge + n, sizeof(uint64_t)))
+            if (rs_grow(&b->edge_src, &b->edge_src_cap, b->nedge + n, sizeof(uint32_t)) ||
+                rs_grow(&b->edge_dst, &b->edge_cap, b->nedge + n, sizeof(uint64_t)))
                 return -ENOMEM;
             for (uint32_t k = 0; k < n; k++) {
                 b->edge_src[b->nedge] = (uint32_t)s->nobjs;
@@ -417,8 +402,8 @@ static int feed_payload(struct rs_snapshots *ss, uint8_t sub, const uint8_t *p, 
         uint32_t n = rd32(p + 8);
         if ((uint64_t)(end - p - 12) < (uint64_t)n * 8)
             return 0;
-        if (grow(&b->more_src, &b->more_src_cap, b->nmore + n, sizeof(uint64_t)) ||
-            grow(&b->more_dst, &b->more_cap, b->nmore + n, sizeof(uint64_t)))
+        if (rs_grow(&b->more_src, &b->more_src_cap, b->nmore + n, sizeof(uint64_t)) ||
+            rs_grow(&b->more_dst, &b->more_cap, b->nmore + n, sizeof(uint64_t)))
             return -ENOMEM;
         for (uint32_t k = 0; k < n; k++) {
             b->more_src[b->nmore] = src;
@@ -431,7 +416,7 @@ static int feed_payload(struct rs_snapshots *ss, uint8_t sub, const uint8_t *p, 
             uint16_t n = rd16(p + 13);
             if (p + 15 + n > end)
                 break;
-            if (grow(&b->labels, &b->labels_cap, b->nlabels + 1, sizeof(*b->labels)))
+            if (rs_grow(&b->labels, &b->labels_cap, b->nlabels + 1, sizeof(*b->labels)))
                 return -ENOMEM;
             struct pending_label *l = &b->labels[b->nlabels++];
             l->addr = rd64(p);

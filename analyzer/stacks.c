@@ -29,6 +29,7 @@
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
 
+#include "grow.h"
 #include "stacks.h"
 #include "u64map.h"
 
@@ -36,22 +37,8 @@
 
 #define VEC(T) struct { T *v; size_t n, cap; }
 
-static int vec_grow(void **v, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t cap2 = *cap ? *cap * 2 : 16;
-    while (cap2 < need)
-        cap2 *= 2;
-    void *p = realloc(*v, cap2 * elem);
-    if (!p)
-        return -ENOMEM;
-    *v = p;
-    *cap = cap2;
-    return 0;
-}
 #define VEC_PUSH(vec, val) \
-    (vec_grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof(*(vec).v)) ? -ENOMEM : \
+    (rs_grow((void **)&(vec).v, &(vec).cap, (vec).n + 1, sizeof(*(vec).v)) ? -ENOMEM : \
      ((vec).v[(vec).n++] = (val), 0))
 
 /* The id tables map a record's id to its table index + 1; 0 = absent. */
