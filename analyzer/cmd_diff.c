@@ -220,8 +220,6 @@ static void render_text(const struct diff_report *r)
     render_more(r->sites.n, r->limit);
 }
 
-/* The snapshot numbered by arg, or NULL with a message. */
-
 int cmd_diff(int argc, char **argv)
 {
     int json = 0, limit = 20, depth = 1;

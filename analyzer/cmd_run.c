@@ -183,7 +183,7 @@ int cmd_run(int argc, char **argv)
     }
     if ((no_stacks && setenv(RS_ENV_PYSTACKS, "0", 1)) || (no_gc && setenv(RS_ENV_GC, "off", 1)) ||
         (census >= 0 && setenv(RS_ENV_GC_CENSUS, on_off[census], 1)) ||
-        (interval && env_set_int("REFSCOPE_SNAPSHOT_INTERVAL", interval))) {
+        (interval && env_set_int(RS_ENV_SNAPSHOT_INTERVAL, interval))) {
         fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
         return 1;
     }

@@ -80,6 +80,12 @@ static inline uint32_t ref_serial(uint64_t addr, uint32_t serial)
     return ((addr & 0xf) | (addr >> 56)) == 0 ? serial : 0;
 }
 
+/* Whether entry c stands for addr (whatever its serial says). */
+static inline int ref_is(const struct ref_entry *c, uint64_t addr)
+{
+    return c->tag == ref_tag(addr) && ref_serial(addr, 1) != 0;
+}
+
 static inline void ref_set(struct ref_entry *c, uint64_t addr, uint32_t serial)
 {
     c->tag = ref_tag(addr);
@@ -490,7 +496,7 @@ static inline void encode_ref(struct rs_enc *e, struct run *r, const struct ref_
 {
     uint32_t n = r->serial - e->chunk_serial;
     uint32_t j = c->serial - e->chunk_serial; /* >= n when freed, empty or stale */
-    if (__builtin_expect(c->tag != ref_tag(addr) || ref_serial(addr, 1) == 0 || j >= n, 0)) {
+    if (__builtin_expect(!ref_is(c, addr) || j >= n, 0)) {
         e->col[S_REF].end = r->ref;
         encode_miss(e, addr);
         r->ref = e->col[S_REF].end;
@@ -521,8 +527,7 @@ static inline unsigned encode_alloc(struct rs_enc *e, struct run *r, uint64_t ad
     e->class_last[c] = addr;
     /* k < len(F) only for a freed entry of this chunk */
     uint32_t k = (ce->serial ^ REF_FREED) - e->chunk_free_serial;
-    if (ce->tag == ref_tag(addr) && ref_serial(addr, 1) != 0 &&
-        k < r->free_serial - e->chunk_free_serial) {
+    if (ref_is(ce, addr) && k < r->free_serial - e->chunk_free_serial) {
         uint64_t reuse = zigzag((uint64_t)((int64_t)k - (int64_t)e->reuse_last[c]));
         if (reuse <= code) {
             form |= FORM_REUSE;

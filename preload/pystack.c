@@ -368,10 +368,10 @@ static uint32_t stack_define(const struct rs_pyframe *fr, int n, int truncated, 
     for (int round = 0; round < 8; round++) {
         uint32_t gen = __atomic_load_n(&stack_gen, __ATOMIC_ACQUIRE);
         uint32_t slot = (uint32_t)key & mask;
-        struct stack_entry *old = NULL, *e = NULL;
+        struct stack_entry *old = NULL;
         int probe = 0, again = 0;
         while (probe < MAX_PROBES) {
-            e = &stacks[slot];
+            struct stack_entry *e = &stacks[slot];
             uint64_t cur = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
             if (cur == key) {
                 uint32_t id = wait_id(&e->id);

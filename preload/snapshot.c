@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "refscope/events.h"
+#include "refscope/transport.h"
 #include "emit.h"
 #include "guard.h"
 #include "pysafe.h"
@@ -491,14 +492,14 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void snapshot_ctor(void)
 {
     if (!rs_emit_active())
         return;
-    const char *iv = getenv("REFSCOPE_SNAPSHOT_INTERVAL");
+    const char *iv = getenv(RS_ENV_SNAPSHOT_INTERVAL);
     if (iv && *iv) {
         char *end;
         unsigned long v = strtoul(iv, &end, 10);
         if (*end == 0 && v > 0 && v < 86400)
             snap_interval_s = (unsigned)v;
     }
-    if (!rs_env_flag("REFSCOPE_SNAPSHOTS", 1))
+    if (!rs_env_flag(RS_ENV_SNAPSHOTS, 1))
         return;
     if (rs_pysafe_on_init(snapshot_init, NULL) < 0)
         return;

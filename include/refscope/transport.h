@@ -58,6 +58,8 @@ struct rs_reply {
 #define RS_ENV_UNWIND_CHECK "REFSCOPE_UNWIND_CHECK" /* 1 = tests: compare native walks with libunwind */
 #define RS_ENV_STACK_CHECK  "REFSCOPE_STACK_CHECK"  /* 1 = tests: walk anyway where a block's stack is reused */
 #define RS_ENV_TEST_STACK_SLOTS "REFSCOPE_TEST_STACK_SLOTS" /* tests: Python stack table slots (256..262144) */
+#define RS_ENV_SNAPSHOTS "REFSCOPE_SNAPSHOTS"  /* 0 = no heap snapshots (at exit, SIGUSR2) */
+#define RS_ENV_SNAPSHOT_INTERVAL "REFSCOPE_SNAPSHOT_INTERVAL" /* a snapshot every N seconds (run --snapshot-interval) */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
 /* Set to 1 by the shim after its set-up failed (the one warning line is
  * printed): programs it execs then run untraced without repeating it. */
