@@ -139,3 +139,30 @@ int rs_cli_parse(const struct rs_cli *cli, int argc, char **argv)
         return fail(cli, "unexpected argument '%s' (expected %s)", argv[1 + cli->max_args], cli->args);
     return npos;
 }
+
+int rs_cli_print_json(const char *cmd, json_t *root)
+{
+    int rc = root ? json_dumpf(root, stdout, JSON_INDENT(2)) : -1;
+    json_decref(root);
+    if (rc < 0) {
+        if (!ferror(stdout)) /* a write error is main.c's to report */
+            fprintf(stderr, "refscope %s: cannot render the JSON report\n", cmd);
+        return -1;
+    }
+    putchar('\n');
+    return 0;
+}
+
+int rs_cli_close_output(FILE *f, const char *cmd, const char *name)
+{
+    int failed_before = ferror(f);
+    errno = 0;
+    int rc = f == stdout ? fflush(f) : fclose(f);
+    if (rc == 0 && !failed_before)
+        return 0;
+    if (rc != 0 && errno)
+        fprintf(stderr, "refscope %s: cannot write %s: %s\n", cmd, name, strerror(errno));
+    else
+        fprintf(stderr, "refscope %s: cannot write %s\n", cmd, name);
+    return -1;
+}

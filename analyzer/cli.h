@@ -13,7 +13,9 @@
 #ifndef REFSCOPE_CLI_H
 #define REFSCOPE_CLI_H
 
+#include <jansson.h>
 #include <limits.h>
+#include <stdio.h>
 
 enum rs_opt_kind {
     RS_OPT_FLAG,    /* no value: *(int *)target = 1                            */
@@ -47,5 +49,18 @@ struct rs_cli {
  * (so they can be passed to exec). Returns their number, or -1 after printing one line (the caller exits with status 2).
  * Targets of options not given keep their values (the defaults). */
 int rs_cli_parse(const struct rs_cli *cli, int argc, char **argv);
+
+/* Prints a report's JSON to stdout (indented, then a newline) and releases
+ * it; `root` NULL means it could not be built. Returns 0, or -1 after one
+ * line on stderr ("refscope CMD: cannot render the JSON report"), or, when
+ * writing stdout failed, after none: main.c checks stdout once a command
+ * returns and says what went wrong. */
+int rs_cli_print_json(const char *cmd, json_t *root);
+
+/* Ends writing an output file: fclose (stdout: fflush only). Returns 0, or
+ * -1 after one line on stderr, "refscope CMD: cannot write NAME: REASON",
+ * when any write to it failed, not only the last flush (fclose alone misses
+ * a write that failed before; its reason is then unknown and left out). */
+int rs_cli_close_output(FILE *f, const char *cmd, const char *name);
 
 #endif

@@ -394,14 +394,17 @@ static void dot_escape(FILE *f, const char *s)
     }
 }
 
-/* One cluster per entry: its representative group. */
+/* One cluster per entry: its representative group. Returns 0, or -1 after
+ * one line on stderr. */
 static int write_dot(const char *path, const struct cycles_report *r)
 {
     const struct rs_snapshot *s = r->snap;
     const struct rs_cycles *c = &r->cy;
     FILE *f = fopen(path, "w");
-    if (!f)
-        return -errno;
+    if (!f) {
+        fprintf(stderr, "refscope cycles: cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
     fprintf(f, "digraph ObjectGraph {\n  node[shape=box, style=filled, fillcolor=white];\n");
     size_t drawn = 0;
     for (size_t k = 0; k < r->nshapes && drawn < CYCLES_MAX_DOT_NODES; k++) {
@@ -437,7 +440,7 @@ static int write_dot(const char *path, const struct cycles_report *r)
         }
     }
     fprintf(f, "}\n");
-    return fclose(f) ? -errno : 0;
+    return rs_cli_close_output(f, "cycles", path);
 }
 
 /* OUT.dot -> OUT.svg when `dot` is on PATH; silently skipped otherwise. */
@@ -487,7 +490,7 @@ int cmd_cycles(int argc, char **argv)
     struct rs_snapshot_trace t;
     if (rs_snapshot_trace_open("cycles", path, depth, &t) < 0)
         return 1;
-    int status = 1, rc;
+    int status = 1;
     struct cycles_report r = {.path = path, .t = &t, .all = all};
     size_t count = rs_snapshots_count(t.snaps);
     if (want)
@@ -504,17 +507,13 @@ int cmd_cycles(int argc, char **argv)
         goto out;
     }
     if (dot) {
-        if ((rc = write_dot(dot, &r)) < 0) {
-            fprintf(stderr, "refscope cycles: cannot write %s: %s\n", dot, strerror(-rc));
+        if (write_dot(dot, &r) < 0)
             goto out;
-        }
         write_svg(dot);
     }
     if (json) {
-        json_t *root = render_json(&r);
-        json_dumpf(root, stdout, JSON_INDENT(2));
-        putchar('\n');
-        json_decref(root);
+        if (rs_cli_print_json("cycles", render_json(&r)) < 0)
+            goto out;
     } else {
         size_t shown = limit > 0 ? (size_t)limit : all ? SIZE_MAX : CYCLES_DEFAULT_LIMIT;
         render_text(&r, shown);

@@ -267,10 +267,8 @@ int cmd_diff(int argc, char **argv)
     keep_growth(&r.types);
     keep_growth(&r.sites);
     if (json) {
-        json_t *root = render_json(&r);
-        json_dumpf(root, stdout, JSON_INDENT(2));
-        putchar('\n');
-        json_decref(root);
+        if (rs_cli_print_json("diff", render_json(&r)) < 0)
+            goto out;
     } else {
         render_text(&r);
     }

@@ -327,9 +327,9 @@ int cmd_flamegraph(int argc, char **argv)
         free(text);
         fputs(html_tail, out);
     }
-    if (out != stdout ? fclose(out) : fflush(out)) {
+    /* stdout's errors are main.c's to report */
+    if (out != stdout && rs_cli_close_output(out, "flamegraph", out_path) < 0) {
         out = NULL;
-        fprintf(stderr, "refscope flamegraph: cannot write %s: %s\n", out_path, strerror(errno));
         goto out;
     }
     out = NULL;

@@ -180,13 +180,7 @@ static int render_json(const struct rs_gc_model *m, const struct rs_trace_info *
     json_object_set_new(root, "thresholds", cfgs);
     warnings(m, info, json_warning, warn);
     json_object_set_new(root, "warnings", warn);
-    if (json_dumpf(root, stdout, JSON_INDENT(1)) != 0) {
-        json_decref(root);
-        return 1;
-    }
-    putchar('\n');
-    json_decref(root);
-    return 0;
+    return rs_cli_print_json("gc", root) < 0 ? 1 : 0;
 }
 
 static void fmt_opt(char *buf, size_t n, uint64_t v, int known)

@@ -839,10 +839,8 @@ int cmd_leaks(int argc, char **argv)
         goto out;
     }
     if (json) {
-        json_t *root = render_json(&r);
-        json_dumpf(root, stdout, JSON_INDENT(2));
-        putchar('\n');
-        json_decref(root);
+        if (rs_cli_print_json("leaks", render_json(&r)) < 0)
+            goto out;
     } else {
         render_text(&r);
     }

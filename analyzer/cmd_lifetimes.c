@@ -317,8 +317,10 @@ int cmd_lifetimes(int argc, char **argv)
         json_object_set_new(tg, "by_site", tgs);
         json_object_set_new(root, "tenured_garbage", tg);
         json_object_set_new(root, "warnings", warn);
-        json_dumpf(root, stdout, JSON_INDENT(1));
-        putchar('\n');
+        json_t *report = root;
+        root = NULL; /* rs_cli_print_json releases it */
+        if (rs_cli_print_json("lifetimes", report) < 0)
+            goto out;
     } else {
         printf("lifetimes (%s): %llu deaths, %llu during shutdown, %llu born before tracing\n\n",
                k ? "PyObject-domain blocks" : "object events", (unsigned long long)agg.deaths[k],

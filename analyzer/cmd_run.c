@@ -187,6 +187,11 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
         return 1;
     }
+    struct stat st;
+    if (output && lstat(output, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+        fprintf(stderr, "refscope run: %s is not a regular file (a trace is written as a new file)\n", output);
+        return 1;
+    }
     if (output && !force && access(output, F_OK) == 0) {
         fprintf(stderr, "refscope run: %s exists (use -f to overwrite)\n", output);
         return 1;

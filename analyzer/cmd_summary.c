@@ -149,14 +149,8 @@ int cmd_summary(int argc, char **argv)
         s.live_end += s.st->live_bytes[d];
     }
     if (json) {
-        json_t *root = to_json(&s);
-        if (!root || json_dumpf(root, stdout, JSON_INDENT(2)) < 0) {
-            json_decref(root);
-            fprintf(stderr, "refscope summary: cannot render JSON\n");
+        if (rs_cli_print_json("summary", to_json(&s)) < 0)
             goto out;
-        }
-        json_decref(root);
-        putchar('\n');
     } else {
         print_text(&s);
     }

@@ -298,14 +298,8 @@ int cmd_top(int argc, char **argv)
         if (no_native)
             json_array_append_new(warn, json_string(no_native));
         json_object_set_new(root, "warnings", warn);
-        char *text = json_dumps(root, JSON_INDENT(1));
-        json_decref(root);
-        if (!text) {
-            fprintf(stderr, "refscope top: out of memory\n");
+        if (rs_cli_print_json("top", root) < 0)
             goto out;
-        }
-        puts(text);
-        free(text);
     } else {
         char b1[32], b2[32], b3[32];
         printf("%zu allocation sites by %s (showing %zu); peak %s; %s frames, depth %d\n",

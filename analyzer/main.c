@@ -5,6 +5,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include "cli.h"
 #include "commands.h"
 
 /* Weak references: a subcommand whose file is not linked shows as missing
@@ -64,6 +65,16 @@ static void usage(FILE *out)
             fprintf(out, "  %s\n\n", commands[i].usage);
 }
 
+/* A report that could not be written to stdout (a full disk, a closed
+ * descriptor) is a failure like any other: one line, and a non-zero status.
+ * Commands leave stdout's errors to this check. */
+static int output_checked(const char *name, int status)
+{
+    if (rs_cli_close_output(stdout, name, "the output") < 0 && status == 0)
+        return 1;
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -89,7 +100,7 @@ int main(int argc, char **argv)
                 printf("usage: refscope %s\n", commands[i].usage);
                 return 0;
             }
-        return commands[i].fn(argc - 1, argv + 1);
+        return output_checked(commands[i].name, commands[i].fn(argc - 1, argv + 1));
     }
     fprintf(stderr, "refscope: unknown command '%s' (see 'refscope --help')\n", argv[1]);
     return 2;

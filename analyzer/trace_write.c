@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 #include "chunk_pack.h"
@@ -66,8 +67,12 @@ int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
         ret = -ENOMEM;
         goto fail;
     }
-    /* -f replaces the file (a new inode, so it is 0600 like any trace) */
-    if (opts->force && unlink(path) < 0 && errno != ENOENT) {
+    /* -f replaces the file (a new inode, so it is 0600 like any trace), or
+     * a symbolic link (not what it points to); never a device, FIFO, socket
+     * or directory: those stay, and O_EXCL below answers -EEXIST for them */
+    struct stat st;
+    if (opts->force && lstat(path, &st) == 0 && (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) &&
+        unlink(path) < 0 && errno != ENOENT) {
         ret = -errno;
         goto fail;
     }

@@ -22,7 +22,8 @@ struct rs_writer_opts {
 
 /* Create `path` (mode 0600, O_EXCL unless opts->force) and write the file
  * header with `meta` (an RS_EV_PROCESS payload). Returns 0 or a negative
- * errno (-EEXIST when the file exists and force is 0). */
+ * errno (-EEXIST when the file exists and force is 0, or when it exists and
+ * is neither a regular file nor a symbolic link: force replaces only those). */
 int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
                     const void *meta, uint32_t meta_len, struct rs_trace_writer **out);
 

@@ -4,12 +4,14 @@ passes the command's exit status through (128+signal when killed) and never
 overwrites a trace without -f."""
 import os
 import signal
+import stat
+import subprocess
 
 from harness import Skip, expect, interpreters, refscope, refscope_bin, run, run_traced, workdir, write_script
 
 
 def _one_line_failure(proc, code=None):
-    expect(proc.returncode != 0, "expected failure, got 0: %s" % proc.stdout[:500])
+    expect(proc.returncode != 0, "expected failure, got 0: %s" % (proc.stdout or "")[:500])
     expect(proc.returncode > 0 and proc.returncode < 128,
            "crashed or killed (status %d): %s" % (proc.returncode, proc.stderr[-500:]))
     if code is not None:
@@ -242,6 +244,55 @@ def test_summary_json_keys():
     rec = json.loads(lines[0])
     for key in ("kind", "ordinal", "time_ns", "thread", "domain", "addr", "size", "stack"):
         expect(key in rec, "dump record lacks %s" % key)
+
+
+def test_run_force_replaces_only_files():
+    """-f replaces a trace file, or a symbolic link (not its target); a
+    device, FIFO or directory is refused, with or without -f (a FIFO stands
+    in for /dev/null here: as root, replacing that would break the machine)."""
+    d = workdir()
+    fifo = os.path.join(d, "fifo.rfs")
+    os.mkfifo(fifo)
+    for force in ([], ["-f"]):
+        line = _one_line_failure(run([refscope_bin(), "run", *force, "-o", fifo, "--", "true"], timeout=60), 1)
+        expect("not a regular file" in line, line)
+        expect(stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced")
+    line = _one_line_failure(run([refscope_bin(), "run", "-f", "-o", d, "--", "true"], timeout=60), 1)
+    expect("not a regular file" in line, line)
+    target = os.path.join(d, "target")
+    with open(target, "w") as f:
+        f.write("precious")
+    link = os.path.join(d, "link.rfs")
+    os.symlink(target, link)
+    proc = run([refscope_bin(), "run", "-f", "-o", link, "--", "/usr/bin/python3", "-c", "pass"], timeout=120)
+    expect(proc.returncode == 0, proc.stderr)
+    with open(target) as f:
+        expect(f.read() == "precious", "the link's target was overwritten")
+    expect(not os.path.islink(link), "the link was followed, not replaced")
+
+
+def test_reports_to_a_full_disk():
+    """A report that cannot be written (stdout or -o on a full device) is a
+    failure: one line on stderr and status 1, not a silent success."""
+    if not os.path.exists("/dev/full"):
+        raise Skip("/dev/full is missing")
+    trace = _small_trace(workdir())
+    for args in (["summary"], ["summary", "--json"], ["top"], ["top", "--json"], ["gc"], ["gc", "--json"],
+                 ["lifetimes"], ["lifetimes", "--json"], ["leaks"], ["leaks", "--json"], ["cycles"],
+                 ["cycles", "--json"], ["dump"], ["flamegraph", "-o", "-"],
+                 ["flamegraph", "--format", "collapsed", "-o", "-"]):
+        with open(os.devnull, "w") as sink:
+            ok = subprocess.run([refscope_bin(), *args, trace], stdout=sink, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+        expect(ok.returncode == 0, "refscope %s failed on a good trace: %s" % (" ".join(args), ok.stderr))
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([refscope_bin(), *args, trace], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=120)
+        line = _one_line_failure(proc, 1)
+        expect(line.startswith("refscope %s: cannot write" % args[0]), "refscope %s: %s" % (" ".join(args), line))
+    for args in (["flamegraph", "-o", "/dev/full"], ["cycles", "--dot", "/dev/full"]):
+        line = _one_line_failure(refscope(*args, trace, timeout=120), 1)
+        expect("cannot write /dev/full" in line, line)
 
 
 def test_run_unwritable_output():

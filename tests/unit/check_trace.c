@@ -387,6 +387,42 @@ START_TEST(no_trailer_and_exclusive_create)
 }
 END_TEST
 
+/* force replaces a regular file or a symbolic link (not its target), and
+ * never anything else: a FIFO here stands for /dev/null or a disk. */
+START_TEST(force_replaces_files_only)
+{
+    char path[256], target[256];
+    uint8_t meta[256];
+    size_t meta_len = make_meta(meta, RS_CLOCK_MONOTONIC_NS);
+    struct rs_trace_writer *w;
+    struct rs_writer_opts opts = {.force = 1};
+    struct rs_trailer tr = {0};
+    struct stat st;
+    path_in(path, "fifo.rfs");
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), -EEXIST);
+    ck_assert_int_eq(lstat(path, &st), 0);
+    ck_assert(S_ISFIFO(st.st_mode));
+    unlink(path);
+
+    path_in(target, "target");
+    FILE *f = fopen(target, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("precious", f);
+    fclose(f);
+    path_in(path, "link.rfs");
+    ck_assert_int_eq(symlink(target, path), 0);
+    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    ck_assert_int_eq(rs_trace_finish(w, &tr), 0);
+    ck_assert_int_eq(lstat(path, &st), 0);
+    ck_assert(S_ISREG(st.st_mode));
+    ck_assert_int_eq(stat(target, &st), 0);
+    ck_assert_int_eq(st.st_size, 8);
+    unlink(path);
+    unlink(target);
+}
+END_TEST
+
 int main(void)
 {
     if (!mkdtemp(dir))
@@ -402,6 +438,7 @@ int main(void)
     tcase_add_test(tc, older_major_refused);
     tcase_add_test(tc, pumped_chunks);
     tcase_add_test(tc, no_trailer_and_exclusive_create);
+    tcase_add_test(tc, force_replaces_files_only);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
