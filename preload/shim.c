@@ -19,6 +19,7 @@
 
 #include "refscope/clock.h"
 #include "emit.h"
+#include "fdkeep.h"
 #include "guard.h"
 #include "shim.h"
 #include "transport.h"
@@ -37,11 +38,11 @@ static struct {
     char sock_path[108];
 } config;
 
-/* This process's trace: ring, memfd, recorder socket. */
+/* This process's trace: ring, memfd (until the recorder has it), recorder socket. */
 static struct {
     struct rs_ring ring;
     int memfd;
-    int sock;
+    int sock;          /* kept open and moved by fdkeep.c: read it atomically */
     int active;        /* set-up succeeded and END not yet written */
     int failed;        /* set-up failed: this process and its fork children run untraced */
     int in_setup;      /* forks made by the set-up itself (the recorder) are not traced */
@@ -194,7 +195,7 @@ static void put_clock_record(void)
 static int ring_stalled(void *ctx)
 {
     (void)ctx;
-    if (rs_transport_alive(trace.sock))
+    if (rs_transport_alive(__atomic_load_n(&trace.sock, __ATOMIC_ACQUIRE)))
         return 0;
     if (__atomic_exchange_n(&trace.active, 0, __ATOMIC_ACQ_REL)) {
         rs_emit_stop();
@@ -311,6 +312,10 @@ int rs_shim_start(int fork_child)
     rc = rs_transport_hello(trace.sock, trace.memfd, &hello, HELLO_TIMEOUT_MS);
     if (rc < 0)
         goto fail;
+    /* the recorder has its own copy, and the mapping outlives the memfd */
+    close(trace.memfd);
+    trace.memfd = -1;
+    rs_fdkeep_adopt(&trace.sock);
 
     rs_emit_start(&trace.ring, config.clock_kind);
     trace.active = 1;
@@ -329,6 +334,7 @@ void rs_shim_forget_parent(void)
 {
     rs_emit_stop();
     trace.active = 0;
+    rs_fdkeep_release();
     if (trace.sock >= 0)
         close(trace.sock);
     trace.sock = -1;
@@ -342,6 +348,7 @@ __attribute__((constructor(RS_CTOR_CORE))) static void shim_init(void)
 {
     rs_guard_depth++; /* nothing the set-up allocates is recorded */
     rs_libc_resolve();
+    rs_fdkeep_resolve();
     read_config();
     int rc = rs_emit_init();
     if (rc == 0)
@@ -377,7 +384,7 @@ __attribute__((destructor(RS_CTOR_CORE))) static void shim_fini(void)
     rs_emit_claim();
     rs_ring_put_var(&trace.ring, &rec, &end, sizeof(end));
     __atomic_store_n(&trace.ring.hdr->closed, 1, __ATOMIC_RELEASE);
-    int rc = rs_transport_bye(trace.sock, config.exit_wait_ms);
+    int rc = rs_transport_bye(__atomic_load_n(&trace.sock, __ATOMIC_ACQUIRE), config.exit_wait_ms);
     if (rc < 0)
         warn_error("the recorder did not confirm the trace was written", rc, "");
     rs_guard_depth--;

@@ -172,3 +172,14 @@ def test_direct_form_python(py):
     want = "%d.%d.%d" % py.version
     expect(str(version) == want or version == hexversion,
            "python_version %r, expected %s" % (version, want))
+
+
+def test_descriptor_cleanup_keeps_the_trace():
+    """closefrom, close, dup2, dup3 and close_range over the shim's socket
+    (tests/progs/fd_cleanup.c): the 100 blocks allocated afterwards are in
+    the trace, and the program's output is the same as untraced."""
+    t = harness.run_traced([harness.prog("fd_cleanup")], timeout=120)
+    expect(t.proc.stdout.strip() == "done 1", "fd_cleanup printed %r: %s" % (t.proc.stdout, t.proc.stderr[-500:]))
+    expect("untraced" not in t.proc.stderr, "tracing stopped: %s" % t.proc.stderr[-500:])
+    n = sum(1 for r in records(t.trace) if r["kind"] == "alloc" and r["size"] == 7777)
+    expect(n == 100, "%d of the 100 blocks allocated after the clean-up are in the trace" % n)

@@ -27,6 +27,27 @@ print("child", pid)
 """
 
 
+DAEMON = """
+import os, resource
+fd = os.open(os.devnull, os.O_RDONLY)
+print("first", fd)
+# a daemon's clean-up: close every descriptor it did not open (closerange:
+# close_range, closefrom or a close loop, by version), close the sockets it
+# finds by hand, dup2 onto them, and close everything again
+os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+fd = os.open(os.devnull, os.O_RDONLY)
+sockets = [int(n) for n in os.listdir("/proc/self/fd")
+           if os.path.exists("/proc/self/fd/" + n) and os.readlink("/proc/self/fd/" + n).startswith("socket:")]
+print("sockets", len(sockets))
+for n in sockets:
+    os.close(n)
+    os.dup2(fd, n)
+os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+keep = [bytearray(1000) for _ in range(5000)]
+print("built")
+"""
+
+
 def _allocs_of(trace, sizes):
     """Number of ALLOC records whose size is one of `sizes` (any domain)."""
     proc = harness.refscope("dump", "--json", "--kind", "alloc", trace)
@@ -134,3 +155,23 @@ def test_orphans_outliving_the_command_are_traced(py):
             found[size] += _allocs_of(path, (size, size + 1))
     expect(found[2222] >= 1000 and found[3333] >= 1000,
            "%s: buffers of the descendants that outlived the command: %r" % (py, found))
+
+
+@per_interpreter
+def test_daemon_closing_every_descriptor_stays_traced(py):
+    """A program that closes every descriptor (and dup2s onto the shim's
+    socket) stays traced to its end, and its own descriptors get the numbers
+    they get untraced."""
+    script = harness.write_script(DAEMON)
+    t = harness.run_traced([py.path, script], timeout=120)
+    expect("built" in t.proc.stdout, "%s: the program did not run: %s" % (py, t.proc.stderr[-500:]))
+    expect("untraced" not in t.proc.stderr, "%s: tracing stopped: %s" % (py, t.proc.stderr[-500:]))
+    s = harness.refscope_json("summary", t.trace)
+    expect(s["lost_events"] == 0, "%s: %d events lost" % (py, s["lost_events"]))
+    n = _allocs_of(t.trace, (1000, 1001))  # bytearray(1000) asks for 1001 bytes
+    expect(n >= 5000, "%s: %d bytearray buffers made after the clean-up in the trace, expected 5000" % (py, n))
+    plain = harness.run([py.path, script], timeout=120)
+    first = [l for l in t.proc.stdout.splitlines() if l.startswith("first")]
+    expect(first and first == [l for l in plain.stdout.splitlines() if l.startswith("first")],
+           "%s: the program's first descriptor differs traced (%s) and untraced (%s)"
+           % (py, first, plain.stdout.splitlines()[:1]))
