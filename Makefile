@@ -66,9 +66,9 @@ $(SHIM): $(PRELOAD_OBJ)
 $(CLI): $(ANALYZER_OBJ)
 	$(CC) -o $@ $^ $(ANALYZER_LIBS)
 
-$(BUILD)/tests/check_%: tests/unit/check_%.c $(ANALYZER_LIB_OBJ)
+$(BUILD)/tests/check_%: tests/unit/check_%.c tests/unit/check_run.h $(ANALYZER_LIB_OBJ)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Ianalyzer -Ipreload $(CFLAGS) $(WARN) $(call pc,--cflags,check) -o $@ $^ $(CHECK_LIBS) $(ANALYZER_LIBS)
+	$(CC) $(CPPFLAGS) -Ianalyzer -Ipreload $(CFLAGS) $(WARN) $(call pc,--cflags,check) -o $@ $(filter %.c %.o,$^) $(CHECK_LIBS) $(ANALYZER_LIBS)
 
 $(BUILD)/tests/progs/%: tests/progs/%.c
 	@mkdir -p $(@D)

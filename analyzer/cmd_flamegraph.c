@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "itable.h"
 #include "sites.h"
 
 #define VIEW_MAX 512
@@ -39,34 +40,18 @@ struct node {
 struct tree {
     struct node *nodes;
     size_t n, cap;
-    uint32_t *slots;     /* (parent, label) -> node index + 1 */
-    size_t slots_cap;
+    struct rs_itable by_label; /* nodes but the root, by (parent, label) */
 };
 
 static uint64_t label_hash(uint32_t parent, const char *s)
 {
-    uint64_t h = 0xcbf29ce484222325ull ^ ((uint64_t)parent * 0x9e3779b97f4a7c15ull);
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-    return h;
+    return rs_hash_str(RS_HASH_INIT ^ ((uint64_t)parent * 0x9e3779b97f4a7c15ull), s);
 }
 
-static int tree_rehash(struct tree *t)
+static uint64_t node_hash(const void *ctx, uint32_t index)
 {
-    size_t cap = t->slots_cap ? t->slots_cap * 2 : 4096;
-    uint32_t *slots = calloc(cap, sizeof(*slots));
-    if (!slots)
-        return -ENOMEM;
-    for (size_t i = 1; i < t->n; i++) {
-        size_t j = label_hash(t->nodes[i].parent, t->nodes[i].label) & (cap - 1);
-        while (slots[j])
-            j = (j + 1) & (cap - 1);
-        slots[j] = (uint32_t)i + 1;
-    }
-    free(t->slots);
-    t->slots = slots;
-    t->slots_cap = cap;
-    return 0;
+    const struct tree *t = ctx;
+    return label_hash(t->nodes[index].parent, t->nodes[index].label);
 }
 
 static int tree_add_node(struct tree *t, uint32_t parent, const char *label, int native)
@@ -97,20 +82,20 @@ static int tree_add_node(struct tree *t, uint32_t parent, const char *label, int
 /* Child of `parent` with `label`, created when missing. */
 static int tree_child(struct tree *t, uint32_t parent, const char *label, int native, uint32_t *out)
 {
-    if ((t->n + 1) * 2 > t->slots_cap && tree_rehash(t))
+    if (rs_itable_reserve(&t->by_label, t->n + 1, node_hash, t))
         return -ENOMEM;
-    size_t j = label_hash(parent, label) & (t->slots_cap - 1);
-    for (; t->slots[j]; j = (j + 1) & (t->slots_cap - 1)) {
-        const struct node *nd = &t->nodes[t->slots[j] - 1];
+    size_t j = rs_itable_start(&t->by_label, label_hash(parent, label));
+    for (uint32_t k; (k = t->by_label.slots[j]); j = rs_itable_next(&t->by_label, j)) {
+        const struct node *nd = &t->nodes[k - 1];
         if (nd->parent == parent && !strcmp(nd->label, label)) {
-            *out = t->slots[j] - 1;
+            *out = k - 1;
             return 0;
         }
     }
     int idx = tree_add_node(t, parent, label, native);
     if (idx < 0)
         return idx;
-    t->slots[j] = (uint32_t)idx + 1;
+    t->by_label.slots[j] = (uint32_t)idx + 1;
     *out = (uint32_t)idx;
     return 0;
 }
@@ -343,7 +328,7 @@ out:
     for (size_t i = 0; i < t.n; i++)
         free(t.nodes[i].label);
     free(t.nodes);
-    free(t.slots);
+    rs_itable_free(&t.by_label);
     rs_sites_free(&m);
     return status;
 }

@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "itable.h"
 #include "sites.h"
 #include "units.h"
 
@@ -67,6 +68,12 @@ static uint64_t site_hash(const struct rs_frame *const *f, int n)
     return h;
 }
 
+/* rs_itable_hash_fn over the sites array */
+static uint64_t site_hash_of(const void *ctx, uint32_t index)
+{
+    return ((const struct site *)ctx)[index].hash;
+}
+
 static int site_equal(const struct site *s, const struct rs_frame *const *f, int n)
 {
     if (s->nframes != n)
@@ -106,12 +113,10 @@ static int build_sites(struct rs_sites_model *m, const struct top_opts *o, int n
 {
     const struct rs_frame *view[VIEW_MAX];
     struct site *sites = NULL;
-    size_t n = 0, cap = 0, slots_cap = 1024;
-    uint32_t *slots = calloc(slots_cap, sizeof(*slots));
+    size_t n = 0, cap = 0;
+    struct rs_itable by_frames = {0};
     int ret = 0;
 
-    if (!slots)
-        return -ENOMEM;
     for (size_t i = 0; i < m->count; i++) {
         const struct rs_stack_metrics *sm = &m->metrics[i];
         if (!sm->allocations && !sm->live_bytes_end && !sm->peak_bytes)
@@ -121,11 +126,16 @@ static int build_sites(struct rs_sites_model *m, const struct top_opts *o, int n
             continue;
         int depth = nv < o->depth ? nv : o->depth;
         uint64_t h = site_hash(view, depth);
-        size_t j = h & (slots_cap - 1);
-        for (; slots[j]; j = (j + 1) & (slots_cap - 1))
-            if (sites[slots[j] - 1].hash == h && site_equal(&sites[slots[j] - 1], view, depth))
+        if (rs_itable_reserve(&by_frames, n + 1, site_hash_of, sites)) {
+            ret = -ENOMEM;
+            goto out;
+        }
+        size_t j = rs_itable_start(&by_frames, h);
+        uint32_t k;
+        for (; (k = by_frames.slots[j]); j = rs_itable_next(&by_frames, j))
+            if (sites[k - 1].hash == h && site_equal(&sites[k - 1], view, depth))
                 break;
-        if (!slots[j]) {
+        if (!k) {
             if (n == cap) {
                 cap = cap ? cap * 2 : 256;
                 struct site *p = realloc(sites, cap * sizeof(*p));
@@ -145,27 +155,9 @@ static int build_sites(struct rs_sites_model *m, const struct top_opts *o, int n
                 goto out;
             }
             memcpy(s->frames, view, (size_t)depth * sizeof(*s->frames));
-            slots[j] = (uint32_t)++n;
-            if (n * 2 > slots_cap) {
-                size_t cap2 = slots_cap * 2;
-                uint32_t *s2 = calloc(cap2, sizeof(*s2));
-                if (!s2) {
-                    ret = -ENOMEM;
-                    goto out;
-                }
-                for (size_t k = 0; k < n; k++) {
-                    size_t jj = sites[k].hash & (cap2 - 1);
-                    while (s2[jj])
-                        jj = (jj + 1) & (cap2 - 1);
-                    s2[jj] = (uint32_t)k + 1;
-                }
-                free(slots);
-                slots = s2;
-                slots_cap = cap2;
-                j = SIZE_MAX;
-            }
+            k = by_frames.slots[j] = (uint32_t)++n;
         }
-        struct site *s = j == SIZE_MAX ? &sites[n - 1] : &sites[slots[j] - 1];
+        struct site *s = &sites[k - 1];
         s->allocations += sm->allocations;
         s->bytes += sm->bytes;
         s->peak_bytes += sm->peak_bytes;
@@ -173,7 +165,7 @@ static int build_sites(struct rs_sites_model *m, const struct top_opts *o, int n
         s->live_blocks_end += sm->live_blocks_end;
     }
 out:
-    free(slots);
+    rs_itable_free(&by_frames);
     *out = sites;
     *count = n;
     return ret;

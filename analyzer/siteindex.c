@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "grow.h"
+#include "itable.h"
 #include "siteindex.h"
 #include "u64map.h"
 
@@ -24,19 +25,16 @@ struct rs_site_index {
     int depth;
     struct site_name *names; /* id -> text (owned); names[0] is "(unknown site)" */
     size_t nnames, names_cap;
-    uint32_t *by_text;       /* open addressing: id + 1, 0 = empty         */
-    size_t text_cap;
+    struct rs_itable by_text; /* site ids by text                          */
     struct u64map memo;      /* stack id -> site id                        */
     char *buf;               /* text being built                           */
     size_t buf_len, buf_cap;
 };
 
-static uint64_t text_hash(const char *p)
+static uint64_t name_hash(const void *ctx, uint32_t id)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *p; p++)
-        h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
-    return h;
+    const struct rs_site_index *x = ctx;
+    return rs_hash_str(RS_HASH_INIT, x->names[id].text);
 }
 
 static int append(struct rs_site_index *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -61,28 +59,14 @@ static int append(struct rs_site_index *x, const char *fmt, ...)
 /* The id of the text in x->buf, adding it (found at `stack`) when new. */
 static int intern(struct rs_site_index *x, uint32_t stack, uint32_t *id)
 {
-    if ((x->nnames + 1) * 2 > x->text_cap) {
-        size_t cap = x->text_cap ? x->text_cap * 2 : 256;
-        uint32_t *n = calloc(cap, sizeof(*n));
-        if (!n)
-            return -ENOMEM;
-        for (size_t i = 0; i < x->nnames; i++) {
-            size_t j = text_hash(x->names[i].text) & (cap - 1);
-            while (n[j])
-                j = (j + 1) & (cap - 1);
-            n[j] = (uint32_t)i + 1;
-        }
-        free(x->by_text);
-        x->by_text = n;
-        x->text_cap = cap;
-    }
-    size_t j = text_hash(x->buf) & (x->text_cap - 1);
-    while (x->by_text[j]) {
-        if (!strcmp(x->names[x->by_text[j] - 1].text, x->buf)) {
-            *id = x->by_text[j] - 1;
+    if (rs_itable_reserve(&x->by_text, x->nnames + 1, name_hash, x))
+        return -ENOMEM;
+    size_t j = rs_itable_start(&x->by_text, rs_hash_str(RS_HASH_INIT, x->buf));
+    for (uint32_t k; (k = x->by_text.slots[j]); j = rs_itable_next(&x->by_text, j)) {
+        if (!strcmp(x->names[k - 1].text, x->buf)) {
+            *id = k - 1;
             return 0;
         }
-        j = (j + 1) & (x->text_cap - 1);
     }
     if (rs_grow(&x->names, &x->names_cap, x->nnames + 1, sizeof(*x->names)))
         return -ENOMEM;
@@ -90,7 +74,7 @@ static int intern(struct rs_site_index *x, uint32_t stack, uint32_t *id)
     if (!copy)
         return -ENOMEM;
     x->names[x->nnames] = (struct site_name){copy, stack};
-    x->by_text[j] = (uint32_t)x->nnames + 1;
+    x->by_text.slots[j] = (uint32_t)x->nnames + 1;
     *id = (uint32_t)x->nnames++;
     return 0;
 }
@@ -117,7 +101,7 @@ void rs_site_index_free(struct rs_site_index *x)
     for (size_t i = 0; i < x->nnames; i++)
         free(x->names[i].text);
     free(x->names);
-    free(x->by_text);
+    rs_itable_free(&x->by_text);
     u64map_free(&x->memo);
     free(x->buf);
     free(x);

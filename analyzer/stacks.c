@@ -30,6 +30,7 @@
 #include <elfutils/libdwfl.h>
 
 #include "grow.h"
+#include "itable.h"
 #include "stacks.h"
 #include "u64map.h"
 
@@ -54,15 +55,6 @@ struct strpool {
     size_t cap, used;
 };
 
-static uint64_t hash_mem(const void *p, size_t n)
-{
-    const uint8_t *s = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static const char *strpool_intern(struct strpool *sp, const char *s, size_t n)
 {
     if ((sp->used + 1) * 2 > sp->cap) {
@@ -73,7 +65,7 @@ static const char *strpool_intern(struct strpool *sp, const char *s, size_t n)
         for (size_t i = 0; i < sp->cap; i++) {
             if (!sp->slots[i])
                 continue;
-            size_t j = hash_mem(sp->slots[i], strlen(sp->slots[i])) & (cap - 1);
+            size_t j = rs_hash_bytes(RS_HASH_INIT, sp->slots[i], strlen(sp->slots[i])) & (cap - 1);
             while (slots[j])
                 j = (j + 1) & (cap - 1);
             slots[j] = sp->slots[i];
@@ -82,7 +74,7 @@ static const char *strpool_intern(struct strpool *sp, const char *s, size_t n)
         sp->slots = slots;
         sp->cap = cap;
     }
-    size_t i = hash_mem(s, n) & (sp->cap - 1);
+    size_t i = rs_hash_bytes(RS_HASH_INIT, s, n) & (sp->cap - 1);
     for (; sp->slots[i]; i = (i + 1) & (sp->cap - 1))
         if (!strncmp(sp->slots[i], s, n) && sp->slots[i][n] == 0)
             return sp->slots[i];
@@ -159,8 +151,7 @@ struct rs_stacks {
     VEC(struct module) modules;
     VEC(struct rs_frame) symframes;
     VEC(struct symaddr) symaddrs;
-    uint32_t *symaddr_slots;  /* open addressing over symaddrs (+1) */
-    size_t symaddr_cap;
+    struct rs_itable symaddr_index; /* symaddrs by (ip, module) */
     VEC(struct rs_frame) scratch;
     char *warnings;
     size_t warnings_len;
@@ -193,7 +184,7 @@ void rs_stacks_free(struct rs_stacks *s)
     free(s->modules.v);
     free(s->symframes.v);
     free(s->symaddrs.v);
-    free(s->symaddr_slots);
+    rs_itable_free(&s->symaddr_index);
     free(s->scratch.v);
     free(s->warnings);
     free(s);
@@ -585,31 +576,27 @@ static struct module *module_for(struct rs_stacks *s, uint64_t ip, uint64_t ordi
     return later;
 }
 
+static uint64_t symaddr_hash(uint64_t ip, uint32_t module)
+{
+    return (ip * 0x9e3779b97f4a7c15ull) ^ module;
+}
+
+static uint64_t symaddr_hash_of(const void *ctx, uint32_t index)
+{
+    const struct symaddr *a = &((const struct rs_stacks *)ctx)->symaddrs.v[index];
+    return symaddr_hash(a->ip, a->module);
+}
+
 static int symaddr_get(struct rs_stacks *s, uint64_t ip, uint64_t ordinal, const struct symaddr **out)
 {
     struct module *m = module_for(s, ip, ordinal);
     uint32_t mod = m ? (uint32_t)(m - s->modules.v) + 1 : 0;
-    uint64_t h = (ip * 0x9e3779b97f4a7c15ull) ^ mod;
 
-    if ((s->symaddrs.n + 1) * 2 > s->symaddr_cap) {
-        size_t cap = s->symaddr_cap ? s->symaddr_cap * 2 : 1024;
-        uint32_t *slots = calloc(cap, sizeof(*slots));
-        if (!slots)
-            return -ENOMEM;
-        for (size_t i = 0; i < s->symaddrs.n; i++) {
-            const struct symaddr *a = &s->symaddrs.v[i];
-            size_t j = ((a->ip * 0x9e3779b97f4a7c15ull) ^ a->module) & (cap - 1);
-            while (slots[j])
-                j = (j + 1) & (cap - 1);
-            slots[j] = (uint32_t)i + 1;
-        }
-        free(s->symaddr_slots);
-        s->symaddr_slots = slots;
-        s->symaddr_cap = cap;
-    }
-    size_t j = h & (s->symaddr_cap - 1);
-    for (; s->symaddr_slots[j]; j = (j + 1) & (s->symaddr_cap - 1)) {
-        const struct symaddr *a = &s->symaddrs.v[s->symaddr_slots[j] - 1];
+    if (rs_itable_reserve(&s->symaddr_index, s->symaddrs.n + 1, symaddr_hash_of, s))
+        return -ENOMEM;
+    size_t j = rs_itable_start(&s->symaddr_index, symaddr_hash(ip, mod));
+    for (uint32_t k; (k = s->symaddr_index.slots[j]); j = rs_itable_next(&s->symaddr_index, j)) {
+        const struct symaddr *a = &s->symaddrs.v[k - 1];
         if (a->ip == ip && a->module == mod) {
             *out = a;
             return 0;
@@ -622,7 +609,7 @@ static int symaddr_get(struct rs_stacks *s, uint64_t ip, uint64_t ordinal, const
     a.count = (uint32_t)(s->symframes.n - a.first);
     if (VEC_PUSH(s->symaddrs, a))
         return -ENOMEM;
-    s->symaddr_slots[j] = (uint32_t)s->symaddrs.n;
+    s->symaddr_index.slots[j] = (uint32_t)s->symaddrs.n;
     *out = &s->symaddrs.v[s->symaddrs.n - 1];
     return 0;
 }

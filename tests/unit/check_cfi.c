@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "refscope/cfi.h"
+#include "check_run.h"
 
 /* ---- a hand-assembled .eh_frame_hdr, CIE and FDE --------------------------- */
 
@@ -309,18 +310,12 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("cfi");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
-    tcase_add_test(tc, synthetic_table);
-    tcase_add_test(tc, malformed_tables);
+    const TTest *tests[] = {
+        synthetic_table,
+        malformed_tables,
 #if defined(__x86_64__)
-    tcase_add_test(tc, own_functions);
+        own_functions,
 #endif
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    };
+    return rs_check_run("cfi", 30, tests, sizeof(tests) / sizeof(tests[0]));
 }

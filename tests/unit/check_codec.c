@@ -14,6 +14,7 @@
 #include <string.h>
 #include "chunk_pack.h"
 #include "codec.h"
+#include "check_run.h"
 
 /* A record stream: fixed parts, and for VAR records their payloads. */
 struct stream {
@@ -532,22 +533,16 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("codec");
-    TCase *tc = tcase_create("codec");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, random_fixed);
-    tcase_add_test(tc, var_payloads);
-    tcase_add_test(tc, realistic_streams);
-    tcase_add_test(tc, adversarial_addresses);
-    tcase_add_test(tc, batch_equals_single);
-    tcase_add_test(tc, chunk_boundaries);
-    tcase_add_test(tc, incompressible_chunk);
-    tcase_add_test(tc, pack_in_steps);
-    tcase_add_test(tc, corrupt_bodies);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    const TTest *tests[] = {
+        random_fixed,
+        var_payloads,
+        realistic_streams,
+        adversarial_addresses,
+        batch_equals_single,
+        chunk_boundaries,
+        incompressible_chunk,
+        pack_in_steps,
+        corrupt_bodies,
+    };
+    return rs_check_run("codec", 120, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -10,6 +10,7 @@
 #include "refscope/events.h"
 #include "cycles.h"
 #include "snapshot.h"
+#include "check_run.h"
 
 enum { T_MODULE, T_DICT, T_LIST, T_FOO, T_STR, T_NTYPES };
 static const char *const type_names[T_NTYPES] = {"module", "dict", "list", "Foo", "str"};
@@ -307,30 +308,20 @@ START_TEST(test_liveness_gc_garbage_holder)
 }
 END_TEST
 
-static Suite *cycles_suite(void)
-{
-    Suite *s = suite_create("cycles");
-    TCase *tc = tcase_create("graph");
-    tcase_add_test(tc, test_two_node_cycle_unreachable);
-    tcase_add_test(tc, test_external_reference_keeps_cycle_alive);
-    tcase_add_test(tc, test_self_cycles_are_separate_groups);
-    tcase_add_test(tc, test_untracked_and_frozen_and_immortal);
-    tcase_add_test(tc, test_gc_garbage_is_uncollectable);
-    tcase_add_test(tc, test_scc_chain_and_loops);
-    tcase_add_test(tc, test_scc_deep_chain_is_iterative);
-    tcase_add_test(tc, test_chain_from_module_global);
-    tcase_add_test(tc, test_liveness_held_by_garbage);
-    tcase_add_test(tc, test_liveness_through_untracked_object);
-    tcase_add_test(tc, test_liveness_gc_garbage_holder);
-    suite_add_tcase(s, tc);
-    return s;
-}
-
 int main(void)
 {
-    SRunner *sr = srunner_create(cycles_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    const TTest *tests[] = {
+        test_two_node_cycle_unreachable,
+        test_external_reference_keeps_cycle_alive,
+        test_self_cycles_are_separate_groups,
+        test_untracked_and_frozen_and_immortal,
+        test_gc_garbage_is_uncollectable,
+        test_scc_chain_and_loops,
+        test_scc_deep_chain_is_iterative,
+        test_chain_from_module_global,
+        test_liveness_held_by_garbage,
+        test_liveness_through_untracked_object,
+        test_liveness_gc_garbage_holder,
+    };
+    return rs_check_run("cycles", 60, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "gcmodel.h"
+#include "check_run.h"
 
 static uint8_t payload[4096];
 
@@ -271,16 +272,11 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("gcmodel");
-    TCase *tc = tcase_create("core");
-    tcase_add_test(tc, test_counts_promotions_pauses);
-    tcase_add_test(tc, test_tenured_blocks_runs_types);
-    tcase_add_test(tc, test_census_format1_not_read);
-    tcase_add_test(tc, test_config_and_notes);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    const TTest *tests[] = {
+        test_counts_promotions_pauses,
+        test_tenured_blocks_runs_types,
+        test_census_format1_not_read,
+        test_config_and_notes,
+    };
+    return rs_check_run("gcmodel", 60, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "heap.h"
+#include "check_run.h"
 
 static uint64_t ordinal;
 
@@ -111,16 +112,10 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("heap");
-    TCase *tc = tcase_create("heap");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, domains_and_peak);
-    tcase_add_test(tc, realloc_and_restore);
-    tcase_add_test(tc, random_against_model);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    const TTest *tests[] = {
+        domains_and_peak,
+        realloc_and_restore,
+        random_against_model,
+    };
+    return rs_check_run("heap", 120, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "refscope/ring.h"
+#include "check_run.h"
 
 static void *ring_map(size_t slots)
 {
@@ -500,32 +501,21 @@ START_TEST(test_consume_fixed_runs)
 }
 END_TEST
 
-static Suite *ring_suite(void)
-{
-    Suite *s = suite_create("ring");
-    TCase *tc = tcase_create("ring");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_format_and_attach);
-    tcase_add_test(tc, test_producers_consumer);
-    tcase_add_test(tc, test_var_wrap);
-    tcase_add_test(tc, test_lossy_counts_drops);
-    tcase_add_test(tc, test_dead_producer_skipped);
-    tcase_add_test(tc, test_full_ring_waits);
-    tcase_add_test(tc, test_closed_and_stalled);
-    tcase_add_test(tc, test_blocked_ring_gives_up);
-    tcase_add_test(tc, test_slow_ring_is_waited_for);
-    tcase_add_test(tc, test_full_ring_resumes_in_batches);
-    tcase_add_test(tc, test_solo_reserve);
-    tcase_add_test(tc, test_consume_fixed_runs);
-    suite_add_tcase(s, tc);
-    return s;
-}
-
 int main(void)
 {
-    SRunner *runner = srunner_create(ring_suite());
-    srunner_run_all(runner, CK_NORMAL);
-    int failed = srunner_ntests_failed(runner);
-    srunner_free(runner);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    const TTest *tests[] = {
+        test_format_and_attach,
+        test_producers_consumer,
+        test_var_wrap,
+        test_lossy_counts_drops,
+        test_dead_producer_skipped,
+        test_full_ring_waits,
+        test_closed_and_stalled,
+        test_blocked_ring_gives_up,
+        test_slow_ring_is_waited_for,
+        test_full_ring_resumes_in_batches,
+        test_solo_reserve,
+        test_consume_fixed_runs,
+    };
+    return rs_check_run("ring", 120, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "stacks.h"
+#include "check_run.h"
 
 /* ---- record builders ------------------------------------------------------------- */
 
@@ -321,18 +322,13 @@ END_TEST
 
 int main(void)
 {
-    Suite *suite = suite_create("stacks");
-    TCase *tc = tcase_create("resolve");
-    tcase_add_test(tc, python_frames_only);
-    tcase_add_test(tc, splice_entry_frames);
-    tcase_add_test(tc, splice_without_entry_flags);
-    tcase_add_test(tc, native_only_and_late_module);
-    tcase_add_test(tc, build_id_mismatch);
-    tcase_add_test(tc, unknown_address_and_bad_records);
-    suite_add_tcase(suite, tc);
-    SRunner *sr = srunner_create(suite);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    const TTest *tests[] = {
+        python_frames_only,
+        splice_entry_frames,
+        splice_without_entry_flags,
+        native_only_and_late_module,
+        build_id_mismatch,
+        unknown_address_and_bad_records,
+    };
+    return rs_check_run("stacks", 60, tests, sizeof(tests) / sizeof(tests[0]));
 }

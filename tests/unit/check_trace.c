@@ -16,6 +16,7 @@
 #include "codec.h"
 #include "trace_read.h"
 #include "trace_write.h"
+#include "check_run.h"
 
 static char dir[] = "/tmp/check_trace_XXXXXX";
 
@@ -427,26 +428,21 @@ int main(void)
 {
     if (!mkdtemp(dir))
         return 1;
-    Suite *s = suite_create("trace");
-    TCase *tc = tcase_create("trace");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, roundtrip);
-    tcase_add_test(tc, truncated_everywhere);
-    tcase_add_test(tc, bit_flips);
-    tcase_add_test(tc, random_and_odd_files);
-    tcase_add_test(tc, newer_major_refused);
-    tcase_add_test(tc, older_major_refused);
-    tcase_add_test(tc, pumped_chunks);
-    tcase_add_test(tc, no_trailer_and_exclusive_create);
-    tcase_add_test(tc, force_replaces_files_only);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    const TTest *tests[] = {
+        roundtrip,
+        truncated_everywhere,
+        bit_flips,
+        random_and_odd_files,
+        newer_major_refused,
+        older_major_refused,
+        pumped_chunks,
+        no_trailer_and_exclusive_create,
+        force_replaces_files_only,
+    };
+    int status = rs_check_run("trace", 120, tests, sizeof(tests) / sizeof(tests[0]));
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     if (system(cmd) != 0)
-        failed++;
-    return failed ? 1 : 0;
+        status = EXIT_FAILURE;
+    return status;
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "u64map.h"
+#include "check_run.h"
 
 START_TEST(empty_map)
 {
@@ -228,18 +229,12 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("u64map");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
-    tcase_add_test(tc, empty_map);
-    tcase_add_test(tc, key_zero);
-    tcase_add_test(tc, deletion_chains);
-    tcase_add_test(tc, growth_and_clear);
-    tcase_add_test(tc, random_against_reference);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    const TTest *tests[] = {
+        empty_map,
+        key_zero,
+        deletion_chains,
+        growth_and_clear,
+        random_against_reference,
+    };
+    return rs_check_run("u64map", 30, tests, sizeof(tests) / sizeof(tests[0]));
 }
