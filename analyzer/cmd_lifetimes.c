@@ -229,7 +229,7 @@ int cmd_lifetimes(int argc, char **argv)
     memset(&m, 0, sizeof(m));
     memset(&by_site, 0, sizeof(by_site));
     const struct rs_opt opts[] = { {"json", 0, RS_OPT_FLAG, &json, 0, 0, NULL},
-                                   {"depth", 0, RS_OPT_INT, &depth, 0, 1000, NULL}, /* 0: whole stack */
+                                   {"depth", 'D', RS_OPT_INT, &depth, 0, INT_MAX, NULL}, /* 0: whole stack */
                                    RS_OPT_END };
     const struct rs_cli cli = { "lifetimes", opts, "TRACE", 1, 1, 0 };
     if (rs_cli_parse(&cli, argc, argv) < 0)
