@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "refscope/clock.h"
 #include "refscope/ring.h"
 
 static int is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
@@ -89,9 +90,7 @@ static int ring_blocked(struct rs_ring *ring, uint64_t tail, struct blocked_watc
     }
     if (__atomic_load_n(&ring->blocked_tail, __ATOMIC_RELAXED) == tail + 1)
         return 1;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    uint64_t now = rs_clock_mono_ns();
     if (!w->since || w->tail != tail || now < w->since) {
         w->tail = tail;
         w->since = now;

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "refscope/clock.h"
 #include "refscope/events.h"
 #include "refscope/transport.h"
 #include "emit.h"
@@ -382,8 +383,7 @@ static void snapshot_take(uint8_t reason)
     memset(snap_types, 0, sizeof(snap_types));
     s->seq = ++snap_seq;
     s->free_threaded = rs_py.free_threaded;
-    struct timespec w0, w1;
-    clock_gettime(CLOCK_MONOTONIC, &w0);
+    uint64_t w0 = rs_clock_mono_ns();
     void *saved[3];
     rs_pyver_snap_save_error(saved);
 
@@ -404,10 +404,9 @@ static void snapshot_take(uint8_t reason)
     int rc = rs_pyver_snap_foreach_tracked(snap_tracked, s);
     snap_flush_all(s);
 
-    clock_gettime(CLOCK_MONOTONIC, &w1);
     snap_buf_init(&b, data, RS_SNAP_END, s->seq);
     b.cap = sizeof(data);
-    uint64_t ns = (uint64_t)(w1.tv_sec - w0.tv_sec) * 1000000000ull + (uint64_t)w1.tv_nsec - (uint64_t)w0.tv_nsec;
+    uint64_t ns = rs_clock_mono_ns() - w0;
     rs_buf_u32(&b, (uint32_t)(rc < 0 || s->failed ? 1 : 0) | (uint32_t)(s->errors ? 2 : 0));
     rs_buf_u64(&b, s->objects);
     rs_buf_u64(&b, s->edges);

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "refscope/clock.h"
 #include "transport.h"
 
 #define RING_MIN_BYTES (64u << 10)
@@ -100,9 +101,7 @@ int rs_transport_connect(const char *path, int *sock)
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return rs_clock_mono_ns() / 1000000;
 }
 
 /* Reads one struct rs_reply of type `want` within timeout_ms. Returns 0,
