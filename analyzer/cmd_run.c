@@ -24,6 +24,7 @@
 #include "commands.h"
 #include "recorder.h"
 #include "refscope/transport.h"
+#include "trace_write.h"
 
 #define RUN_IDLE_MS 150      /* after CMD exits: wait for late descendants
                                 that are not ours to wait for (see below) */
@@ -187,8 +188,7 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
         return 1;
     }
-    struct stat st;
-    if (output && lstat(output, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+    if (output && rs_trace_path_is_special(output)) {
         fprintf(stderr, "refscope run: %s is not a regular file (a trace is written as a new file)\n", output);
         return 1;
     }

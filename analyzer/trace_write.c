@@ -48,6 +48,12 @@ static int write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
+int rs_trace_path_is_special(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode);
+}
+
 int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
                     const void *meta, uint32_t meta_len, struct rs_trace_writer **out)
 {
@@ -70,9 +76,7 @@ int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
     /* -f replaces the file (a new inode, so it is 0600 like any trace), or
      * a symbolic link (not what it points to); never a device, FIFO, socket
      * or directory: those stay, and O_EXCL below answers -EEXIST for them */
-    struct stat st;
-    if (opts->force && lstat(path, &st) == 0 && (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) &&
-        unlink(path) < 0 && errno != ENOENT) {
+    if (opts->force && !rs_trace_path_is_special(path) && unlink(path) < 0 && errno != ENOENT) {
         ret = -errno;
         goto fail;
     }
