@@ -5,6 +5,8 @@
 #   make demo       deps + build + trace samples/demo.py + print reports
 #   make check      deps + build + every test (Check unit tests, integration tests)
 #   make bench      benchmarks: traced/untraced wall ratio, events/s, bytes/event
+#   make fuzz       damaged traces against every report, under ASan/UBSan
+#                   (FUZZ_SECONDS, default 300; make check runs a short round)
 #
 # New .c files in common/, preload/, analyzer/, tests/unit/ and tests/progs/
 # are picked up automatically.
@@ -48,7 +50,14 @@ PRELOAD_LIBS   := -ldl -lpthread $(call pc,--libs,libunwind)
 ANALYZER_LIBS  := $(call pc,--libs,jansson libzstd libdw zlib) -lelf -lpthread -lm
 CHECK_LIBS     := $(call pc,--libs,check)
 
-.PHONY: all deps demo check unit integration bench clean
+# Fuzzing (tests/fuzz/): the analyzer again, under AddressSanitizer and
+# UndefinedBehaviorSanitizer (gcc's own runtimes: no extra package).
+SAN_FLAGS    := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+SAN_OBJ      := $(ANALYZER_LIB_OBJ:$(BUILD)/obj/%=$(BUILD)/san/%)
+FUZZ         := $(BUILD)/tests/fuzz_reports
+FUZZ_SECONDS ?= 300
+
+.PHONY: all deps demo check unit integration bench fuzz clean
 all: $(SHIM) $(CLI) $(PROG_BIN)
 
 $(BUILD)/pic/%.o: %.c
@@ -69,6 +78,14 @@ $(CLI): $(ANALYZER_OBJ)
 $(BUILD)/tests/check_%: tests/unit/check_%.c tests/unit/check_run.h $(ANALYZER_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Ianalyzer -Ipreload $(CFLAGS) $(WARN) $(call pc,--cflags,check) -o $@ $(filter %.c %.o,$^) $(CHECK_LIBS) $(ANALYZER_LIBS)
+
+$(BUILD)/san/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ianalyzer -O1 -g $(SAN_FLAGS) $(WARN) $(call pc,--cflags,jansson libzstd libdw) $(DEPFLAGS) -c $< -o $@
+
+$(FUZZ): tests/fuzz/fuzz_reports.c $(SAN_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ianalyzer -O1 -g $(SAN_FLAGS) $(WARN) -o $@ $^ $(ANALYZER_LIBS)
 
 $(BUILD)/tests/progs/%: tests/progs/%.c
 	@mkdir -p $(@D)
@@ -96,7 +113,7 @@ demo: deps
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t; done
 
-integration: all
+integration: all $(FUZZ)
 	$(PYTHON) tests/integration/run.py --build $(BUILD)
 
 check: deps
@@ -107,6 +124,10 @@ check: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	$(PYTHON) bench/run.py --build $(BUILD)
+
+fuzz: deps
+	@$(MAKE) --no-print-directory all $(FUZZ)
+	REFSCOPE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) tests/integration/run.py --build $(BUILD) -k fuzz
 
 clean:
 	rm -rf $(BUILD)

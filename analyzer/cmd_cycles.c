@@ -26,6 +26,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "cycles.h"
+#include "grow.h"
 #include "snapshot.h"
 #include "units.h"
 
@@ -138,7 +139,7 @@ static int report_build(struct cycles_report *r)
                 goto out;
             nk++;
         }
-        qsort(r->keys + r->key_start[g], grp->n, sizeof(*r->keys), cmp_member_key);
+        rs_sort(r->keys + r->key_start[g], grp->n, sizeof(*r->keys), cmp_member_key);
         if (grp->uncollectable)
             r->uncollectable_groups++;
         else
@@ -151,17 +152,17 @@ static int report_build(struct cycles_report *r)
             shape_add(&r->shapes[g], &r->cy.groups[g]);
         }
         r->nshapes = ng;
-        qsort(r->shapes, r->nshapes, sizeof(*r->shapes), cmp_shape);
+        rs_sort(r->shapes, r->nshapes, sizeof(*r->shapes), cmp_shape);
     } else {
         sort_report = r;
-        qsort(order, ng, sizeof(size_t), cmp_group_shape);
+        rs_sort(order, ng, sizeof(size_t), cmp_group_shape);
         for (size_t k = 0; k < ng; k++) {
             size_t g = order[k];
             if (!k || shape_compare(r, order[k - 1], g))
                 r->shapes[r->nshapes++].rep = g;
             shape_add(&r->shapes[r->nshapes - 1], &r->cy.groups[g]);
         }
-        qsort(r->shapes, r->nshapes, sizeof(*r->shapes), cmp_shape);
+        rs_sort(r->shapes, r->nshapes, sizeof(*r->shapes), cmp_shape);
     }
     rc = 0;
 out:

@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "grow.h"
 #include "snapshot.h"
 
 struct diff_row {
@@ -59,7 +60,7 @@ static void table_merge(struct diff_table *t)
 {
     if (!t->n)
         return;
-    qsort(t->rows, t->n, sizeof(*t->rows), row_cmp);
+    rs_sort(t->rows, t->n, sizeof(*t->rows), row_cmp);
     size_t w = 0;
     for (size_t i = 1; i < t->n; i++) {
         if (!row_cmp(&t->rows[w], &t->rows[i])) {
@@ -126,7 +127,7 @@ static void keep_growth(struct diff_table *t)
             t->rows[w++] = t->rows[i];
     t->n = w;
     if (t->n)
-        qsort(t->rows, t->n, sizeof(*t->rows), growth_cmp);
+        rs_sort(t->rows, t->n, sizeof(*t->rows), growth_cmp);
 }
 
 /* ---- the model and its renderers ------------------------------------------------- */

@@ -13,22 +13,13 @@
 #include "commands.h"
 #include "trace_read.h"
 
-static const char *const kind_names[RS_EV_KIND_MAX + 1] = {
-    [RS_EV_ALLOC] = "alloc", [RS_EV_FREE] = "free", [RS_EV_THREAD_EXIT] = "thread_exit",
-    [RS_EV_CLOCK] = "clock", [RS_EV_ALLOCATOR_WRAPPED] = "allocator_wrapped",
-    [RS_EV_OBJ_CREATE] = "obj_create", [RS_EV_OBJ_DESTROY] = "obj_destroy",
-    [RS_EV_GC_START] = "gc_start", [RS_EV_GC_STOP] = "gc_stop", [RS_EV_LOST] = "lost",
-    [RS_EV_PROCESS] = "process", [RS_EV_THREAD] = "thread", [RS_EV_END] = "end",
-    [RS_EV_PY_CODE] = "py_code", [RS_EV_PY_STACK] = "py_stack", [RS_EV_NATIVE_STACK] = "native_stack",
-    [RS_EV_MODULE_MAP] = "module_map", [RS_EV_PY_TYPE] = "py_type", [RS_EV_GC_INFO] = "gc_info",
-    [RS_EV_SNAPSHOT] = "snapshot", [RS_EV_NOTE] = "note",
-};
 static const char *const domain_names[RS_DOMAIN_COUNT] = {"libc", "raw", "mem", "obj", "arena"};
 
 static const char *kind_name(uint8_t kind, char *buf, size_t len)
 {
-    if (kind <= RS_EV_KIND_MAX && kind_names[kind])
-        return kind_names[kind];
+    const char *name = rs_event_kind_name(kind);
+    if (name)
+        return name;
     snprintf(buf, len, "kind_0x%02x", kind);
     return buf;
 }
@@ -39,7 +30,7 @@ static int parse_kinds(char *list, uint8_t *want, const char **bad)
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         int found = 0;
         for (int k = 0; k <= RS_EV_KIND_MAX; k++)
-            if (kind_names[k] && !strcmp(kind_names[k], tok))
+            if (rs_event_kind_name((uint8_t)k) && !strcmp(rs_event_kind_name((uint8_t)k), tok))
                 want[k] = found = 1;
         if (!found) {
             *bad = tok;

@@ -44,9 +44,8 @@ static int load(const char *path, struct rs_gc_model *m, const struct rs_trace_i
         return 1;
     }
     while ((r = rs_trace_next(t, &ev, err, sizeof(err))) == 1)
-        if (rs_gcmodel_feed(m, &ev) < 0) {
-            r = -1;
-            snprintf(err, sizeof(err), "out of memory");
+        if ((r = rs_gcmodel_feed(m, &ev)) < 0) {
+            rs_trace_record_error(err, sizeof(err), path, &ev, r);
             break;
         }
     if (r < 0 || rs_gcmodel_finish(m, rs_trace_info(t)->end_ns) < 0) {

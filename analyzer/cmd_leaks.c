@@ -37,6 +37,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "cycles.h"
+#include "grow.h"
 #include "heap.h"
 #include "snapshot.h"
 #include "u64map.h"
@@ -144,7 +145,7 @@ static int canon_types(struct leak_report *r)
     for (size_t i = 0; i < n; i++)
         order[i] = (uint32_t)i;
     sort_snap = s;
-    qsort(order, n, sizeof(uint32_t), cmp_type_name);
+    rs_sort(order, n, sizeof(uint32_t), cmp_type_name);
     for (size_t i = 0; i < n; i++) {
         int same = i && !strcmp(type_name_of(s, order[i - 1]), type_name_of(s, order[i]));
         r->type_canon[order[i]] = same ? r->type_canon[order[i - 1]] : order[i];
@@ -316,7 +317,7 @@ static int snapshot_candidates(struct leak_report *r)
         if ((rc = add_object(r, &m, o->stack, type, o->size, (uint32_t)i, o->alloc_ns)) < 0)
             goto out;
     }
-    qsort(by_type, s->ntypes + 1, sizeof(*by_type), cmp_type_total);
+    rs_sort(by_type, s->ntypes + 1, sizeof(*by_type), cmp_type_total);
     for (size_t k = 0; k < LEAK_UNREACHABLE_TYPES && k <= s->ntypes && by_type[k].count; k++)
         r->unreachable_types[r->nunreachable_types++] = by_type[k];
     for (size_t g = 0; g < r->cycles.n; g++)
@@ -556,11 +557,11 @@ static int report_build(struct leak_report *r, char *err, size_t errlen)
     if (rc < 0)
         goto fail;
     if (r->nrows)
-        qsort(r->rows, r->nrows, sizeof(*r->rows), cmp_row);
+        rs_sort(r->rows, r->nrows, sizeof(*r->rows), cmp_row);
     if ((rc = chain_rows(r)) < 0 || (rc = snapshot_growth(r)) < 0 || (rc = window_growth(r, err, errlen)) < 0)
         goto fail;
     if (r->ngrowth)
-        qsort(r->growth, r->ngrowth, sizeof(*r->growth), cmp_growth);
+        rs_sort(r->growth, r->ngrowth, sizeof(*r->growth), cmp_growth);
     return 0;
 fail:
     if (rc == -ENOMEM) /* the trace functions say what else went wrong */

@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "gcmodel.h"
+#include "grow.h"
 #include "siteindex.h"
 #include "stacks.h"
 #include "trace_read.h"
@@ -143,7 +144,7 @@ static struct group *sorted(const struct group_table *t, uint64_t *n,
     if (t->n)
         memcpy(out, t->g, t->n * sizeof(*out));
     *n = t->n;
-    qsort(out, *n, sizeof(*out), cmp);
+    rs_sort(out, *n, sizeof(*out), cmp);
     return out;
 }
 
@@ -246,9 +247,9 @@ int cmd_lifetimes(int argc, char **argv)
         goto fail;
     }
     while ((r = rs_trace_next(t, &ev, err, sizeof(err))) == 1) {
-        if (rs_gcmodel_feed(&m, &ev) < 0 || rs_types_feed(types, &ev) < 0 ||
-            rs_stacks_feed(stacks, &ev) < 0 || agg.oom) {
-            snprintf(err, sizeof(err), "out of memory");
+        if ((r = rs_gcmodel_feed(&m, &ev)) < 0 || (r = rs_types_feed(types, &ev)) < 0 ||
+            (r = rs_stacks_feed(stacks, &ev)) < 0 || (agg.oom && (r = -ENOMEM))) {
+            rs_trace_record_error(err, sizeof(err), path, &ev, r);
             goto fail;
         }
     }

@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "grow.h"
 #include "itable.h"
 #include "sites.h"
 #include "units.h"
@@ -240,7 +241,7 @@ int cmd_top(int argc, char **argv)
         goto out;
     }
     sort_by = o.by;
-    qsort(sites, nsites, sizeof(*sites), site_cmp);
+    rs_sort(sites, nsites, sizeof(*sites), site_cmp);
     size_t shown = o.limit && (size_t)o.limit < nsites ? (size_t)o.limit : nsites;
 
     const char *warnings = rs_stacks_warnings(m.stacks);

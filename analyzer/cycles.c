@@ -13,6 +13,7 @@
 
 #include "refscope/events.h"
 #include "cycles.h"
+#include "grow.h"
 
 static int is_candidate(const struct rs_snap_object *o)
 {
@@ -384,7 +385,7 @@ int rs_cycles_find(const struct rs_snapshot *s, struct rs_cycles *out)
             queue[tail++] = j;
         }
     }
-    qsort(out->groups, ng, sizeof(*out->groups), cmp_group);
+    rs_sort(out->groups, ng, sizeof(*out->groups), cmp_group);
     rc = 0;
 out:
     free(mask);

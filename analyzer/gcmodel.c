@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "gcmodel.h"
+#include "grow.h"
 #include "heap.h"
 #include "u64map.h"
 
@@ -554,7 +555,7 @@ int rs_gcmodel_finish(struct rs_gc_model *m, uint64_t end_ns)
             }
         }
         if (np) {
-            qsort(pauses, np, sizeof(*pauses), cmp_u64);
+            rs_sort(pauses, np, sizeof(*pauses), cmp_u64);
             s->pause_mean_ns = (double)s->pause_total_ns / (double)np;
             s->pause_p50_ns = pauses[(np - 1) / 2];
             s->pause_p99_ns = pauses[(uint64_t)((double)(np - 1) * 0.99 + 0.5)];

@@ -160,8 +160,7 @@ int rs_sites_build(const char *path, struct rs_sites_model *m, char *err, size_t
                 m->has_native = 1;
             ret = rs_stacks_feed(m->stacks, &ev);
             if (ret == -EPROTO) {
-                snprintf(err, errlen, "%s: malformed stack record at ordinal %llu", path,
-                         (unsigned long long)ev.ordinal);
+                rs_trace_record_error(err, errlen, path, &ev, ret);
                 goto out;
             }
         }

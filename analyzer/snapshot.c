@@ -299,7 +299,7 @@ static int builder_finish(struct rs_snapshots *ss, const struct rs_heap *heap, u
             s->objs[o].label = l->text;
         }
     }
-    qsort(keys, nk, 2 * sizeof(uint64_t), cmp_key);
+    rs_sort(keys, nk, 2 * sizeof(uint64_t), cmp_key);
     s->key_edge = malloc((nk ? nk : 1) * sizeof(uint64_t));
     s->key_text = malloc((nk ? nk : 1) * sizeof(uint32_t));
     if (!s->key_edge || !s->key_text) {
@@ -617,7 +617,7 @@ static int trace_load(const char *path, struct rs_snapshot_trace *t, char *err, 
     while ((rc = rs_trace_next(t->trace, &ev, err, errlen)) > 0) {
         if ((rc = rs_stacks_feed(t->stacks, &ev)) < 0 || (rc = rs_heap_apply(t->heap, &ev, NULL)) < 0 ||
             (rc = rs_snapshots_feed(t->snaps, &ev, t->heap)) < 0) {
-            snprintf(err, errlen, "%s: out of memory", path);
+            rs_trace_record_error(err, errlen, path, &ev, rc);
             goto fail;
         }
         if (ev.kind == RS_EV_ALLOC && t->startup_end_ns == UINT64_MAX && ev.stack &&

@@ -28,7 +28,8 @@ struct rs_stacks *rs_stacks_new(void);
 void rs_stacks_free(struct rs_stacks *s);
 
 /* Feed every record in trace order; stack-definition records are kept,
- * others ignored. Returns 0 or a negative errno. */
+ * others ignored. Returns 0, -EPROTO for a malformed stack record (a damaged
+ * trace: rs_trace_record_error says so) or -ENOMEM. */
 int rs_stacks_feed(struct rs_stacks *s, const struct rs_event *ev);
 
 /* Frames of stack `id`, innermost first. Returns the count (0 for id 0 or

@@ -17,6 +17,7 @@
 #include <zlib.h>
 #include "chunk_pack.h"
 #include "codec.h"
+#include "grow.h"
 #include "trace_read.h"
 
 struct chunk_ref {
@@ -115,7 +116,7 @@ static int pair_cmp(const void *a, const void *b)
 static void sort_pairs(struct rs_trace *t)
 {
     size_t n = 0;
-    qsort(t->pairs, t->npairs, sizeof(*t->pairs), pair_cmp);
+    rs_sort(t->pairs, t->npairs, sizeof(*t->pairs), pair_cmp);
     for (size_t i = 0; i < t->npairs; i++)
         if (n == 0 || t->pairs[i].ticks != t->pairs[n - 1].ticks)
             t->pairs[n++] = t->pairs[i];
@@ -441,6 +442,11 @@ int rs_trace_next(struct rs_trace *t, struct rs_event *ev, char *err, size_t err
     for (;;) {
         if (t->in_chunk) {
             int r = rs_dec_next(&t->dec, &rec, &payload, &len);
+            if (r == 1 && rec.kind == RS_EV_ALLOC && rec.size >= RS_ALLOC_SIZE_LIMIT) {
+                set_err(err, errlen, "%s: damaged record %llu (an allocation of %llu bytes)", t->path,
+                        (unsigned long long)t->ordinal, (unsigned long long)rec.size);
+                return -EBADMSG;
+            }
             if (r == 1) {
                 ev->ordinal = t->ordinal++;
                 ev->kind = rec.kind;
@@ -482,6 +488,33 @@ int rs_trace_rewind(struct rs_trace *t, char *err, size_t errlen)
     t->in_chunk = 0;
     t->ordinal = 0;
     return 0;
+}
+
+static const char *const kind_names[RS_EV_KIND_MAX + 1] = {
+    [RS_EV_ALLOC] = "alloc", [RS_EV_FREE] = "free", [RS_EV_THREAD_EXIT] = "thread_exit",
+    [RS_EV_CLOCK] = "clock", [RS_EV_ALLOCATOR_WRAPPED] = "allocator_wrapped",
+    [RS_EV_OBJ_CREATE] = "obj_create", [RS_EV_OBJ_DESTROY] = "obj_destroy",
+    [RS_EV_GC_START] = "gc_start", [RS_EV_GC_STOP] = "gc_stop", [RS_EV_LOST] = "lost",
+    [RS_EV_PROCESS] = "process", [RS_EV_THREAD] = "thread", [RS_EV_END] = "end",
+    [RS_EV_PY_CODE] = "py_code", [RS_EV_PY_STACK] = "py_stack", [RS_EV_NATIVE_STACK] = "native_stack",
+    [RS_EV_MODULE_MAP] = "module_map", [RS_EV_PY_TYPE] = "py_type", [RS_EV_GC_INFO] = "gc_info",
+    [RS_EV_SNAPSHOT] = "snapshot", [RS_EV_NOTE] = "note",
+};
+
+const char *rs_event_kind_name(uint8_t kind)
+{
+    return kind <= RS_EV_KIND_MAX ? kind_names[kind] : NULL;
+}
+
+void rs_trace_record_error(char *err, size_t errlen, const char *path, const struct rs_event *ev, int ret)
+{
+    if (ret != -EPROTO) {
+        set_err(err, errlen, "%s", ret == -ENOMEM ? "out of memory" : strerror(-ret));
+        return;
+    }
+    const char *name = rs_event_kind_name(ev->kind);
+    set_err(err, errlen, "%s: malformed %s record at ordinal %llu (the trace is damaged)", path,
+            name ? name : "unknown", (unsigned long long)ev->ordinal);
 }
 
 void rs_trace_close(struct rs_trace *t)

@@ -61,4 +61,15 @@ int rs_trace_rewind(struct rs_trace *t, char *err, size_t errlen);
 
 void rs_trace_close(struct rs_trace *t);
 
+/* "alloc", "py_stack", ...: the name of a record kind (as `refscope dump`
+ * prints it), or NULL for a kind this reader does not know. */
+const char *rs_event_kind_name(uint8_t kind);
+
+/* The analyses' "feed" functions (stacks, types, heap, gc model, snapshots)
+ * return 0, -EPROTO for a record whose payload breaks its layout, or
+ * -ENOMEM. This writes the one-line message for such a failure: "PATH:
+ * malformed KIND record at ordinal N (the trace is damaged)", or "out of
+ * memory". */
+void rs_trace_record_error(char *err, size_t errlen, const char *path, const struct rs_event *ev, int ret);
+
 #endif

@@ -84,6 +84,11 @@ enum rs_event_kind {
 
 #define RS_EV_IS_VAR(kind) ((kind) >= 0x40)
 
+/* No block is bigger than an address space: an ALLOC's size is below this
+ * (x86-64 and AArch64 have at most 57 bits). Readers take a bigger one for
+ * damage, so that sums of sizes never overflow. */
+#define RS_ALLOC_SIZE_LIMIT (1ull << 57)
+
 /* ---- fixed part: one 32-byte slot ------------------------------------------- */
 struct rs_slot {
     uint8_t  kind;   /* enum rs_event_kind; written last, with release order  */

@@ -2,8 +2,9 @@
  * Trace files end to end (trace_write.c → trace_read.c): round trip with
  * tick→ns conversion, truncation at every offset (a warning and a prefix, or
  * a clean error), bit flips (crc errors), random bytes, directories,
- * newer and older major versions refused by name, and chunks compressed in
- * steps between appends as the recorder writes them.
+ * newer and older major versions refused by name, chunks compressed in
+ * steps between appends as the recorder writes them, and records no
+ * program can have written (an allocation bigger than an address space).
  */
 #include <check.h>
 #include <errno.h>
@@ -424,6 +425,46 @@ START_TEST(force_replaces_files_only)
 }
 END_TEST
 
+/* An allocation bigger than any address space is damage, named with its
+ * ordinal; the records before it are read. The feed functions' -EPROTO
+ * reads as a malformed record of its kind. */
+START_TEST(impossible_allocation_refused)
+{
+    char path[256], err[256];
+    uint8_t meta[256];
+    size_t meta_len = make_meta(meta, RS_CLOCK_TSC);
+    struct rs_trace_writer *w;
+    struct rs_writer_opts opts = {.force = 1};
+    path_in(path, "huge.rfs");
+    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    struct rs_slot ok = {.kind = RS_EV_ALLOC, .addr = 0x1000, .size = RS_ALLOC_SIZE_LIMIT - 1};
+    struct rs_slot huge = {.kind = RS_EV_ALLOC, .addr = 0x2000, .size = RS_ALLOC_SIZE_LIMIT};
+    ck_assert_int_eq(rs_trace_append(w, &ok, NULL, 0), 0);
+    ck_assert_int_eq(rs_trace_append(w, &huge, NULL, 0), 0);
+    struct rs_trailer tr = {0};
+    ck_assert_int_eq(rs_trace_finish(w, &tr), 0);
+
+    struct rs_trace *t;
+    struct rs_event ev;
+    ck_assert_int_eq(rs_trace_open(path, &t, err, sizeof(err)), 0);
+    ck_assert_int_eq(rs_trace_next(t, &ev, err, sizeof(err)), 1);
+    ck_assert_uint_eq(ev.size, RS_ALLOC_SIZE_LIMIT - 1);
+    ck_assert_int_eq(rs_trace_next(t, &ev, err, sizeof(err)), -EBADMSG);
+    ck_assert_msg(strstr(err, "damaged record 1 (an allocation of 144115188075855872 bytes)"), "%s", err);
+    rs_trace_close(t);
+
+    struct rs_event stack = {.ordinal = 77, .kind = RS_EV_PY_STACK};
+    rs_trace_record_error(err, sizeof(err), "x.rfs", &stack, -EPROTO);
+    ck_assert_str_eq(err, "x.rfs: malformed py_stack record at ordinal 77 (the trace is damaged)");
+    stack.kind = 0x7e;
+    rs_trace_record_error(err, sizeof(err), "x.rfs", &stack, -EPROTO);
+    ck_assert_str_eq(err, "x.rfs: malformed unknown record at ordinal 77 (the trace is damaged)");
+    rs_trace_record_error(err, sizeof(err), "x.rfs", &stack, -ENOMEM);
+    ck_assert_str_eq(err, "out of memory");
+    unlink(path);
+}
+END_TEST
+
 int main(void)
 {
     if (!mkdtemp(dir))
@@ -438,6 +479,7 @@ int main(void)
         pumped_chunks,
         no_trailer_and_exclusive_create,
         force_replaces_files_only,
+        impossible_allocation_refused,
     };
     int status = rs_check_run("trace", 120, tests, sizeof(tests) / sizeof(tests[0]));
     char cmd[300];
