@@ -74,6 +74,14 @@ static int ring_wait_step(struct rs_ring *ring, unsigned *step)
     return 0;
 }
 
+/* More reserved than the ring holds (or a tail past the head): producers
+ * never reserve beyond tail + capacity, so the program overwrote the
+ * header; the mapping is its memory as much as ours. */
+static int ring_overrun(const struct rs_ring *ring, uint64_t tail, uint64_t head)
+{
+    return head - tail > ring->mask + 1;
+}
+
 /* What one wait has seen of the slot at tail: since when (ns, 0 = not
  * seen uncommitted) slot `tail` has been uncommitted. */
 struct blocked_watch {
@@ -133,6 +141,12 @@ uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
             if (tail > head) { /* our head is stale: others reserved and were consumed */
                 head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
                 continue;
+            }
+            /* nothing will free room: drop at once rather than wait for
+             * the blocked watch */
+            if (ring_overrun(ring, tail, head)) {
+                __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
+                return UINT64_MAX;
             }
             if (head + n + slack - tail > capacity) {
                 if (lossy) {
@@ -217,11 +231,13 @@ int rs_ring_consume(struct rs_ring *ring, struct rs_slot *rec,
         struct rs_slot *slot = rs_ring_slot(ring, tail);
         uint8_t kind = __atomic_load_n(&slot->kind, __ATOMIC_ACQUIRE);
         if (kind == RS_EV_EMPTY || kind == RS_EV_CONT) {
-            if (!(flags & RS_RING_PRODUCER_DEAD))
-                return kind == RS_EV_EMPTY ? 0 : -EPROTO;
             uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_ACQUIRE);
+            if (!(flags & RS_RING_PRODUCER_DEAD))
+                return kind == RS_EV_EMPTY && !ring_overrun(ring, tail, head) ? 0 : -EPROTO;
             if (tail >= head)
                 return 0;
+            if (ring_overrun(ring, tail, head)) /* skipping to that head would take forever */
+                return -EPROTO;
             /* A record whose producer died mid-write, or an orphaned
              * continuation of one: skip it. */
             ring_release(ring, tail, 1);

@@ -218,8 +218,10 @@ int rs_ring_put_var(struct rs_ring *ring, const struct rs_slot *rec,
  * *rec; for a VAR record up to `cap` payload bytes go to `payload` and the
  * full length to *len (a record longer than cap is truncated and flagged by
  * *len > cap). Returns 1 when a record was consumed, 0 when none is ready,
- * -EPROTO when the ring is corrupt. With RS_RING_PRODUCER_DEAD, uncommitted
- * slots below head are skipped instead of waited for. */
+ * -EPROTO when the ring is corrupt: an orphaned continuation, or a head
+ * more than the capacity ahead of the tail (the program overwrote the
+ * header: the mapping is its memory too). With RS_RING_PRODUCER_DEAD,
+ * uncommitted slots below head are skipped instead of waited for. */
 int rs_ring_consume(struct rs_ring *ring, struct rs_slot *rec,
                     void *payload, uint32_t cap, uint32_t *len, unsigned flags);
 

@@ -3,7 +3,8 @@
  * several producer threads and one consumer thread lose, duplicate or
  * reorder nothing within a producer; VAR records survive the wrap point;
  * lossy mode counts drops; a dead producer's uncommitted slot is skipped;
- * a full lossless ring makes producers wait, and the waits are counted.
+ * a full lossless ring makes producers wait, and the waits are counted; an
+ * overwritten header is corrupt, not a reason to wait or skip forever.
  */
 #include <check.h>
 #include <errno.h>
@@ -247,6 +248,38 @@ START_TEST(test_dead_producer_skipped)
     /* the skipped slots are clean for the next lap */
     for (uint64_t i = 0; i < ring.hdr->head; i++)
         ck_assert_uint_eq(rs_ring_slot(&ring, i)->kind, 0);
+    free(ring.hdr);
+}
+END_TEST
+
+/* A program that overwrites the ring's header (the mapping is its memory):
+ * a head more than a lap ahead of the tail, or a tail past the head, is
+ * corrupt for the consumer, dead producer or not (skipping towards such a
+ * head would take forever), and a producer drops at once instead of
+ * waiting for room that will never come. */
+START_TEST(test_overwritten_header)
+{
+    struct rs_ring ring;
+    struct rs_slot rec = { .kind = RS_EV_ALLOC, .addr = 1 }, got;
+    ring_new(&ring, 64, 0);
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), 0);
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 1);
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 0);
+    ring.hdr->head = ring.hdr->tail + 64; /* a full lap reserved: still possible */
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), 0);
+    ring.hdr->head = 0x5eed5eed5eed5eedull;
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), -EPROTO);
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, RS_RING_PRODUCER_DEAD), -EPROTO);
+    uint64_t dropped = ring.hdr->dropped;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), -ENOSPC);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ck_assert_uint_eq(ring.hdr->dropped, dropped + 1);
+    ck_assert_int_lt((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec), 500000000L);
+    ring.hdr->head = 3;
+    ring.hdr->tail = 9; /* a tail past the head */
+    ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), -EPROTO);
     free(ring.hdr);
 }
 END_TEST
@@ -509,6 +542,7 @@ int main(void)
         test_var_wrap,
         test_lossy_counts_drops,
         test_dead_producer_skipped,
+        test_overwritten_header,
         test_full_ring_waits,
         test_closed_and_stalled,
         test_blocked_ring_gives_up,
