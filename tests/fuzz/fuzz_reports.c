@@ -562,7 +562,7 @@ static int damage_body(uint8_t **f, size_t *len, size_t off)
     ch.crc = (uint32_t)crc32(0, raw, (uInt)n);
     memcpy(g + off, &ch, sizeof(ch));
     memcpy(g + off + sizeof(ch), raw, n);
-    memcpy(g + off + sizeof(ch) + n, *f + off + sizeof(ch) + (*len - off - sizeof(ch) - rest), rest);
+    memcpy(g + off + sizeof(ch) + n, *f + *len - rest, rest);
     free(raw);
     free(*f);
     *f = g;
@@ -589,10 +589,10 @@ static void damage_bytes(const char *path)
         break;
     }
     case 2: { /* a chunk header field (its crc covers only the body) */
-        static const size_t fields[] = { 4, 8, 12, 16, 24 };
-        size_t at = offs[below(n)] + fields[below(5)];
+        static const size_t fields[] = { 4, 8, 12, 16, 24 }; /* codec, records, lengths, first */
+        size_t field = fields[below(5)], at = offs[below(n)] + field;
         if (at + 8 <= len)
-            store_le(f + at, interesting(0), at % 8 == 0 ? 8 : 4);
+            store_le(f + at, interesting(0), field == 24 ? 8 : 4);
         break;
     }
     case 3: { /* a byte of a stored body, crc left wrong */
