@@ -52,6 +52,7 @@ struct conn {
     struct rs_trace_writer *w;
     size_t file;             /* index in r->files once the file exists */
     int failed;              /* write error: keep draining, discard */
+    int damaged;             /* the ring held what no shim writes: nothing more is taken */
     int seen_end;
     uint32_t end_reason;
     uint32_t clock_kind;
@@ -340,6 +341,19 @@ static int handle_record(struct rs_recorder *r, struct conn *c, const struct rs_
     return 0;
 }
 
+/* The ring is the traced program's memory too: a wild write there can
+ * commit records no shim wrote. Those the readers would take for damage
+ * (include/refscope/events.h, RS_ALLOC_SIZE_LIMIT) end the trace here
+ * instead, so that everything before them stays readable. Returns how
+ * many of recs[0..n) come before the first such record. */
+static size_t possible_records(const struct rs_slot *recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (__builtin_expect(recs[i].kind == RS_EV_ALLOC && recs[i].size >= RS_ALLOC_SIZE_LIMIT, 0))
+            return i;
+    return n;
+}
+
 /* Fixed records go to the writer in runs (its fast path); VAR records,
  * everything before the trace exists and everything unusual go through
  * rs_ring_consume one by one. Ring order is kept.
@@ -349,14 +363,21 @@ static long drain(struct rs_recorder *r, struct conn *c, unsigned flags, unsigne
     struct rs_slot rec;
     uint32_t len;
     long n = 0;
+    if (c->damaged)
+        return -EPROTO;
     while ((unsigned long)n < budget) {
         if (c->w && !c->failed) {
             unsigned long left = budget - (unsigned long)n;
             size_t got = rs_ring_consume_fixed(&c->ring, r->run, left < RECORD_RUN ? left : RECORD_RUN);
             if (got) {
-                int ret = rs_trace_append_fixed(c->w, r->run, got);
+                size_t ok = possible_records(r->run, got);
+                int ret = ok ? rs_trace_append_fixed(c->w, r->run, ok) : 0;
                 if (ret < 0)
                     conn_fail(r, c, ret);
+                if (ok < got) {
+                    c->damaged = 1;
+                    return -EPROTO;
+                }
                 n += (long)got;
                 continue;
             }
@@ -368,6 +389,10 @@ static long drain(struct rs_recorder *r, struct conn *c, unsigned flags, unsigne
             break;
         if (rec.kind == RS_EV_CONT || rec.kind == RS_EV_EMPTY)
             continue;
+        if (!possible_records(&rec, 1)) {
+            c->damaged = 1;
+            return -EPROTO;
+        }
         handle_record(r, c, &rec, RS_EV_IS_VAR(rec.kind) ? len : 0);
         n++;
     }

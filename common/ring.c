@@ -140,6 +140,10 @@ uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
             __atomic_store_n(&ring->tail_cache, tail, __ATOMIC_RELEASE);
             if (tail > head) { /* our head is stale: others reserved and were consumed */
                 head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
+                if (ring_overrun(ring, tail, head)) { /* still behind: the tail was overwritten */
+                    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
+                    return UINT64_MAX;
+                }
                 continue;
             }
             /* nothing will free room: drop at once rather than wait for

@@ -187,15 +187,18 @@ def test_descriptor_cleanup_keeps_the_trace():
 
 def test_program_overwriting_its_ring():
     """A wild write over the ring (tests/progs/ring_scribble.c: its slots,
-    its header's counters, or both): the program runs to its end with its
-    own status, the recorder says in one line that the ring is damaged and
-    keeps what came before (the 100 blocks allocated earlier), and neither
-    side waits on the garbage (a head 2^63 slots ahead once made the
-    recorder skip towards it forever)."""
-    for what in ("slots", "header", "both"):
+    its header's counters, both, or one committed ALLOC of 2^60 bytes): the
+    program runs to its end with its own status, the recorder says in one
+    line that the ring is damaged and keeps what came before (the 100 blocks
+    allocated earlier) in a trace every report reads, and neither side waits
+    on the garbage (a head 2^63 slots ahead once made the recorder skip
+    towards it forever)."""
+    for what in ("slots", "header", "both", "record"):
         t = harness.run_traced([harness.prog("ring_scribble"), what], timeout=60)
         expect(t.proc.stdout.strip() == "done", "%s: printed %r: %s" % (what, t.proc.stdout, t.proc.stderr[-500:]))
         damaged = [l for l in t.proc.stderr.splitlines() if "is damaged" in l]
         expect(len(damaged) == 1, "%s: expected one line on the damaged ring: %s" % (what, t.proc.stderr[-800:]))
         n = sum(1 for r in records(t.trace) if r["kind"] == "alloc" and r["size"] == 7777)
         expect(n == 100, "%s: %d of the 100 blocks allocated before the damage are in the trace" % (what, n))
+        summary = harness.refscope("summary", t.trace)
+        expect(summary.returncode == 0, "%s: summary failed: %s" % (what, summary.stderr.strip()))

@@ -5,8 +5,9 @@
  * other memory. It allocates 100 blocks of 7777 bytes, waits 0.3 s (the
  * recorder drains them), then overwrites what argv[1] names ("slots": every
  * slot with random bytes; "header": head, tail and the header's other
- * counters; "both"), then allocates and frees 20000 blocks and 100 more of
- * 7778 bytes. Prints "done" and exits 0: tracing must neither crash nor
+ * counters; "both"; "record": one ALLOC of 2^60 bytes, reserved and
+ * committed as the shim would), then allocates and frees 20000
+ * blocks and 100 more of 7778 bytes. Prints "done" and exits 0: tracing must neither crash nor
  * stall it, whatever the recorder makes of the rest.
  */
 #include <stdint.h>
@@ -50,12 +51,25 @@ int main(int argc, char **argv)
         return 3;
     }
     uint64_t x = 0x9E3779B97F4A7C15ull;
-    if (strcmp(what, "header")) /* slots: everything past the 4096-byte header */
+    if (!strcmp(what, "record")) {
+        uint64_t head, capacity, size = 1ull << 60;
+        memcpy(&capacity, ring + 16, 8);
+        memcpy(&head, ring + 64, 8);
+        uint8_t *slot = ring + 4096 + 32 * (head & (capacity - 1));
+        memcpy(slot + 24, &size, 8);
+        /* reserved and committed, as the shim would (this program has one thread) */
+        __atomic_fetch_add((uint64_t *)(ring + 64), 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(slot, (uint8_t)1, __ATOMIC_RELEASE); /* RS_EV_ALLOC */
+        what = "none";
+    }
+    if (!strcmp(what, "none"))
+        ;
+    else if (strcmp(what, "header")) /* slots: everything past the 4096-byte header */
         for (size_t i = 4096; i + 8 <= len; i += 8) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;
             memcpy(ring + i, &x, 8);
         }
-    if (strcmp(what, "slots")) { /* head, tail, waits, dropped, closed, now */
+    if (strcmp(what, "slots") && strcmp(what, "none")) { /* head, tail, waits, dropped, closed, now */
         static const size_t at[] = { 64, 128, 192, 200, 208, 256 };
         for (size_t k = 0; k < sizeof(at) / sizeof(at[0]); k++) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;

@@ -280,6 +280,8 @@ START_TEST(test_overwritten_header)
     ring.hdr->head = 3;
     ring.hdr->tail = 9; /* a tail past the head */
     ck_assert_int_eq(rs_ring_consume(&ring, &got, NULL, 0, NULL, 0), -EPROTO);
+    ring.tail_cache = 9; /* a producer that has read it: its head is not merely stale */
+    ck_assert_int_eq(rs_ring_put(&ring, &rec), -ENOSPC);
     free(ring.hdr);
 }
 END_TEST
