@@ -126,8 +126,7 @@ static void keep_growth(struct diff_table *t)
         if (t->rows[i].count[1] > t->rows[i].count[0] || t->rows[i].bytes[1] > t->rows[i].bytes[0])
             t->rows[w++] = t->rows[i];
     t->n = w;
-    if (t->n)
-        rs_sort(t->rows, t->n, sizeof(*t->rows), growth_cmp);
+    rs_sort(t->rows, t->n, sizeof(*t->rows), growth_cmp);
 }
 
 /* ---- the model and its renderers ------------------------------------------------- */

@@ -29,9 +29,11 @@ static int parse_kinds(char *list, uint8_t *want, const char **bad)
 {
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         int found = 0;
-        for (int k = 0; k <= RS_EV_KIND_MAX; k++)
-            if (rs_event_kind_name((uint8_t)k) && !strcmp(rs_event_kind_name((uint8_t)k), tok))
+        for (int k = 0; k <= RS_EV_KIND_MAX; k++) {
+            const char *name = rs_event_kind_name((uint8_t)k);
+            if (name && !strcmp(name, tok))
                 want[k] = found = 1;
+        }
         if (!found) {
             *bad = tok;
             return -EINVAL;

@@ -556,12 +556,10 @@ static int report_build(struct leak_report *r, char *err, size_t errlen)
     int rc = r->snap ? snapshot_candidates(r) : block_candidates(r, err, errlen);
     if (rc < 0)
         goto fail;
-    if (r->nrows)
-        rs_sort(r->rows, r->nrows, sizeof(*r->rows), cmp_row);
+    rs_sort(r->rows, r->nrows, sizeof(*r->rows), cmp_row);
     if ((rc = chain_rows(r)) < 0 || (rc = snapshot_growth(r)) < 0 || (rc = window_growth(r, err, errlen)) < 0)
         goto fail;
-    if (r->ngrowth)
-        rs_sort(r->growth, r->ngrowth, sizeof(*r->growth), cmp_growth);
+    rs_sort(r->growth, r->ngrowth, sizeof(*r->growth), cmp_growth);
     return 0;
 fail:
     if (rc == -ENOMEM) /* the trace functions say what else went wrong */

@@ -137,14 +137,9 @@ static int build_sites(struct rs_sites_model *m, const struct top_opts *o, int n
             if (sites[k - 1].hash == h && site_equal(&sites[k - 1], view, depth))
                 break;
         if (!k) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 256;
-                struct site *p = realloc(sites, cap * sizeof(*p));
-                if (!p) {
-                    ret = -ENOMEM;
-                    goto out;
-                }
-                sites = p;
+            if (rs_grow(&sites, &cap, n + 1, sizeof(*sites))) {
+                ret = -ENOMEM;
+                goto out;
             }
             struct site *s = &sites[n];
             memset(s, 0, sizeof(*s));

@@ -343,13 +343,13 @@ static int handle_record(struct rs_recorder *r, struct conn *c, const struct rs_
 
 /* The ring is the traced program's memory too: a wild write there can
  * commit records no shim wrote. Those the readers would take for damage
- * (include/refscope/events.h, RS_ALLOC_SIZE_LIMIT) end the trace here
- * instead, so that everything before them stays readable. Returns how
- * many of recs[0..n) come before the first such record. */
+ * (rs_slot_impossible) end the trace here instead, so that everything
+ * before them stays readable. Returns how many of recs[0..n) come before
+ * the first such record. */
 static size_t possible_records(const struct rs_slot *recs, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (__builtin_expect(recs[i].kind == RS_EV_ALLOC && recs[i].size >= RS_ALLOC_SIZE_LIMIT, 0))
+        if (__builtin_expect(rs_slot_impossible(&recs[i]), 0))
             return i;
     return n;
 }

@@ -442,7 +442,7 @@ int rs_trace_next(struct rs_trace *t, struct rs_event *ev, char *err, size_t err
     for (;;) {
         if (t->in_chunk) {
             int r = rs_dec_next(&t->dec, &rec, &payload, &len);
-            if (r == 1 && rec.kind == RS_EV_ALLOC && rec.size >= RS_ALLOC_SIZE_LIMIT) {
+            if (r == 1 && rs_slot_impossible(&rec)) {
                 set_err(err, errlen, "%s: damaged record %llu (an allocation of %llu bytes)", t->path,
                         (unsigned long long)t->ordinal, (unsigned long long)rec.size);
                 return -EBADMSG;

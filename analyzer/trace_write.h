@@ -20,15 +20,15 @@ struct rs_writer_opts {
     unsigned time_shift; /* see the chunk body spec; 0 = exact times       */
 };
 
-/* Create `path` (mode 0600, O_EXCL unless opts->force) and write the file
- * header with `meta` (an RS_EV_PROCESS payload). Returns 0 or a negative
- * errno (-EEXIST when the file exists and force is 0, or when it exists and
- * is neither a regular file nor a symbolic link: force replaces only those). */
 /* Nonzero when `path` exists and is something a trace never replaces, even
  * with force: a device, FIFO, socket or directory (not a regular file or a
  * symbolic link). */
 int rs_trace_path_is_special(const char *path);
 
+/* Create `path` (mode 0600, O_EXCL unless opts->force) and write the file
+ * header with `meta` (an RS_EV_PROCESS payload). Returns 0 or a negative
+ * errno (-EEXIST when the file exists and force is 0, or when it exists and
+ * is neither a regular file nor a symbolic link: force replaces only those). */
 int rs_trace_create(const char *path, const struct rs_writer_opts *opts,
                     const void *meta, uint32_t meta_len, struct rs_trace_writer **out);
 

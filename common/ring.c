@@ -138,33 +138,22 @@ uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
         if (__builtin_expect(head + n - tail > capacity, 0) || waited) {
             tail = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
             __atomic_store_n(&ring->tail_cache, tail, __ATOMIC_RELEASE);
-            if (tail > head) { /* our head is stale: others reserved and were consumed */
+            if (tail > head) /* our head is stale: others reserved and were consumed */
                 head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
-                if (ring_overrun(ring, tail, head)) { /* still behind: the tail was overwritten */
-                    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
-                    return UINT64_MAX;
-                }
-                continue;
-            }
-            /* nothing will free room: drop at once rather than wait for
-             * the blocked watch */
-            if (ring_overrun(ring, tail, head)) {
-                __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
-                return UINT64_MAX;
-            }
+            /* a tail past even a fresh head, or more reserved than the ring
+             * holds: nothing will free room, drop at once rather than wait
+             * for the blocked watch */
+            if (ring_overrun(ring, tail, head))
+                goto drop;
             if (head + n + slack - tail > capacity) {
-                if (lossy) {
-                    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
-                    return UINT64_MAX;
-                }
+                if (lossy)
+                    goto drop;
                 if (!waited) {
                     waited = 1;
                     __atomic_fetch_add(&hdr->waits, 1, __ATOMIC_RELAXED);
                 }
-                if (ring_blocked(ring, tail, &blocked) || ring_wait_step(ring, &step)) {
-                    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
-                    return UINT64_MAX;
-                }
+                if (ring_blocked(ring, tail, &blocked) || ring_wait_step(ring, &step))
+                    goto drop;
                 head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
                 continue;
             }
@@ -173,6 +162,9 @@ uint64_t rs_ring_reserve_slow(struct rs_ring *ring, uint32_t n)
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             return head;
     }
+drop:
+    __atomic_fetch_add(&hdr->dropped, 1, __ATOMIC_RELAXED);
+    return UINT64_MAX;
 }
 
 int rs_ring_put(struct rs_ring *ring, const struct rs_slot *rec)

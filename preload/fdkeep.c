@@ -129,7 +129,7 @@ RS_EXPORT void closefrom(int lowfd)
     int keep = kept_fd();
     if (keep >= 0 && lowfd >= 0 && keep >= lowfd) {
         if (keep > lowfd)
-            close_range((unsigned)lowfd, (unsigned)keep - 1, 0);
+            do_close_range((unsigned)lowfd, (unsigned)keep - 1, 0);
         lowfd = keep + 1;
     }
     if (real_closefrom)

@@ -101,6 +101,14 @@ struct rs_slot {
 };
 _Static_assert(sizeof(struct rs_slot) == 32, "ring slot must be 32 bytes");
 
+/* A record no shim writes (an ALLOC of RS_ALLOC_SIZE_LIMIT bytes or more):
+ * damage. The recorder ends a trace before one (the ring is the traced
+ * program's memory too); readers refuse one in a file. */
+static inline int rs_slot_impossible(const struct rs_slot *rec)
+{
+    return rec->kind == RS_EV_ALLOC && rec->size >= RS_ALLOC_SIZE_LIMIT;
+}
+
 /* ---- RS_EV_PROCESS payload ---------------------------------------------------- */
 enum rs_clock_kind { RS_CLOCK_MONOTONIC_NS = 0, RS_CLOCK_TSC = 1 };
 #define RS_PROC_PYTHON        0x01u /* the process is a CPython interpreter        */

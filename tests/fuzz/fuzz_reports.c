@@ -35,6 +35,7 @@
 #include "chunk_pack.h"
 #include "codec.h"
 #include "commands.h"
+#include "grow.h"
 #include "refscope/clock.h"
 #include "trace_write.h"
 
@@ -84,6 +85,15 @@ static int (*report_fn(const char *name))(int, char **)
         if (!strcmp(fns[i].name, name))
             return fns[i].fn;
     return NULL;
+}
+
+/* rs_grow for this program's own arrays: running out of memory ends it. */
+static void grow_or_exit(void *pp, size_t *cap, size_t need, size_t elsize)
+{
+    if (rs_grow(pp, cap, need, elsize)) {
+        fprintf(stderr, "fuzz_reports: out of memory\n");
+        exit(2);
+    }
 }
 
 /* ---- randomness: xorshift64*, seeded per input -------------------------------- */
@@ -211,10 +221,7 @@ static int seed_load(struct seed *s, const char *path)
         uint32_t plen;
         int got;
         while ((got = rs_dec_next(&d, &r, &p, &plen)) == 1) {
-            if (s->n == cap_recs) {
-                cap_recs = cap_recs ? 2 * cap_recs : 4096;
-                s->recs = realloc(s->recs, cap_recs * sizeof(*s->recs));
-            }
+            grow_or_exit(&s->recs, &cap_recs, s->n + 1, sizeof(*s->recs));
             struct rec *e = &s->recs[s->n++];
             e->s = r;
             e->len = RS_EV_IS_VAR(r.kind) ? plen : 0;
@@ -258,10 +265,7 @@ struct variant {
 
 static uint8_t *variant_own(struct variant *v, size_t len)
 {
-    if (v->nowned == v->cap_owned) {
-        v->cap_owned = v->cap_owned ? 2 * v->cap_owned : 16;
-        v->owned = realloc(v->owned, v->cap_owned * sizeof(*v->owned));
-    }
+    grow_or_exit(&v->owned, &v->cap_owned, v->nowned + 1, sizeof(*v->owned));
     return v->owned[v->nowned++] = calloc(1, len + 1);
 }
 
@@ -273,10 +277,7 @@ static void variant_index(struct variant *v)
         if (!RS_EV_IS_VAR(kind) || kind > RS_EV_KIND_MAX)
             continue;
         unsigned k = kind - 0x40u;
-        if (v->var_n[k] == v->var_cap[k]) {
-            v->var_cap[k] = v->var_cap[k] ? 2 * v->var_cap[k] : 64;
-            v->var_at[k] = realloc(v->var_at[k], v->var_cap[k] * sizeof(size_t));
-        }
+        grow_or_exit(&v->var_at[k], &v->var_cap[k], v->var_n[k] + 1, sizeof(size_t));
         v->var_at[k][v->var_n[k]++] = i;
     }
 }
@@ -432,10 +433,7 @@ static void thin(struct variant *v)
 
 static void reserve(struct variant *v, size_t n)
 {
-    if (n <= v->cap)
-        return;
-    v->cap = n + n / 2 + 16;
-    v->recs = realloc(v->recs, v->cap * sizeof(*v->recs));
+    grow_or_exit(&v->recs, &v->cap, n, sizeof(*v->recs));
 }
 
 static void mutate_order(struct variant *v)
