@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backoff.h"
 #include "emit.h"
 #include "pyver.h"
 #include "shim.h"
@@ -150,16 +151,30 @@ static inline uint64_t hash_addr(uint64_t a)
     return a ^ (a >> 29);
 }
 
-/* Spin until another thread publishes an id (it is emitting the definition). */
+/* Wait until another thread publishes an id (it is emitting the definition). */
 static uint32_t wait_id(const uint32_t *idp)
 {
-    for (int i = 0; i < 1 << 20; i++) {
+    struct rs_backoff b = RS_BACKOFF_INIT;
+    do {
         uint32_t id = __atomic_load_n(idp, __ATOMIC_ACQUIRE);
         if (id)
             return id;
-        __builtin_ia32_pause();
-    }
+    } while (rs_backoff(&b, RS_WAIT_DEFINE_NS));
     return 0;
+}
+
+/* The value of a table key once another thread's claim on it (CLAIMING)
+ * settles. Skipping a claimed slot instead lets two threads that define the
+ * same code or stack at once give it two ids (the free-threaded build did).
+ * A claim that outlasts RS_WAIT_CLAIM_NS is skipped after all: the duplicate
+ * costs a definition, not a wrong stack. */
+static uint64_t settled_key(const uint64_t *keyp)
+{
+    struct rs_backoff b = RS_BACKOFF_INIT;
+    uint64_t cur;
+    while ((cur = __atomic_load_n(keyp, __ATOMIC_ACQUIRE)) == CLAIMING && rs_backoff(&b, RS_WAIT_CLAIM_NS))
+        ;
+    return cur;
 }
 
 static void reset_tables(uint32_t epoch)
@@ -212,7 +227,7 @@ static uint32_t code_id(const void *code)
         uint32_t slot = (uint32_t)hash_addr(addr) & (CODE_SLOTS - 1);
         for (int probe = 0; probe < MAX_PROBES; probe++, slot = (slot + 1) & (CODE_SLOTS - 1)) {
             struct code_entry *e = &codes[slot];
-            uint64_t cur = __atomic_load_n(&e->addr, __ATOMIC_ACQUIRE);
+            uint64_t cur = settled_key(&e->addr);
             if (cur == addr) {
                 uint32_t id = wait_id(&e->id);
                 if (id && e->name == name)
@@ -372,7 +387,7 @@ static uint32_t stack_define(const struct rs_pyframe *fr, int n, int truncated, 
         int probe = 0, again = 0;
         while (probe < MAX_PROBES) {
             struct stack_entry *e = &stacks[slot];
-            uint64_t cur = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
+            uint64_t cur = settled_key(&e->key);
             if (cur == key) {
                 uint32_t id = wait_id(&e->id);
                 if (__atomic_load_n(&e->key, __ATOMIC_ACQUIRE) != key) {

@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
+#include "backoff.h"
 #include "emit.h"
 #include "pytypes.h"
 #include "pyver.h"
@@ -220,7 +221,8 @@ static struct type_slot *lookup(const void *type, int *inserted)
             }
             /* Same address: wait (briefly) for the claimer to publish the key; a
              * dead type's slot is taken over by the type living there now. */
-            for (int spin = 0;; spin++) {
+            struct rs_backoff b = RS_BACKOFF_INIT;
+            for (;;) {
                 uint32_t state = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
                 if (state == SLOT_READY)
                     break;
@@ -228,7 +230,7 @@ static struct type_slot *lookup(const void *type, int *inserted)
                     __atomic_compare_exchange_n(&s->state, &state, SLOT_CLAIMED, 0,
                                                 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
                     return define_slot(s, type, name_ptr, inserted);
-                if (spin > 100000)
+                if (!rs_backoff(&b, RS_WAIT_CLAIM_NS))
                     return NULL;
             }
             if (s->name_ptr == name_ptr)

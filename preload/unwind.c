@@ -60,6 +60,7 @@
 #include "refscope/cfi.h"
 #include "refscope/events.h"
 #include "refscope/transport.h"
+#include "backoff.h"
 #include "emit.h"
 #include "guard.h"
 #include "shim.h"
@@ -87,7 +88,6 @@ struct nstack_entry {
 #define NSTACK_TABLE_BITS 20
 #define NSTACK_TABLE_SIZE (1u << NSTACK_TABLE_BITS)
 #define NSTACK_PROBES     64
-#define NSTACK_SPINS      4096
 
 static struct nstack_entry *nstack_table;
 static uint32_t nstack_next_id = 1;
@@ -870,15 +870,15 @@ static uint32_t nstack_lookup(uint64_t h1, uint64_t h2, const uint64_t *frames, 
             if (key != h1)
                 continue;
             /* same key: wait for the inserting thread to publish */
-            for (int spin = 0; spin < NSTACK_SPINS; spin++) {
+            struct rs_backoff b = RS_BACKOFF_INIT;
+            do {
                 uint32_t id = __atomic_load_n(&e->id, __ATOMIC_ACQUIRE);
                 if (id) {
                     if (e->check == h2)
                         return id;
                     break;          /* 64-bit collision: keep probing */
                 }
-                __builtin_ia32_pause();
-            }
+            } while (rs_backoff(&b, RS_WAIT_DEFINE_NS));
             if (!__atomic_load_n(&e->id, __ATOMIC_ACQUIRE))
                 break;              /* inserter stalled: define it again below */
         }
