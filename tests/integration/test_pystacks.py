@@ -451,3 +451,45 @@ def test_raw_frame_cache_agrees_with_walks(py):
     found, differ = int(m.group(1)), int(m.group(2))
     expect(found > 50000, "%s: only %d stacks checked" % (py, found))
     expect(differ == 0, "%s: %d of %d stacks from raw frames differ from a walk" % (py, differ, found))
+
+
+# Eight threads released together into a function that was just made: on a
+# free-threaded build they meet its code object and its stacks for the first
+# time at the same moment, and the tables must define each once (a lookup
+# that skipped a slot another thread had claimed defined it twice, under two
+# ids: the thread caches then disagreed with a walk tens of times a run).
+SAME_NEW_CODE = r"""
+import threading
+N, ROUNDS = 8, 100
+bar = threading.Barrier(N + 1)
+box = {}
+def worker():
+    for r in range(ROUNDS):
+        bar.wait()
+        box["f"]()
+        bar.wait()
+ts = [threading.Thread(target=worker) for _ in range(N)]
+for t in ts:
+    t.start()
+for r in range(ROUNDS):
+    ns = {}
+    exec("def f_%d():\n    return [bytearray(10) for _ in range(3)]\n" % r, ns)
+    box["f"] = ns["f_%d" % r]
+    bar.wait()
+    bar.wait()
+for t in ts:
+    t.join()
+"""
+
+
+@per_interpreter
+def test_threads_meeting_new_code_define_it_once(py):
+    script = harness.write_script(SAME_NEW_CODE, "samecode.py")
+    traced = harness.run_traced([py.path, script], env={"REFSCOPE_STACK_CHECK": "1"}, timeout=180)
+    expect(traced.proc.returncode == 0, "%s: exit %d: %s" % (py, traced.proc.returncode,
+                                                            traced.proc.stderr[-500:]))
+    m = re.search(r"(\d+) stacks found from raw frames, (\d+) differ", traced.proc.stderr)
+    expect(m, "%s: no stack check report in %r" % (py, traced.proc.stderr[-500:]))
+    found, differ = int(m.group(1)), int(m.group(2))
+    expect(found > 10000, "%s: only %d stacks checked" % (py, found))
+    expect(differ == 0, "%s: %d of %d stacks from raw frames differ from a walk" % (py, differ, found))
