@@ -387,6 +387,21 @@ def test_object_stacks_reused_from_block(py):
     expect(differ == 0, "%s: %d of %d reused object stacks differ from a walk" % (py, differ, reused))
 
 
+def _stack_check_agrees(py, text, name, at_least):
+    """Runs `text` with REFSCOPE_STACK_CHECK=1 (every stack the thread cache
+    finds from raw frames is also found by a walk) and expects at least
+    `at_least` of them checked, none different."""
+    script = harness.write_script(text, name)
+    traced = harness.run_traced([py.path, script], env={"REFSCOPE_STACK_CHECK": "1"}, timeout=180)
+    expect(traced.proc.returncode == 0, "%s: exit %d: %s" % (py, traced.proc.returncode,
+                                                            traced.proc.stderr[-500:]))
+    m = re.search(r"(\d+) stacks found from raw frames, (\d+) differ", traced.proc.stderr)
+    expect(m, "%s: no stack check report in %r" % (py, traced.proc.stderr[-500:]))
+    found, differ = int(m.group(1)), int(m.group(2))
+    expect(found > at_least, "%s: only %d stacks checked" % (py, found))
+    expect(differ == 0, "%s: %d of %d stacks from raw frames differ from a walk" % (py, differ, found))
+
+
 # Stacks whose outer frames change all the time: recursion deeper than the
 # 128 frames a stack keeps and than the raw frames read (260), calls back from C (sorted's key, map), closures
 # and class bodies, generators and coroutines resumed from different
@@ -442,15 +457,7 @@ def test_raw_frame_cache_agrees_with_walks(py):
     """The thread cache finds stacks from raw frames (pystack.c); with
     REFSCOPE_STACK_CHECK=1 each one is also found by walking the frames
     proper: none may differ, on a workload whose outer frames keep changing."""
-    script = harness.write_script(RAW_FRAMES, "rawframes.py")
-    traced = harness.run_traced([py.path, script], env={"REFSCOPE_STACK_CHECK": "1"}, timeout=180)
-    expect(traced.proc.returncode == 0, "%s: exit %d: %s" % (py, traced.proc.returncode,
-                                                            traced.proc.stderr[-500:]))
-    m = re.search(r"(\d+) stacks found from raw frames, (\d+) differ", traced.proc.stderr)
-    expect(m, "%s: no stack check report in %r" % (py, traced.proc.stderr[-500:]))
-    found, differ = int(m.group(1)), int(m.group(2))
-    expect(found > 50000, "%s: only %d stacks checked" % (py, found))
-    expect(differ == 0, "%s: %d of %d stacks from raw frames differ from a walk" % (py, differ, found))
+    _stack_check_agrees(py, RAW_FRAMES, "rawframes.py", 50000)
 
 
 # Eight threads released together into a function that was just made: on a
@@ -484,12 +491,4 @@ for t in ts:
 
 @per_interpreter
 def test_threads_meeting_new_code_define_it_once(py):
-    script = harness.write_script(SAME_NEW_CODE, "samecode.py")
-    traced = harness.run_traced([py.path, script], env={"REFSCOPE_STACK_CHECK": "1"}, timeout=180)
-    expect(traced.proc.returncode == 0, "%s: exit %d: %s" % (py, traced.proc.returncode,
-                                                            traced.proc.stderr[-500:]))
-    m = re.search(r"(\d+) stacks found from raw frames, (\d+) differ", traced.proc.stderr)
-    expect(m, "%s: no stack check report in %r" % (py, traced.proc.stderr[-500:]))
-    found, differ = int(m.group(1)), int(m.group(2))
-    expect(found > 10000, "%s: only %d stacks checked" % (py, found))
-    expect(differ == 0, "%s: %d of %d stacks from raw frames differ from a walk" % (py, differ, found))
+    _stack_check_agrees(py, SAME_NEW_CODE, "samecode.py", 10000)
