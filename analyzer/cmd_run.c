@@ -124,12 +124,20 @@ static void forward_signal(int sig)
         kill((pid_t)child_pid, sig);
 }
 
+/* Waits for CMD and returns its exit status. Orphans of CMD's tree that
+ * exit meanwhile (we are their subreaper) are reaped as init would reap
+ * them, so a long-running service that leaves children behind does not
+ * fill the process table with zombies while it is traced. */
 static int wait_child(pid_t pid)
 {
     int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
+    for (;;) {
+        pid_t p = waitpid(-1, &st, 0);
+        if (p == pid)
+            break;
+        if (p < 0 && errno != EINTR)
             return 1;
+    }
     if (WIFEXITED(st))
         return WEXITSTATUS(st);
     if (WIFSIGNALED(st))

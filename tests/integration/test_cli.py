@@ -301,6 +301,22 @@ def test_run_unwritable_output():
     expect("/nonexistent-dir/t.rfs" in line, line)
 
 
+def test_run_reaps_orphans_while_the_command_runs():
+    """`run` is the subreaper of the command's tree: children the command
+    leaves behind are reaped as they exit, not kept as zombies until the
+    command ends (a traced service would fill the process table)."""
+    script = (
+        'for i in 1 2 3 4 5; do ( /bin/sleep 0.1 & ); done\n'
+        '/bin/sleep 1.5\n'
+        'n=0\n'
+        'for f in /proc/[0-9]*/status; do\n'
+        '  if grep -q "^PPid:[[:space:]]*$PPID\\$" "$f" 2>/dev/null && grep -q "^State:[[:space:]]*Z" "$f" 2>/dev/null; then n=$((n+1)); fi\n'
+        'done\n'
+        'echo "zombies $n"\n')
+    t = run_traced(["/bin/sh", "-c", script])
+    expect("zombies 0" in t.proc.stdout, "orphans left as zombies of refscope run: %r" % t.proc.stdout)
+
+
 def test_run_forwards_sigterm():
     import subprocess
     import time
