@@ -43,14 +43,20 @@ static size_t make_meta(uint8_t *buf, uint32_t clock_kind)
     return n;
 }
 
+/* rs_trace_create with make_meta's process record on `clock_kind`. */
+static int create_trace(const char *path, uint32_t clock_kind, int force, struct rs_trace_writer **w)
+{
+    uint8_t meta[256];
+    size_t meta_len = make_meta(meta, clock_kind);
+    struct rs_writer_opts opts = {.force = force};
+    return rs_trace_create(path, &opts, meta, (uint32_t)meta_len, w);
+}
+
 /* n ALLOC/FREE records in `chunks` chunks, TSC clock at 0.5 ns per tick. */
 static void write_trace(const char *path, int records, int chunks, int trailer)
 {
-    uint8_t meta[256];
-    size_t meta_len = make_meta(meta, RS_CLOCK_TSC);
     struct rs_trace_writer *w;
-    struct rs_writer_opts opts = {.force = 1};
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_TSC, 1, &w), 0);
     struct rs_slot clock = {.kind = RS_EV_CLOCK, .time = 1000 + 2000000, .addr = 5000 + 1000000};
     ck_assert_int_eq(rs_trace_append(w, &clock, NULL, 0), 0);
     for (int i = 0; i < records; i++) {
@@ -316,11 +322,8 @@ START_TEST(pumped_chunks)
 {
     char path[256], err[256];
     path_in(path, "pumped.rfs");
-    uint8_t meta[256];
-    size_t meta_len = make_meta(meta, RS_CLOCK_MONOTONIC_NS);
     struct rs_trace_writer *w;
-    struct rs_writer_opts opts = {.force = 1};
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_MONOTONIC_NS, 1, &w), 0);
     const uint64_t n = 2 * (uint64_t)RS_CODEC_CHUNK_RECORDS + 5000;
     struct rs_slot run[1000];
     const char note[] = "\x01\x00\x02\x00hi";
@@ -374,14 +377,11 @@ START_TEST(no_trailer_and_exclusive_create)
     int truncated = 0;
     ck_assert_int_eq(read_all(path, &truncated, err, sizeof(err)), 102);
     ck_assert_int_eq(truncated, 1); /* no trailer: the recorder did not finish */
-    uint8_t meta[256];
-    size_t meta_len = make_meta(meta, RS_CLOCK_MONOTONIC_NS);
     struct rs_trace_writer *w;
-    struct rs_writer_opts opts = {.force = 0};
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), -EEXIST);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_MONOTONIC_NS, 0, &w), -EEXIST);
     struct stat st;
     path_in(path, "mode.rfs");
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_MONOTONIC_NS, 0, &w), 0);
     struct rs_trailer tr = {0};
     ck_assert_int_eq(rs_trace_finish(w, &tr), 0);
     ck_assert_int_eq(stat(path, &st), 0);
@@ -394,15 +394,12 @@ END_TEST
 START_TEST(force_replaces_files_only)
 {
     char path[256], target[256];
-    uint8_t meta[256];
-    size_t meta_len = make_meta(meta, RS_CLOCK_MONOTONIC_NS);
     struct rs_trace_writer *w;
-    struct rs_writer_opts opts = {.force = 1};
     struct rs_trailer tr = {0};
     struct stat st;
     path_in(path, "fifo.rfs");
     ck_assert_int_eq(mkfifo(path, 0600), 0);
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), -EEXIST);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_MONOTONIC_NS, 1, &w), -EEXIST);
     ck_assert_int_eq(lstat(path, &st), 0);
     ck_assert(S_ISFIFO(st.st_mode));
     unlink(path);
@@ -414,7 +411,7 @@ START_TEST(force_replaces_files_only)
     fclose(f);
     path_in(path, "link.rfs");
     ck_assert_int_eq(symlink(target, path), 0);
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_MONOTONIC_NS, 1, &w), 0);
     ck_assert_int_eq(rs_trace_finish(w, &tr), 0);
     ck_assert_int_eq(lstat(path, &st), 0);
     ck_assert(S_ISREG(st.st_mode));
@@ -431,12 +428,9 @@ END_TEST
 START_TEST(impossible_allocation_refused)
 {
     char path[256], err[256];
-    uint8_t meta[256];
-    size_t meta_len = make_meta(meta, RS_CLOCK_TSC);
     struct rs_trace_writer *w;
-    struct rs_writer_opts opts = {.force = 1};
     path_in(path, "huge.rfs");
-    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    ck_assert_int_eq(create_trace(path, RS_CLOCK_TSC, 1, &w), 0);
     struct rs_slot ok = {.kind = RS_EV_ALLOC, .addr = 0x1000, .size = RS_ALLOC_SIZE_LIMIT - 1};
     struct rs_slot huge = {.kind = RS_EV_ALLOC, .addr = 0x2000, .size = RS_ALLOC_SIZE_LIMIT};
     ck_assert_int_eq(rs_trace_append(w, &ok, NULL, 0), 0);
