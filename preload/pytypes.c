@@ -181,6 +181,17 @@ static struct type_slot *define_slot(struct type_slot *s, const void *type, uint
     return s;
 }
 
+/* Waits while slot s is being taken over (SLOT_CLAIMED: its type is about to
+ * change, maybe to the one the caller looks for). Skipping it instead lets
+ * two threads that meet a new type at once give it two ids. A claim that
+ * outlasts RS_WAIT_CLAIM_NS is skipped after all. */
+static void settle_claim(const struct type_slot *s)
+{
+    struct rs_backoff b = RS_BACKOFF_INIT;
+    while (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_CLAIMED && rs_backoff(&b, RS_WAIT_CLAIM_NS))
+        ;
+}
+
 /* Finds or inserts (type, tp_name); returns the slot, or NULL with
  * *inserted = -1 when the table has no room for it within MAX_PROBES, or NULL
  * with *inserted = 0 when the type cannot be read. A new type takes the first
@@ -204,6 +215,7 @@ static struct type_slot *lookup(const void *type, int *inserted)
         struct type_slot *dead = NULL;
         for (uint32_t probe = 0; probe < MAX_PROBES; probe++) {
             struct type_slot *s = &table[(h + probe) & (TYPE_SLOTS - 1)];
+            settle_claim(s);
             uint64_t cur = __atomic_load_n(&s->type, __ATOMIC_ACQUIRE);
             if (cur == 0) {
                 if (dead)
