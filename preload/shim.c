@@ -22,6 +22,7 @@
 #include "fdkeep.h"
 #include "guard.h"
 #include "shim.h"
+#include "sigkeep.h"
 #include "transport.h"
 
 #define HELLO_TIMEOUT_MS 15000
@@ -349,6 +350,7 @@ __attribute__((constructor(RS_CTOR_CORE))) static void shim_init(void)
     rs_guard_depth++; /* nothing the set-up allocates is recorded */
     rs_libc_resolve();
     rs_fdkeep_resolve();
+    rs_sigkeep_resolve();
     read_config();
     int rc = rs_emit_init();
     if (rc == 0)

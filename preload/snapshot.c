@@ -38,6 +38,7 @@
 #include "pyver.h"
 #include "u64vec.h"
 #include "shim.h"
+#include "sigkeep.h"
 
 /* ---- scratch memory (mmap; never malloc): rs_u64vec arrays (u64vec.h) and a set */
 
@@ -435,19 +436,15 @@ static void snapshot_at_exit(void)
     snapshot_take(RS_SNAP_REASON_EXIT);
 }
 
-static struct sigaction snap_prev_usr2;
-
+/* SIGUSR2 while the program leaves it at its default (sigkeep.c) */
 static void snap_on_usr2(int sig, siginfo_t *info, void *uc)
 {
+    (void)sig;
+    (void)info;
+    (void)uc;
     int saved_errno = errno;
     rs_pysafe_schedule(snapshot_safe_point, (void *)(uintptr_t)RS_SNAP_REASON_SIGNAL);
     errno = saved_errno;
-    if (snap_prev_usr2.sa_flags & SA_SIGINFO) {
-        if (snap_prev_usr2.sa_sigaction)
-            snap_prev_usr2.sa_sigaction(sig, info, uc);
-    } else if (snap_prev_usr2.sa_handler != SIG_DFL && snap_prev_usr2.sa_handler != SIG_IGN) {
-        snap_prev_usr2.sa_handler(sig);
-    }
 }
 
 static unsigned snap_interval_s;
@@ -500,12 +497,8 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void snapshot_ctor(void)
     }
     if (!rs_env_flag(RS_ENV_SNAPSHOTS, 1))
         return;
-    if (rs_pysafe_on_init(snapshot_init, NULL) < 0)
-        return;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = snap_on_usr2;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR2, &sa, &snap_prev_usr2);
+    if (!rs_py.is_python || rs_pysafe_on_init(snapshot_init, NULL) < 0)
+        return; /* a process without Python keeps SIGUSR2 as it was */
+    if (rs_sigkeep_claim(SIGUSR2, snap_on_usr2) < 0)
+        rs_warn("snapshots: cannot catch SIGUSR2; kill -USR2 will not take one");
 }

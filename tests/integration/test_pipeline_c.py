@@ -185,6 +185,18 @@ def test_descriptor_cleanup_keeps_the_trace():
     expect(n == 100, "%d of the 100 blocks allocated after the clean-up are in the trace" % n)
 
 
+def test_signals_of_a_program_without_python_are_its_own():
+    """The shim catches SIGUSR2 (snapshots) only in Python processes: a
+    traced shell's caught signals, as the kernel lists them, are the same
+    as untraced (the shim once caught SIGUSR2 everywhere, so `kill -USR2`
+    no longer ended a C program)."""
+    cmd = ["/bin/sh", "-c", "grep -E '^Sig(Cgt|Ign)' /proc/$$/status"]
+    plain = harness.run(cmd, timeout=30)
+    expect(plain.returncode == 0 and "SigCgt" in plain.stdout, "untraced: %r %r" % (plain.stdout, plain.stderr))
+    t = harness.run_traced(cmd, timeout=60)
+    expect(t.proc.stdout == plain.stdout, "traced %r, untraced %r" % (t.proc.stdout, plain.stdout))
+
+
 def test_program_overwriting_its_ring():
     """A wild write over the ring (tests/progs/ring_scribble.c: its slots,
     its header's counters, both, or one committed ALLOC of 2^60 bytes): the

@@ -242,6 +242,57 @@ def test_snapshot_leaves_no_trace(py):
     expect(reasons == ["signal", "exit"], "snapshots %r" % reasons)
 
 
+@per_interpreter
+def test_sigusr2_looks_default_to_the_program(py):
+    """The shim catches SIGUSR2 for snapshots, but the program sees the
+    default it left there: it can save, replace and restore it (CPython's
+    test_signal does), its own handler gets the signal, and once it restores
+    the default the shim takes snapshots again."""
+    run, _ = _trace(py, """
+        import os, signal, time
+        def caught_by_kernel():
+            with open("/proc/self/status") as f:
+                line = [l for l in f if l.startswith("SigCgt:")][0]
+            return bool(int(line.split()[1], 16) >> (signal.SIGUSR2 - 1) & 1)
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, signal.getsignal(signal.SIGUSR2)
+        assert caught_by_kernel()
+        got = []
+        old = signal.signal(signal.SIGUSR2, lambda s, f: got.append(s))
+        assert old == signal.SIG_DFL, old
+        os.kill(os.getpid(), signal.SIGUSR2)
+        for _ in range(100):
+            if got:
+                break
+            time.sleep(0.01)
+        assert got == [signal.SIGUSR2], got
+        signal.signal(signal.SIGUSR2, old)  # raised TypeError when the shim's handler showed
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        assert not caught_by_kernel()
+        os.kill(os.getpid(), signal.SIGUSR2)  # ignored: no snapshot
+        time.sleep(0.1)
+        assert signal.signal(signal.SIGUSR2, signal.SIG_DFL) == signal.SIG_IGN
+        assert caught_by_kernel()
+        import ctypes  # C's signal() family goes through the same bookkeeping
+        libc = ctypes.CDLL(None)
+        for name in ("signal", "bsd_signal", "sysv_signal"):
+            fn = getattr(libc, name)
+            fn.restype, fn.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
+            assert not fn(signal.SIGUSR2, 1), name  # SIG_IGN; the default was
+            assert not caught_by_kernel(), name
+            assert fn(signal.SIGUSR2, 0) == 1, name
+            assert caught_by_kernel(), name
+        os.kill(os.getpid(), signal.SIGUSR2)  # the default again: the shim's
+        for _ in range(100000):
+            pass
+        time.sleep(0.1)
+        print("ok")
+    """)
+    expect("ok" in run.proc.stdout, "program output %r %r" % (run.proc.stdout, run.proc.stderr[-2000:]))
+    reasons = [s["reason"] for s in _cycles(run.trace)["snapshots"]]
+    expect(reasons == ["signal", "exit"], "snapshots %r" % reasons)
+
+
 def test_cycles_dot_output():
     import harness
     pys = harness.interpreters()
