@@ -12,6 +12,7 @@ stacks and the GC census) <= 2x (issues 3 and 4), --native <= 5x (issue 3).
   python3 bench/run.py [--build DIR] [--repeat N] [--only LABEL,...] [--rounds N] [--mode M]
 """
 import argparse
+import json
 import os
 import re
 import resource
@@ -101,30 +102,26 @@ print("%.3f" % (time.perf_counter() - t0))
 def bench_snapshot(build, python="python3"):
     """A SIGUSR2 heap snapshot of a ~1M-object heap: how long the program is
     paused (goal: < 2 s) and what the snapshot costs in the trace file."""
-    import json as _json
-    import os as _os
-    import subprocess as _sp
-    import tempfile as _tf
-    refscope = _os.path.join(build, "refscope")
-    d = _tf.mkdtemp(prefix="refscope-bench-snap-")
-    prog = _os.path.join(d, "snap.py")
-    with open(prog, "w") as f:
-        f.write(SNAPSHOT_BENCH_PROG)
-    sizes = {}
-    for label, env_val in (("with", "1"), ("without", "0")):
-        trace = _os.path.join(d, "%s.rfs" % label)
-        env = dict(_os.environ, REFSCOPE_SNAPSHOTS=env_val)
-        p = _sp.run([refscope, "run", "-f", "-o", trace, "--", python, prog], env=env,
-                    capture_output=True, text=True, timeout=600)
-        if p.returncode != 0:
-            print("snapshot bench: run failed: %s" % p.stderr.strip()[-300:])
-            return
-        sizes[label] = _os.path.getsize(trace)
-        if label == "with":
-            pause = float(p.stdout.strip().splitlines()[-1])
-            info = _json.loads(_sp.run([refscope, "cycles", "--json", trace], capture_output=True,
-                                       text=True, timeout=600).stdout)
-            snaps = info["snapshots"]
+    refscope = os.path.join(build, "refscope")
+    with tempfile.TemporaryDirectory(prefix="refscope-bench-snap-") as d:
+        prog = os.path.join(d, "snap.py")
+        with open(prog, "w") as f:
+            f.write(SNAPSHOT_BENCH_PROG)
+        sizes = {}
+        for label, env_val in (("with", "1"), ("without", "0")):
+            trace = os.path.join(d, "%s.rfs" % label)
+            env = dict(os.environ, REFSCOPE_SNAPSHOTS=env_val)
+            p = subprocess.run([refscope, "run", "-f", "-o", trace, "--", python, prog], env=env,
+                               capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                print("snapshot bench: run failed: %s" % p.stderr.strip()[-300:])
+                return
+            sizes[label] = os.path.getsize(trace)
+            if label == "with":
+                pause = float(p.stdout.strip().splitlines()[-1])
+                info = json.loads(subprocess.run([refscope, "cycles", "--json", trace], capture_output=True,
+                                                 text=True, timeout=600).stdout)
+                snaps = info["snapshots"]
     sig = [s for s in snaps if s["reason"] == "signal"][0]
     per_snapshot_file = (sizes["with"] - sizes["without"]) / max(1, len(snaps))
     print("snapshot: %d objects, %d references: %.3f s in the shim, %.3f s as the program saw it (goal < 2 s)"
