@@ -159,11 +159,65 @@ static int descendants_alive(void)
     return !(p < 0 && errno == ECHILD);
 }
 
+/* "<directory of sock>/<name>" into buf[PATH_MAX]; -ENAMETOOLONG. */
+static int run_dir_path(const char *sock, const char *name, char *buf)
+{
+    const char *slash = strrchr(sock, '/');
+    if (!slash || (size_t)snprintf(buf, PATH_MAX, "%.*s/%s", (int)(slash - sock), sock, name) >= PATH_MAX)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* The run directory (refscope/transport.h): the shim as a symlink beside
+ * the socket, and the run's REFSCOPE_* settings (what CMD's environment
+ * has) in a file, so that a descendant given an environment of its own that
+ * still preloads the shim joins this run with its options. `preload` gets
+ * the path LD_PRELOAD is to name: the symlink, or the shim itself when the
+ * directory cannot take them (such a descendant then records on its own,
+ * as the direct form does). */
+static void publish_run_dir(const char *sock, const char *shim, char *preload, size_t len)
+{
+    extern char **environ;
+    char env_path[PATH_MAX], link_path[PATH_MAX], text[RS_RUN_ENV_MAX];
+    size_t n = 0;
+    snprintf(preload, len, "%s", shim);
+    if (run_dir_path(sock, RS_RUN_ENV_NAME, env_path) < 0 || run_dir_path(sock, RS_RUN_SHIM_NAME, link_path) < 0 ||
+        strlen(link_path) >= len)
+        return;
+    for (char **e = environ; *e; e++) {
+        size_t k = strlen(*e);
+        if (strncmp(*e, "REFSCOPE_", 9) || !strncmp(*e, RS_ENV_UNTRACED "=", sizeof(RS_ENV_UNTRACED)) ||
+            strchr(*e, '\n') || n + k + 1 > sizeof(text))
+            continue;
+        memcpy(text + n, *e, k);
+        text[n + k] = '\n';
+        n += k + 1;
+    }
+    int fd = open(env_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    int ok = write(fd, text, n) == (ssize_t)n;
+    if (close(fd) < 0 || !ok || symlink(shim, link_path) < 0) {
+        unlink(env_path);
+        return;
+    }
+    snprintf(preload, len, "%s", link_path);
+}
+
+static void unpublish_run_dir(const char *sock)
+{
+    char path[PATH_MAX];
+    if (run_dir_path(sock, RS_RUN_SHIM_NAME, path) == 0)
+        unlink(path);
+    if (run_dir_path(sock, RS_RUN_ENV_NAME, path) == 0)
+        unlink(path);
+}
+
 int cmd_run(int argc, char **argv)
 {
     const char *output = NULL;
     int force = 0, native = 0, lossy = 0, no_stacks = 0, no_gc = 0, census = -1, ring_mb = 0, interval = 0;
-    char shim[PATH_MAX], out_buf[64], err[512];
+    char shim[PATH_MAX], preload_shim[PATH_MAX], out_buf[64], err[512];
     char *preload = NULL;
     struct rs_recorder *r = NULL;
     int gate[2] = {-1, -1}, status = 1, ret;
@@ -221,14 +275,19 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "refscope run: %s\n", err);
         return 1;
     }
-    const char *old = getenv("LD_PRELOAD");
-    if (!(preload = malloc(strlen(shim) + (old ? strlen(old) : 0) + 2)))
-        goto out;
-    sprintf(preload, "%s%s%s", shim, old && *old ? ":" : "", old && *old ? old : "");
     unsetenv(RS_ENV_UNTRACED); /* left by an earlier failed set-up; this run starts afresh */
-    if (setenv("LD_PRELOAD", preload, 1) || setenv(RS_ENV_SOCK, rs_recorder_socket(r), 1) ||
+    if (setenv(RS_ENV_SOCK, rs_recorder_socket(r), 1) ||
         (ring_mb && env_set_int(RS_ENV_RING_MB, ring_mb)) ||
         (lossy && setenv(RS_ENV_LOSSY, "1", 1)) || (native && setenv(RS_ENV_NATIVE, "1", 1))) {
+        fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+        goto out;
+    }
+    publish_run_dir(rs_recorder_socket(r), shim, preload_shim, sizeof(preload_shim));
+    const char *old = getenv("LD_PRELOAD");
+    if (!(preload = malloc(strlen(preload_shim) + (old ? strlen(old) : 0) + 2)))
+        goto out;
+    sprintf(preload, "%s%s%s", preload_shim, old && *old ? ":" : "", old && *old ? old : "");
+    if (setenv("LD_PRELOAD", preload, 1)) {
         fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
         goto out;
     }
@@ -281,6 +340,8 @@ out:
     if (pid > 0)
         wait_child(pid);
     free(preload);
+    if (r)
+        unpublish_run_dir(rs_recorder_socket(r));
     rs_recorder_free(r);
     return status;
 }

@@ -603,7 +603,7 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
 {
     native_on = rs_env_flag(RS_ENV_NATIVE, 0);
     check_mode = rs_env_flag(RS_ENV_STACK_CHECK, 0);
-    const char *slots = getenv(RS_ENV_TEST_STACK_SLOTS);
+    const char *slots = rs_env(RS_ENV_TEST_STACK_SLOTS);
     unsigned long n = slots ? strtoul(slots, NULL, 10) : 0;
     if (n >= 256 && n <= STACK_SLOTS && !(n & (n - 1)))
         stack_mask = (uint32_t)n - 1;

@@ -1,6 +1,6 @@
 /*
  * The shim's life cycle. The constructor (priority RS_CTOR_CORE, before every
- * feature) reads the configuration from the environment, picks the clock,
+ * feature) reads the configuration (env.c), picks the clock,
  * creates this process's ring, connects to the recorder (starting one in the
  * direct form), and writes RS_EV_PROCESS and RS_EV_CLOCK; the destructor
  * writes RS_EV_CLOCK and RS_EV_END, says BYE and waits (bounded) until the
@@ -85,14 +85,6 @@ static void warn_failure(const char *what, int err)
     warn_error(what, err, "; running untraced");
 }
 
-int rs_env_flag(const char *name, int dflt)
-{
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return dflt;
-    return strcmp(v, "0") && strcmp(v, "off") && strcmp(v, "no");
-}
-
 /* PY_VERSION_HEX of the interpreter in this process, 0 if not CPython. */
 static uint32_t python_version(uint32_t *proc_flags)
 {
@@ -123,7 +115,7 @@ static uint32_t python_version(uint32_t *proc_flags)
 
 static void read_config(void)
 {
-    const char *mb = getenv(RS_ENV_RING_MB);
+    const char *mb = rs_env(RS_ENV_RING_MB);
     unsigned long v = mb ? strtoul(mb, NULL, 10) : 0;
     config.ring_bytes = v ? (uint64_t)v << 20 : RS_RING_DEFAULT_BYTES;
     if (rs_env_flag(RS_ENV_LOSSY, 0)) {
@@ -135,7 +127,7 @@ static void read_config(void)
     config.py_version = python_version(&config.proc_flags);
     if ((config.proc_flags & RS_PROC_PYTHON) && rs_env_flag(RS_ENV_PYSTACKS, 1))
         config.proc_flags |= RS_PROC_PY_STACKS;
-    const char *wait = getenv(RS_ENV_EXIT_WAIT);
+    const char *wait = rs_env(RS_ENV_EXIT_WAIT);
     config.exit_wait_ms = wait && *wait ? atoi(wait) : 30000;
     config.clock_kind = rs_clock_pick();
 }
@@ -221,8 +213,8 @@ static int copy_path(char *dst, size_t cap, const char *src)
 static int connect_direct(const char **what)
 {
     char recorder[PATH_MAX], output[PATH_MAX];
-    const char *bin = getenv(RS_ENV_RECORDER);
-    const char *out = getenv(RS_ENV_OUTPUT);
+    const char *bin = rs_env(RS_ENV_RECORDER);
+    const char *out = rs_env(RS_ENV_OUTPUT);
     Dl_info info;
     int rc;
 
@@ -275,7 +267,7 @@ static int connect_recorder(int fork_child, const char **what)
         *what = "fork child: cannot connect to the recorder";
         return rs_transport_connect(config.sock_path, &trace.sock);
     }
-    const char *sock = getenv(RS_ENV_SOCK);
+    const char *sock = rs_env(RS_ENV_SOCK);
     if (!sock || !*sock)
         return connect_direct(what);
     *what = "cannot connect to the recorder ($" RS_ENV_SOCK ")";
@@ -348,6 +340,7 @@ int rs_shim_traced(void) { return !trace.failed && !trace.in_setup && trace.pid 
 __attribute__((constructor(RS_CTOR_CORE))) static void shim_init(void)
 {
     rs_guard_depth++; /* nothing the set-up allocates is recorded */
+    rs_env_load();
     rs_libc_resolve();
     rs_fdkeep_resolve();
     rs_sigkeep_resolve();

@@ -16,9 +16,23 @@
 /* Print "refscope: <msg>\n" on stderr with write(2): no stdio, no malloc. */
 void rs_warn(const char *msg);
 
-/* An on/off environment variable, read the same way by every part of the
- * shim: unset or empty gives `dflt`, "0", "off" and "no" give 0, anything
- * else 1. (getenv only: safe in constructors.) */
+/* ---- settings (env.c) ------------------------------------------------------ */
+
+/* Read the run directory's settings when this library was loaded from one
+ * and the environment has no REFSCOPE_SOCK (refscope/transport.h, "The run
+ * directory"). Core constructor, first. */
+void rs_env_load(void);
+
+/* A REFSCOPE_* setting: the environment's, else the run directory's, else
+ * NULL. Every part of the shim reads its settings through here. */
+const char *rs_env(const char *name);
+
+/* This library's file with symlinks resolved (set by rs_env_load), or NULL:
+ * the path to give offline readers, which outlives the run directory's. */
+const char *rs_env_shim_file(void);
+
+/* An on/off setting, read the same way by every part of the shim: unset or
+ * empty gives `dflt`, "0", "off" and "no" give 0, anything else 1. */
 int rs_env_flag(const char *name, int dflt);
 
 /* ---- core (shim.c, forkexec.c, hooks_libc.c, transport.c) ---------------------- */

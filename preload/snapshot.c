@@ -488,7 +488,7 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void snapshot_ctor(void)
 {
     if (!rs_emit_active())
         return;
-    const char *iv = getenv(RS_ENV_SNAPSHOT_INTERVAL);
+    const char *iv = rs_env(RS_ENV_SNAPSHOT_INTERVAL);
     if (iv && *iv) {
         char *end;
         unsigned long v = strtoul(iv, &end, 10);

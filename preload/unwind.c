@@ -238,9 +238,11 @@ static void module_emit(const struct module_entry *m, uint8_t event)
     rs_emit_var(RS_EV_MODULE_MAP, 0, m->start, m->size, b.data, b.len);
 }
 
-static void module_path(const struct dl_phdr_info *info, char *out)
+static void module_path(const struct dl_phdr_info *info, int is_shim, char *out)
 {
     const char *name = info->dlpi_name;
+    if (is_shim && rs_env_shim_file())
+        name = rs_env_shim_file(); /* not `run`'s symlink to it, gone after the run */
     if (name && name[0]) {
         size_t n = strnlen(name, MODULE_PATH - 1);
         memcpy(out, name, n);
@@ -275,13 +277,14 @@ static int module_scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
         return 0;
 
     uintptr_t self = (uintptr_t)&rs_native_stack_current;
-    if (self >= lo && self < hi) {
+    int is_shim = self >= lo && self < hi;
+    if (is_shim) {
         shim_start = lo;
         shim_end = hi;
     }
 
     char path[MODULE_PATH];
-    module_path(info, path);
+    module_path(info, is_shim, path);
     uint64_t name_hash = hash_bytes(path);
     struct module_entry *free_slot = NULL;
     for (int i = 0; i < MODULES_MAX; i++) {

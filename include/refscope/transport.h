@@ -61,6 +61,20 @@ struct rs_reply {
 #define RS_ENV_SNAPSHOTS "REFSCOPE_SNAPSHOTS"  /* 0 = no heap snapshots (at exit, SIGUSR2) */
 #define RS_ENV_SNAPSHOT_INTERVAL "REFSCOPE_SNAPSHOT_INTERVAL" /* a snapshot every N seconds (run --snapshot-interval) */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
+/* The run directory. `refscope run`'s recorder socket lives in a private
+ * directory (mode 0700) named refscope-XXXXXX, which also holds the shim as
+ * RS_RUN_SHIM_NAME (a symlink: LD_PRELOAD names it there) and the run's
+ * REFSCOPE_* settings as RS_RUN_ENV_NAME ("NAME=value" lines, at most
+ * RS_RUN_ENV_MAX bytes). A shim loaded from such a directory whose
+ * environment lacks REFSCOPE_SOCK (a program gave its child an environment
+ * of its own but kept LD_PRELOAD, as CPython's test suite does) takes every
+ * REFSCOPE_* setting its environment does not have from that file, and so
+ * joins the run instead of starting a recorder of its own. */
+#define RS_RUN_DIR_PREFIX "refscope-"
+#define RS_RUN_SHIM_NAME  "librefscope.so"
+#define RS_RUN_ENV_NAME   "env"
+#define RS_RUN_ENV_MAX    4096
+
 /* Set to 1 by the shim after its set-up failed (the one warning line is
  * printed): programs it execs then run untraced without repeating it. */
 #define RS_ENV_UNTRACED  "REFSCOPE_UNTRACED"

@@ -117,6 +117,27 @@ def test_known_mallocs_direct_form():
     check_child(os.path.join(d, "direct.%d.rfs" % child_pid), parent["pid"])
 
 
+def test_direct_form_from_a_directory_named_like_a_run_directory():
+    """Only a run directory of this user's (0700, settings file 0600) lends
+    its settings: a shim installed in an ordinary directory that happens to
+    be called refscope-1.0, beside a file called env, is the direct form."""
+    d = harness.workdir()
+    inst = os.path.join(d, "refscope-1.0")
+    os.mkdir(inst, 0o755)
+    os.chmod(inst, 0o755)
+    for name in ("librefscope.so", "refscope"):
+        os.symlink(os.path.join(os.path.dirname(harness.shim_path()), name), os.path.join(inst, name))
+    with open(os.path.join(inst, "env"), "w") as f:
+        f.write("REFSCOPE_SOCK=%s\nREFSCOPE_RING_MB=abc\n" % os.path.join(d, "nowhere", "sock"))
+    os.chmod(os.path.join(inst, "env"), 0o600)
+    out = os.path.join(d, "direct.rfs")
+    env = clean_env(LD_PRELOAD=os.path.join(inst, "librefscope.so"), REFSCOPE_OUTPUT=out)
+    proc = subprocess.run([harness.prog("known_mallocs")], env=env, cwd=d, capture_output=True,
+                          text=True, timeout=120)
+    expect(proc.returncode == 0 and "refscope:" not in proc.stderr, "exit %d: %s" % (proc.returncode, proc.stderr))
+    check_parent(out)
+
+
 def test_sigkill_keeps_committed_records():
     t = harness.run_traced([harness.prog("known_mallocs"), "kill", "500"], expect_status=137, timeout=120)
     recs = records(t.trace)

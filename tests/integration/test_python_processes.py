@@ -55,6 +55,40 @@ def _allocs_of(trace, sizes):
     return sum(1 for line in proc.stdout.splitlines() if line and json.loads(line).get("size") in sizes)
 
 
+SCRUBBED = """
+import os, subprocess, sys
+sub = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sub")
+os.mkdir(sub)
+env = {k: v for k, v in os.environ.items() if k.startswith("LD_")}  # as CPython's test suite does
+out = subprocess.run([sys.executable, "-c",
+                      "import os; keep = [bytearray(4321) for _ in range(700)]; "
+                      "print(sorted(k for k in os.environ if k.startswith('REFSCOPE')))"],
+                     env=env, cwd=sub, check=True, capture_output=True, text=True)
+print("child saw", out.stdout.strip(), out.stderr.strip())
+print("left in its directory", sorted(os.listdir(sub)))
+"""
+
+
+@per_interpreter
+def test_child_with_an_environment_of_its_own_joins_the_run(py):
+    """A child whose parent kept only LD_* in its environment still belongs
+    to the run: its trace is one of the run's, it has the run's options
+    (stacks or not), its environment shows nothing of refscope's, and it
+    writes no refscope-<pid>.rfs of its own into its directory (it used to,
+    by starting a recorder of its own)."""
+    script = harness.write_script(SCRUBBED)
+    for run_args, stacks in (((), True), (("--no-stacks",), False)):
+        t = harness.run_traced([py.path, script], run_args=run_args, cwd=os.path.dirname(script))
+        expect("child saw [] " in t.proc.stdout and "left in its directory []" in t.proc.stdout,
+               "%s %s: %r %r" % (py, run_args, t.proc.stdout, t.proc.stderr[-800:]))
+        children = [p for p in t.traces()[1:] if _allocs_of(p, (4321, 4322)) >= 700]
+        expect(len(children) == 1, "%s %s: the child's trace among the run's: %r" % (py, run_args, t.traces()))
+        kinds = harness.refscope("dump", "--json", "--kind", "py_stack", children[0]).stdout
+        expect(bool(kinds.strip()) == stacks, "%s %s: Python stacks in the child's trace: %s"
+               % (py, run_args, bool(kinds.strip())))
+        os.rename(os.path.join(os.path.dirname(script), "sub"), t.trace + ".sub")
+
+
 @per_interpreter
 def test_python_sigkill_keeps_committed_allocations(py):
     script = harness.write_script(KILLED)
