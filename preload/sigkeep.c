@@ -21,8 +21,10 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 
+#include "backoff.h"
 #include "shim.h"
 #include "sigkeep.h"
 
@@ -60,8 +62,9 @@ static void lock(sigset_t *saved)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, saved);
+    struct rs_backoff b = RS_BACKOFF_INIT;
     while (__atomic_exchange_n(&lock_word, 1, __ATOMIC_ACQUIRE))
-        __builtin_ia32_pause();
+        rs_backoff(&b, UINT64_MAX);
 }
 
 static void unlock(const sigset_t *saved)
@@ -130,11 +133,6 @@ int rs_sigkeep_claim(int sig, rs_sigkeep_fn fn)
     pthread_atfork(NULL, NULL, fork_child);
     __atomic_store_n(&claimed, sig, __ATOMIC_RELEASE);
     return 0;
-}
-
-int rs_sigkeep_catching(void)
-{
-    return __atomic_load_n(&claimed, __ATOMIC_ACQUIRE) && __atomic_load_n(&catching, __ATOMIC_RELAXED);
 }
 
 /* ---- the interposed functions ---------------------------------------------------- */

@@ -25,7 +25,4 @@ void rs_sigkeep_resolve(void);
  * other signal masked. */
 int rs_sigkeep_claim(int sig, rs_sigkeep_fn fn);
 
-/* Whether `fn` is what the kernel runs for the claimed signal now. */
-int rs_sigkeep_catching(void);
-
 #endif
