@@ -50,20 +50,19 @@ static size_t run_dir_of(const char *lib)
     return (size_t)(slash - lib) + 1;
 }
 
-/* `path` is a `type` (S_IFDIR, S_IFREG) of ours that nobody else may read or
+/* A `type` (S_IFDIR, S_IFREG) of ours that nobody else may read or
  * write, as `refscope run` makes them: a directory merely named like a run
  * directory (an install under /opt/refscope-1.0) is not taken for one. */
-static int private_to_us(const char *path, mode_t type)
+static int private_to_us(const struct stat *st, mode_t type)
 {
-    struct stat st;
-    return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == type && st.st_uid == geteuid() &&
-           (st.st_mode & 077) == 0;
+    return (st->st_mode & S_IFMT) == type && st->st_uid == geteuid() && (st->st_mode & 077) == 0;
 }
 
 void rs_env_load(void)
 {
     Dl_info info;
     char path[PATH_MAX];
+    struct stat st;
     size_t dir;
     if (!dladdr((void *)rs_env_load, &info) || !info.dli_fname)
         return;
@@ -73,14 +72,14 @@ void rs_env_load(void)
         return;
     memcpy(path, info.dli_fname, dir);
     path[dir - 1] = 0;
-    if (!private_to_us(path, S_IFDIR))
+    if (lstat(path, &st) < 0 || !private_to_us(&st, S_IFDIR))
         return;
     path[dir - 1] = '/';
     memcpy(path + dir, RS_RUN_ENV_NAME, sizeof(RS_RUN_ENV_NAME));
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return;
-    if (!private_to_us(path, S_IFREG)) {
+    if (fstat(fd, &st) < 0 || !private_to_us(&st, S_IFREG)) {
         close(fd);
         return;
     }
