@@ -10,6 +10,9 @@
  *     while (!done())
  *         if (!rs_backoff(&b, limit_ns))
  *             return fallback();
+ *
+ * or, for a word that another thread changes from a "busy" value,
+ * rs_wait_while_u32/u64 (below).
  */
 #ifndef REFSCOPE_BACKOFF_H
 #define REFSCOPE_BACKOFF_H
@@ -52,6 +55,28 @@ static inline int rs_backoff(struct rs_backoff *b, uint64_t limit_ns)
         return 0;
     sched_yield();
     return 1;
+}
+
+/* The common wait: while *p still holds `busy` (another thread's step in
+ * progress: an id not yet published, a slot being claimed), up to
+ * `limit_ns` after the spinning. Returns the last value read, `busy` when
+ * the limit passed. */
+static inline uint32_t rs_wait_while_u32(const uint32_t *p, uint32_t busy, uint64_t limit_ns)
+{
+    struct rs_backoff b = RS_BACKOFF_INIT;
+    uint32_t v;
+    while ((v = __atomic_load_n(p, __ATOMIC_ACQUIRE)) == busy && rs_backoff(&b, limit_ns))
+        ;
+    return v;
+}
+
+static inline uint64_t rs_wait_while_u64(const uint64_t *p, uint64_t busy, uint64_t limit_ns)
+{
+    struct rs_backoff b = RS_BACKOFF_INIT;
+    uint64_t v;
+    while ((v = __atomic_load_n(p, __ATOMIC_ACQUIRE)) == busy && rs_backoff(&b, limit_ns))
+        ;
+    return v;
 }
 
 #endif

@@ -154,13 +154,7 @@ static inline uint64_t hash_addr(uint64_t a)
 /* Wait until another thread publishes an id (it is emitting the definition). */
 static uint32_t wait_id(const uint32_t *idp)
 {
-    struct rs_backoff b = RS_BACKOFF_INIT;
-    do {
-        uint32_t id = __atomic_load_n(idp, __ATOMIC_ACQUIRE);
-        if (id)
-            return id;
-    } while (rs_backoff(&b, RS_WAIT_DEFINE_NS));
-    return 0;
+    return rs_wait_while_u32(idp, 0, RS_WAIT_DEFINE_NS);
 }
 
 /* The value of a table key once another thread's claim on it (CLAIMING)
@@ -170,11 +164,7 @@ static uint32_t wait_id(const uint32_t *idp)
  * costs a definition, not a wrong stack. */
 static uint64_t settled_key(const uint64_t *keyp)
 {
-    struct rs_backoff b = RS_BACKOFF_INIT;
-    uint64_t cur;
-    while ((cur = __atomic_load_n(keyp, __ATOMIC_ACQUIRE)) == CLAIMING && rs_backoff(&b, RS_WAIT_CLAIM_NS))
-        ;
-    return cur;
+    return rs_wait_while_u64(keyp, CLAIMING, RS_WAIT_CLAIM_NS);
 }
 
 static void reset_tables(uint32_t epoch)

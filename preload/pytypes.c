@@ -187,9 +187,7 @@ static struct type_slot *define_slot(struct type_slot *s, const void *type, uint
  * outlasts RS_WAIT_CLAIM_NS is skipped after all. */
 static void settle_claim(const struct type_slot *s)
 {
-    struct rs_backoff b = RS_BACKOFF_INIT;
-    while (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_CLAIMED && rs_backoff(&b, RS_WAIT_CLAIM_NS))
-        ;
+    rs_wait_while_u32(&s->state, SLOT_CLAIMED, RS_WAIT_CLAIM_NS);
 }
 
 /* Finds or inserts (type, tp_name); returns the slot, or NULL with

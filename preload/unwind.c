@@ -873,17 +873,12 @@ static uint32_t nstack_lookup(uint64_t h1, uint64_t h2, const uint64_t *frames, 
             if (key != h1)
                 continue;
             /* same key: wait for the inserting thread to publish */
-            struct rs_backoff b = RS_BACKOFF_INIT;
-            do {
-                uint32_t id = __atomic_load_n(&e->id, __ATOMIC_ACQUIRE);
-                if (id) {
-                    if (e->check == h2)
-                        return id;
-                    break;          /* 64-bit collision: keep probing */
-                }
-            } while (rs_backoff(&b, RS_WAIT_DEFINE_NS));
-            if (!__atomic_load_n(&e->id, __ATOMIC_ACQUIRE))
+            uint32_t id = rs_wait_while_u32(&e->id, 0, RS_WAIT_DEFINE_NS);
+            if (!id)
                 break;              /* inserter stalled: define it again below */
+            if (e->check == h2)
+                return id;
+            /* a 64-bit collision: keep probing */
         }
     }
     uint32_t id = __atomic_fetch_add(&nstack_next_id, 1, __ATOMIC_RELAXED);
