@@ -58,19 +58,16 @@ static int private_to_us(const struct stat *st, mode_t type)
     return (st->st_mode & S_IFMT) == type && st->st_uid == geteuid() && (st->st_mode & 077) == 0;
 }
 
-void rs_env_load(void)
+/* The run directory's settings, when `lib` (this library's path as loaded)
+ * lies in one. */
+static void load_run_settings(const char *lib)
 {
-    Dl_info info;
     char path[PATH_MAX];
     struct stat st;
-    size_t dir;
-    if (!dladdr((void *)rs_env_load, &info) || !info.dli_fname)
+    size_t dir = run_dir_of(lib);
+    if (!dir || dir + sizeof(RS_RUN_ENV_NAME) > sizeof(path))
         return;
-    if (!realpath(info.dli_fname, self_file))
-        snprintf(self_file, sizeof(self_file), "%s", info.dli_fname);
-    if (getenv(RS_ENV_SOCK) || !(dir = run_dir_of(info.dli_fname)) || dir + sizeof(RS_RUN_ENV_NAME) > sizeof(path))
-        return;
-    memcpy(path, info.dli_fname, dir);
+    memcpy(path, lib, dir);
     path[dir - 1] = 0;
     if (lstat(path, &st) < 0 || !private_to_us(&st, S_IFDIR))
         return;
@@ -99,6 +96,19 @@ void rs_env_load(void)
             break;
         p = nl + 1;
     }
+}
+
+void rs_env_load(void)
+{
+    Dl_info info;
+    if (!dladdr((void *)rs_env_load, &info) || !info.dli_fname)
+        return;
+    if (!getenv(RS_ENV_SOCK))
+        load_run_settings(info.dli_fname);
+    /* only native stacks name the shim's file (module map): no path walk
+     * at every process start otherwise */
+    if (rs_env_flag(RS_ENV_NATIVE, 0) && !realpath(info.dli_fname, self_file))
+        snprintf(self_file, sizeof(self_file), "%s", info.dli_fname);
 }
 
 const char *rs_env_shim_file(void)

@@ -27,8 +27,9 @@ void rs_env_load(void);
  * NULL. Every part of the shim reads its settings through here. */
 const char *rs_env(const char *name);
 
-/* This library's file with symlinks resolved (set by rs_env_load), or NULL:
- * the path to give offline readers, which outlives the run directory's. */
+/* This library's file with symlinks resolved (set by rs_env_load when native
+ * stacks are on), or NULL: the path to give offline readers, which outlives
+ * the run directory's. */
 const char *rs_env_shim_file(void);
 
 /* An on/off setting, read the same way by every part of the shim: unset or

@@ -439,9 +439,6 @@ static void snapshot_at_exit(void)
 /* SIGUSR2 while the program leaves it at its default (sigkeep.c) */
 static void snap_on_usr2(int sig, siginfo_t *info, void *uc)
 {
-    (void)sig;
-    (void)info;
-    (void)uc;
     int saved_errno = errno;
     rs_pysafe_schedule(snapshot_safe_point, (void *)(uintptr_t)RS_SNAP_REASON_SIGNAL);
     errno = saved_errno;
