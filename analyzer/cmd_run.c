@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -98,10 +99,27 @@ static int env_set_int(const char *name, long v)
     return setenv(name, buf, 1);
 }
 
+/* The recorder holds a descriptor (a pidfd) per traced process alive, so
+ * refscope raises its own descriptor limit as far as it may; CMD gets the
+ * limit refscope was given (fd_limit_orig), as it would untraced. */
+static struct rlimit fd_limit_orig;
+static int fd_limit_raised;
+
+static void raise_fd_limit(void)
+{
+    if (getrlimit(RLIMIT_NOFILE, &fd_limit_orig) < 0 || fd_limit_orig.rlim_cur >= fd_limit_orig.rlim_max)
+        return;
+    struct rlimit raised = fd_limit_orig;
+    raised.rlim_cur = raised.rlim_max;
+    fd_limit_raised = setrlimit(RLIMIT_NOFILE, &raised) == 0;
+}
+
 /* The child: wait for the go byte, then exec. Never returns. */
 static void child_exec(int gate, char **argv)
 {
     char go;
+    if (fd_limit_raised)
+        setrlimit(RLIMIT_NOFILE, &fd_limit_orig);
     signal(SIGINT, SIG_DFL);
     signal(SIGQUIT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
@@ -271,6 +289,7 @@ int cmd_run(int argc, char **argv)
     struct rs_recorder_config cfg = {
         .output = output, .force = force,
     };
+    raise_fd_limit();
     if (rs_recorder_start(&cfg, &r, err, sizeof(err)) < 0) {
         fprintf(stderr, "refscope run: %s\n", err);
         return 1;
@@ -386,6 +405,7 @@ int cmd_record(int argc, char **argv)
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     if (rs_recorder_start(&cfg, &r, err, sizeof(err)) < 0) {
         fprintf(stderr, "refscope record: %s\n", err);
         return 1;

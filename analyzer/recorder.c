@@ -1,14 +1,19 @@
 /*
- * Recorder (analyzer/recorder.h): one thread polls the listening socket and
- * every connection, drains every mapped ring into its trace writer, and
- * sleeps a few hundred microseconds only when all rings are empty. A process
- * that says BYE is drained to the last record and answered DONE; a process
- * whose socket reaches EOF (dead, even by SIGKILL) is drained with
- * RS_RING_PRODUCER_DEAD from the mapping we still hold. About once a second
- * each open trace gets an RS_EV_CLOCK pair so readers can convert ticks.
+ * Recorder (analyzer/recorder.h): one thread polls the listening socket,
+ * the connections still greeting and a pidfd of every traced process,
+ * drains every mapped ring into its trace writer, and sleeps a few hundred
+ * microseconds only when all rings are empty (include/refscope/transport.h
+ * has the protocol). A process that closed its ring is drained to the last
+ * record and told through the ring's `done` futex; a process that ended
+ * (even by SIGKILL) or exec'd (its next image greets from the same pid) is
+ * drained with RS_RING_PRODUCER_DEAD from the mapping we still hold. About
+ * once a second each open trace gets an RS_EV_CLOCK pair so readers can
+ * convert ticks.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,15 +23,17 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include "recorder.h"
 #include "refscope/clock.h"
+#include "refscope/proc.h"
 #include "refscope/ring.h"
 #include "refscope/transport.h"
+#include "grow.h"
 #include "trace_write.h"
 
-#define MAX_CONNS 256
 #define PAYLOAD_CAP (1u << 20)
 #define DRAIN_BUDGET 65536u          /* records per ring per loop turn (fairness) */
 #define RECORD_RUN 256u              /* fixed records handed to the writer at once */
@@ -35,13 +42,24 @@
 #define IDLE_SLEEP_NS 300000L        /* when the rings gave (almost) nothing      */
 #define BUSY_SLEEP_NS 100000L        /* when they gave a medium batch             */
 #define CLOCK_EVERY_NS 1000000000ull
-#define BYE_DRAIN_LIMIT_NS 2000000000ull /* a BYE'd ring still not empty: stop waiting */
+#define BYE_DRAIN_LIMIT_NS 2000000000ull /* a closed ring still not empty: stop waiting */
+#define PROC_CHECK_NS 20000000ull    /* without a pidfd: how often /proc is asked */
 
+/* HELLO: connected, greeting not yet taken. ACTIVE: tracing. BYE: the
+ * process closed its ring (exit); drained until empty, then `done`. */
 enum conn_state { CONN_HELLO, CONN_ACTIVE, CONN_BYE };
 
+/* One traced process image (and, while it greets, its connection). */
 struct conn {
-    int fd;
+    int fd;                  /* the greeting's connection; -1 once answered */
     int memfd;
+    int pidfd;               /* the process; -1 before the greeting, or where
+                                the kernel has no pidfd_open (then /proc)     */
+    uint32_t peer_pid;       /* SO_PEERCRED: the process, in our pid namespace */
+    uint64_t peer_start;     /* its start time (refscope/proc.h)             */
+    uint64_t proc_check_ns;  /* next /proc check, without a pidfd             */
+    int gone;                /* ended (or exec'd: `exec`): finish, dead       */
+    int exec;                /* the same pid greeted again: this image exec'd */
     enum conn_state state;
     uint8_t in[64];
     size_t in_len;
@@ -66,10 +84,14 @@ struct rs_recorder {
     char dir[64];            /* private temp dir ("" when the caller gave the socket) */
     char sock[108];
     int listen_fd;
+    int spare_fd;            /* given up to accept (and refuse) a process when
+                                we are out of descriptors                   */
     pthread_t thread;
     int thread_started;
-    struct conn *conns[MAX_CONNS];
-    size_t nconns;
+    struct conn **conns;
+    size_t nconns, conns_cap;
+    struct pollfd *pfd;      /* the loop's poll set: listener, then 1 per conn */
+    size_t pfd_cap;
     struct rs_recorder_file *files;
     size_t nfiles, files_cap;
     int first_file_done;
@@ -282,7 +304,7 @@ static void finish_trace(struct rs_recorder *r, struct conn *c)
     struct rs_trailer t = {
         .producer_waits = __atomic_load_n(&c->ring.hdr->waits, __ATOMIC_RELAXED),
         .lost_events = __atomic_load_n(&c->ring.hdr->dropped, __ATOMIC_RELAXED),
-        .end_reason = c->seen_end ? c->end_reason : 2,
+        .end_reason = c->seen_end ? c->end_reason : c->exec ? 1 : 2,
     };
     struct rs_recorder_file *f = &r->files[c->file];
     f->records = rs_trace_writer_records(c->w);
@@ -416,6 +438,8 @@ static void conn_close(struct rs_recorder *r, size_t i)
         close(c->memfd);
     if (c->fd >= 0)
         close(c->fd);
+    if (c->pidfd >= 0)
+        close(c->pidfd);
     rs_trace_abandon(c->w);
     free(c);
     r->conns[i] = r->conns[--r->nconns];
@@ -426,7 +450,56 @@ static void send_reply(struct conn *c, uint32_t msg, int32_t status)
 {
     struct rs_reply rep = {msg, status};
     if (send(c->fd, &rep, sizeof(rep), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-        /* the process is gone; EOF handling finishes its file */
+        /* the process is gone; its pidfd says so */
+    }
+}
+
+static int open_pidfd(uint32_t pid)
+{
+#ifdef SYS_pidfd_open
+    if (!getenv(RS_ENV_TEST_NO_PIDFD))
+        return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+#endif
+    errno = ENOSYS;
+    return -1;
+}
+
+/* Start watching the greeting process: its pid (SO_PEERCRED), a pidfd (or,
+ * without pidfd_open or beyond our descriptor limit, its start time for
+ * /proc checks). Called before the ACK, while the
+ * process waits for it with the connection open: if the connection has
+ * already reached EOF the process died meanwhile and its pid may be
+ * another's, so it counts as gone. Returns 0 or a negative errno for the
+ * ACK. */
+static int conn_watch(struct conn *c)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    struct rs_proc_state st;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0)
+        return -ESRCH; /* a process we cannot see (another pid namespace) */
+    c->peer_pid = (uint32_t)cred.pid;
+    c->pidfd = open_pidfd(c->peer_pid); /* close-on-exec by definition */
+    if (c->pidfd < 0) {
+        if (rs_proc_read(c->peer_pid, &st) < 0)
+            return -ESRCH;
+        c->peer_start = st.start_ticks;
+    }
+    char byte;
+    if (recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
+        c->gone = 1;
+    return 0;
+}
+
+/* An earlier image of the same process, still open: it exec'd. */
+static void mark_exec(struct rs_recorder *r, const struct conn *c)
+{
+    for (size_t i = 0; i < r->nconns; i++) {
+        struct conn *o = r->conns[i];
+        if (o != c && o->state != CONN_HELLO && o->peer_pid == c->peer_pid && !o->gone) {
+            o->gone = 1;
+            o->exec = 1;
+        }
     }
 }
 
@@ -434,8 +507,7 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
 {
     struct stat st;
     memcpy(&c->hello, c->in, sizeof(c->hello));
-    memmove(c->in, c->in + sizeof(c->hello), c->in_len - sizeof(c->hello));
-    c->in_len -= sizeof(c->hello);
+    c->in_len = 0; /* nothing follows a greeting */
     int status = 0;
     if (c->hello.magic != RS_HELLO_MAGIC || c->hello.version != RS_PROTO_VERSION)
         status = -EPROTO;
@@ -452,29 +524,33 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
             status = -EPROTO;
         }
     }
+    if (status == 0)
+        status = conn_watch(c);
     send_reply(c, RS_MSG_ACK, status);
     if (status < 0)
         return status;
     close(c->memfd);
     c->memfd = -1;
+    close(c->fd); /* the process keeps no descriptor of ours */
+    c->fd = -1;
     c->state = CONN_ACTIVE;
+    mark_exec(r, c);
     r->ever_connected = 1;
     return 0;
 }
 
-/* Read what the peer sent. Returns 1 on EOF/error (the process is gone). */
+/* Read the greeting. Returns 1 when the connection is over without one
+ * (EOF, error, garbage), 0 otherwise. */
 static int conn_read(struct rs_recorder *r, struct conn *c)
 {
     union {
         struct cmsghdr h;
         char buf[CMSG_SPACE(sizeof(int))];
     } ctl;
-    for (;;) {
-        struct iovec iov = {c->in + c->in_len, sizeof(c->in) - c->in_len};
+    while (c->state == CONN_HELLO) {
+        struct iovec iov = {c->in + c->in_len, sizeof(struct rs_hello) - c->in_len};
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
                              .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
-        if (iov.iov_len == 0)
-            return 1; /* peer floods us with garbage */
         ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0) {
             if (errno == EINTR)
@@ -487,50 +563,62 @@ static int conn_read(struct rs_recorder *r, struct conn *c)
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
                 int fd;
                 memcpy(&fd, CMSG_DATA(cm), sizeof(fd));
-                if (c->memfd < 0 && c->state == CONN_HELLO)
+                if (c->memfd < 0)
                     c->memfd = fd;
                 else
                     close(fd);
             }
         }
         c->in_len += (size_t)n;
-        if (c->state == CONN_HELLO && c->in_len >= sizeof(struct rs_hello) && conn_hello(r, c) < 0)
+        if (c->in_len == sizeof(struct rs_hello) && conn_hello(r, c) < 0)
             return 1;
-        while (c->state != CONN_HELLO && c->in_len >= sizeof(struct rs_reply)) {
-            struct rs_reply m;
-            memcpy(&m, c->in, sizeof(m));
-            memmove(c->in, c->in + sizeof(m), c->in_len - sizeof(m));
-            c->in_len -= sizeof(m);
-            if (m.msg == RS_MSG_BYE && c->state == CONN_ACTIVE) {
-                c->state = CONN_BYE;
-                c->bye_ns = rs_clock_mono_ns();
-            }
-        }
     }
+    return 0;
 }
 
 static void accept_all(struct rs_recorder *r)
 {
     for (;;) {
         int fd = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE) && r->spare_fd >= 0) {
+            /* refuse the process (it runs untraced, saying so) rather than
+             * leave it waiting in the backlog while poll spins on it */
+            close(r->spare_fd);
+            fd = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                close(fd);
+            r->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            continue;
+        }
         if (fd < 0)
             return;
-        struct conn *c = r->nconns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
-        if (!c) {
-            close(fd);
+        struct conn *c = NULL;
+        if (rs_grow(&r->conns, &r->conns_cap, r->nconns + 1, sizeof(*r->conns)) < 0 ||
+            rs_grow(&r->pfd, &r->pfd_cap, r->nconns + 2, sizeof(*r->pfd)) < 0 ||
+            !(c = calloc(1, sizeof(*c)))) {
+            close(fd); /* the process's greeting fails: it runs untraced, saying so */
             continue;
         }
         c->fd = fd;
         c->memfd = -1;
+        c->pidfd = -1;
         c->state = CONN_HELLO;
         r->conns[r->nconns++] = c;
         r->last_activity_ns = rs_clock_mono_ns();
     }
 }
 
-/* The process is gone (EOF: drain_flags = RS_RING_PRODUCER_DEAD) or done
- * (BYE and an empty ring): drain what is left, finish its file, answer DONE. */
-static void conn_finish(struct rs_recorder *r, size_t i, unsigned drain_flags, int reply)
+/* Tell a process waiting at exit that its trace is on disk (ring.h). */
+static void set_done(struct conn *c)
+{
+    __atomic_store_n(&c->ring.hdr->done, c->failed ? RS_RING_DONE_FAILED : RS_RING_DONE_OK,
+                     __ATOMIC_RELEASE);
+    syscall(SYS_futex, &c->ring.hdr->done, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* The process is gone (drain_flags = RS_RING_PRODUCER_DEAD) or done (its
+ * ring closed and empty): drain what is left, finish its file, say `done`. */
+static void conn_finish(struct rs_recorder *r, size_t i, unsigned drain_flags)
 {
     struct conn *c = r->conns[i];
     if (c->state != CONN_HELLO) {
@@ -540,22 +628,37 @@ static void conn_finish(struct rs_recorder *r, size_t i, unsigned drain_flags, i
         if (n < 0 && c->w)
             warnf(r, "the ring of %s is damaged; the trace ends early%s", r->files[c->file].path, "");
         finish_trace(r, c);
-        if (reply)
-            send_reply(c, RS_MSG_DONE, c->failed ? -EIO : 0);
+        set_done(c);
     }
     conn_close(r, i);
+}
+
+/* Finish every trace whose process ended, and every closed ring that is
+ * empty (or has not emptied for BYE_DRAIN_LIMIT_NS). */
+static void finish_ended(struct rs_recorder *r, uint64_t now)
+{
+    for (size_t i = 0; i < r->nconns;) {
+        struct conn *c = r->conns[i];
+        if (c->gone)
+            conn_finish(r, i, RS_RING_PRODUCER_DEAD);
+        else if (c->state == CONN_BYE && (ring_empty(c) || now - c->bye_ns > BYE_DRAIN_LIMIT_NS))
+            conn_finish(r, i, ring_empty(c) ? 0 : RS_RING_PRODUCER_DEAD);
+        else
+            i++;
+    }
 }
 
 static void *recorder_loop(void *arg)
 {
     struct rs_recorder *r = arg;
-    struct pollfd pfd[MAX_CONNS + 1];
     for (;;) {
         uint64_t now = rs_clock_mono_ns();
         long work = 0;
+        int closing = 0;
+        finish_ended(r, now);
         for (size_t i = 0; i < r->nconns; i++) {
             struct conn *c = r->conns[i];
-            if (c->state == CONN_HELLO)
+            if (c->state == CONN_HELLO || c->gone)
                 continue;
             long n = drain(r, c, 0, DRAIN_BUDGET);
             /* the ring's coarse "now": producers re-read their clock when it
@@ -567,30 +670,38 @@ static void *recorder_loop(void *arg)
             if (n < 0) {
                 c->state = CONN_BYE; /* corrupt ring: finish with what we have */
                 c->bye_ns = 0;
+                closing = 1;
             } else {
                 work += n;
+            }
+            if (c->state == CONN_ACTIVE && __atomic_load_n(&c->ring.hdr->closed, __ATOMIC_ACQUIRE)) {
+                c->state = CONN_BYE; /* RS_EV_END is written: the process exits */
+                c->bye_ns = now;
+                closing = 1;
+            }
+            if (c->pidfd < 0 && now >= c->proc_check_ns) {
+                c->proc_check_ns = now + PROC_CHECK_NS;
+                if (rs_proc_alive(c->peer_pid, c->peer_start) == 0)
+                    c->gone = closing = 1;
             }
             if (c->w && (int64_t)(now - c->last_clock_ns) >= (int64_t)CLOCK_EVERY_NS)
                 write_clock(r, c, now);
         }
-        /* BYE'd processes whose ring is empty (or that stalled) are done */
-        for (size_t i = 0; i < r->nconns;) {
-            struct conn *c = r->conns[i];
-            if (c->state == CONN_BYE && (ring_empty(c) || now - c->bye_ns > BYE_DRAIN_LIMIT_NS))
-                conn_finish(r, i, ring_empty(c) ? 0 : RS_RING_PRODUCER_DEAD, 1);
-            else
-                i++;
-        }
+        struct pollfd *pfd = r->pfd;
         pfd[0].fd = r->listen_fd;
         pfd[0].events = POLLIN;
+        pfd[0].revents = 0;
         for (size_t i = 0; i < r->nconns; i++) {
-            pfd[i + 1].fd = r->conns[i]->fd;
+            struct conn *c = r->conns[i];
+            pfd[i + 1].fd = c->fd >= 0 ? c->fd : c->gone ? -1 : c->pidfd;
             pfd[i + 1].events = POLLIN;
             pfd[i + 1].revents = 0;
         }
         /* Batches keep the per-record cost low: a ring that gave little gets
          * time to fill (the ring holds seconds of records), a busy one none. */
-        struct timespec ts = {0, work >= DRAIN_BUDGET / 2 ? 0 : work >= 4096 ? BUSY_SLEEP_NS : IDLE_SLEEP_NS};
+        struct timespec ts = {0, closing || work >= DRAIN_BUDGET / 2 ? 0
+                                 : work >= 4096                       ? BUSY_SLEEP_NS
+                                                                      : IDLE_SLEEP_NS};
         size_t npfd = r->nconns + 1;
         int pr = ppoll(pfd, npfd, &ts, NULL);
         if (pr > 0) {
@@ -599,8 +710,10 @@ static void *recorder_loop(void *arg)
                 if (!pfd[i].revents)
                     continue;
                 struct conn *c = r->conns[i - 1];
-                if (conn_read(r, c))
-                    conn_finish(r, i - 1, RS_RING_PRODUCER_DEAD, 0);
+                if (c->state != CONN_HELLO)
+                    c->gone = 1; /* its pidfd: the process ended */
+                else if (conn_read(r, c))
+                    conn_close(r, i - 1);
             }
             if (pfd[0].revents)
                 accept_all(r);
@@ -629,13 +742,17 @@ int rs_recorder_start(const struct rs_recorder_config *cfg, struct rs_recorder *
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     int ret;
     struct rs_recorder *r = calloc(1, sizeof(*r));
-    if (!r || (cfg->output && !(r->output = strdup(cfg->output))) || !(r->payload = malloc(PAYLOAD_CAP))) {
+    if (r) {
+        r->listen_fd = -1;
+        r->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (!r || (cfg->output && !(r->output = strdup(cfg->output))) || !(r->payload = malloc(PAYLOAD_CAP)) ||
+        rs_grow(&r->pfd, &r->pfd_cap, 1, sizeof(*r->pfd)) < 0) {
         snprintf(err, errlen, "out of memory");
         ret = -ENOMEM;
         goto fail;
     }
     r->cfg = *cfg;
-    r->listen_fd = -1;
     if (cfg->socket_path) {
         if (strlen(cfg->socket_path) >= sizeof(r->sock)) {
             snprintf(err, errlen, "socket path too long: %s", cfg->socket_path);
@@ -724,6 +841,8 @@ void rs_recorder_free(struct rs_recorder *r)
         rs_recorder_finish(r, 0, 0, NULL);
     while (r->nconns)
         conn_close(r, r->nconns - 1);
+    if (r->spare_fd >= 0)
+        close(r->spare_fd);
     if (r->listen_fd >= 0) {
         close(r->listen_fd);
         unlink(r->sock);
@@ -733,6 +852,8 @@ void rs_recorder_free(struct rs_recorder *r)
     for (size_t i = 0; i < r->nfiles; i++)
         free(r->files[i].path);
     free(r->files);
+    free(r->conns);
+    free(r->pfd);
     free(r->payload);
     free(r->output);
     free(r);

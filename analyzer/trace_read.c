@@ -364,6 +364,7 @@ static int prescan(struct rs_trace *t, uint64_t off, char *err, size_t errlen)
             t->info.has_trailer = 1;
             t->info.producer_waits = tr.producer_waits;
             t->info.lost_events = tr.lost_events;
+            t->info.end_reason = tr.end_reason;
             break;
         }
         struct chunk_ref ref = {off, h};

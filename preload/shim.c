@@ -3,8 +3,9 @@
  * feature) reads the configuration (env.c), picks the clock,
  * creates this process's ring, connects to the recorder (starting one in the
  * direct form), and writes RS_EV_PROCESS and RS_EV_CLOCK; the destructor
- * writes RS_EV_CLOCK and RS_EV_END, says BYE and waits (bounded) until the
- * recorder has the trace on disk. A fork child runs the same set-up from the
+ * writes RS_EV_CLOCK and RS_EV_END, closes the ring and waits (bounded) until
+ * the recorder has the trace on disk. The process keeps no descriptor of
+ * ours: the recorder socket is closed once the recorder has the ring. A fork child runs the same set-up from the
  * atfork handler (forkexec.c). Any failure prints one line and leaves every
  * hook a pass-through.
  */
@@ -19,7 +20,6 @@
 
 #include "refscope/clock.h"
 #include "emit.h"
-#include "fdkeep.h"
 #include "guard.h"
 #include "shim.h"
 #include "sigkeep.h"
@@ -39,11 +39,12 @@ static struct {
     char sock_path[108];
 } config;
 
-/* This process's trace: ring, memfd (until the recorder has it), recorder socket. */
+/* This process's trace: ring, memfd and socket (until the recorder has the ring). */
 static struct {
     struct rs_ring ring;
     int memfd;
-    int sock;          /* kept open and moved by fdkeep.c: read it atomically */
+    int sock;
+    struct rs_transport_peer recorder;
     int active;        /* set-up succeeded and END not yet written */
     int failed;        /* set-up failed: this process and its fork children run untraced */
     int in_setup;      /* forks made by the set-up itself (the recorder) are not traced */
@@ -188,7 +189,7 @@ static void put_clock_record(void)
 static int ring_stalled(void *ctx)
 {
     (void)ctx;
-    if (rs_transport_alive(__atomic_load_n(&trace.sock, __ATOMIC_ACQUIRE)))
+    if (rs_transport_peer_alive(&trace.recorder))
         return 0;
     if (__atomic_exchange_n(&trace.active, 0, __ATOMIC_ACQ_REL)) {
         rs_emit_stop();
@@ -305,10 +306,13 @@ int rs_shim_start(int fork_child)
     rc = rs_transport_hello(trace.sock, trace.memfd, &hello, HELLO_TIMEOUT_MS);
     if (rc < 0)
         goto fail;
-    /* the recorder has its own copy, and the mapping outlives the memfd */
+    /* the recorder has its own copy of the ring, and the mapping outlives
+     * the memfd; it watches this process by its pid from now on */
+    rs_transport_peer(trace.sock, &trace.recorder);
     close(trace.memfd);
     trace.memfd = -1;
-    rs_fdkeep_adopt(&trace.sock);
+    close(trace.sock);
+    trace.sock = -1;
 
     rs_emit_start(&trace.ring, config.clock_kind);
     trace.active = 1;
@@ -327,7 +331,6 @@ void rs_shim_forget_parent(void)
 {
     rs_emit_stop();
     trace.active = 0;
-    rs_fdkeep_release();
     if (trace.sock >= 0)
         close(trace.sock);
     trace.sock = -1;
@@ -342,7 +345,6 @@ __attribute__((constructor(RS_CTOR_CORE))) static void shim_init(void)
     rs_guard_depth++; /* nothing the set-up allocates is recorded */
     rs_env_load();
     rs_libc_resolve();
-    rs_fdkeep_resolve();
     rs_sigkeep_resolve();
     read_config();
     int rc = rs_emit_init();
@@ -363,6 +365,10 @@ __attribute__((constructor(RS_CTOR_CORE))) static void shim_init(void)
 
 __attribute__((destructor(RS_CTOR_CORE))) static void shim_fini(void)
 {
+    /* a vfork child that calls exit() runs this in its parent's memory:
+     * the ring is the parent's, and stays open */
+    if ((uint32_t)getpid() != trace.pid)
+        return;
     if (!__atomic_exchange_n(&trace.active, 0, __ATOMIC_ACQ_REL))
         return;
     rs_guard_depth++;
@@ -379,7 +385,7 @@ __attribute__((destructor(RS_CTOR_CORE))) static void shim_fini(void)
     rs_emit_claim();
     rs_ring_put_var(&trace.ring, &rec, &end, sizeof(end));
     __atomic_store_n(&trace.ring.hdr->closed, 1, __ATOMIC_RELEASE);
-    int rc = rs_transport_bye(__atomic_load_n(&trace.sock, __ATOMIC_ACQUIRE), config.exit_wait_ms);
+    int rc = rs_transport_wait_done(&trace.ring, &trace.recorder, config.exit_wait_ms);
     if (rc < 0)
         warn_error("the recorder did not confirm the trace was written", rc, "");
     rs_guard_depth--;

@@ -1,7 +1,8 @@
 /*
  * Producer side of the recorder transport: makes this process's memfd ring,
- * hands it to the recorder over a unix socket (SCM_RIGHTS), says BYE at
- * exit, and — in the direct form — starts a detached recorder. Runs in the
+ * hands it to the recorder over a unix socket (SCM_RIGHTS), waits at exit
+ * for the recorder to have the trace on disk, and — in the direct form —
+ * starts a detached recorder. Runs in the
  * constructor, the destructor and the atfork child handler: syscalls only,
  * no allocation, no stdio. Writes use MSG_NOSIGNAL so a dead recorder never
  * raises SIGPIPE in the traced program.
@@ -12,14 +13,17 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "refscope/clock.h"
+#include "refscope/proc.h"
 #include "transport.h"
 
 #define RING_MIN_BYTES (64u << 10)
@@ -104,9 +108,9 @@ static uint64_t now_ms(void)
     return rs_clock_mono_ns() / 1000000;
 }
 
-/* Reads one struct rs_reply of type `want` within timeout_ms. Returns 0,
- * the reply's negative status, or a negative errno. */
-static int read_reply(int sock, uint32_t want, int timeout_ms)
+/* Reads the recorder's ACK within timeout_ms. Returns 0, the reply's
+ * negative status, or a negative errno. */
+static int read_ack(int sock, int timeout_ms)
 {
     struct rs_reply reply;
     size_t got = 0;
@@ -131,9 +135,9 @@ static int read_reply(int sock, uint32_t want, int timeout_ms)
         if (r == 0)
             return -ECONNRESET;
         got += (size_t)r;
-        if (got == sizeof(reply) && reply.msg != want)
-            got = 0; /* not what we wait for: skip it */
     }
+    if (reply.msg != RS_MSG_ACK)
+        return -EPROTO;
     return reply.status < 0 ? reply.status : 0;
 }
 
@@ -162,33 +166,49 @@ int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int ti
     if ((size_t)sent != sizeof(*hello))
         return -EIO;
 
-    return read_reply(sock, RS_MSG_ACK, timeout_ms);
+    return read_ack(sock, timeout_ms);
 }
 
-int rs_transport_bye(int sock, int timeout_ms)
+void rs_transport_peer(int sock, struct rs_transport_peer *peer)
 {
-    struct rs_reply bye = { .msg = RS_MSG_BYE, .status = 0 };
-    ssize_t sent;
-    do
-        sent = send(sock, &bye, sizeof(bye), MSG_NOSIGNAL);
-    while (sent < 0 && errno == EINTR);
-    if (sent < 0)
-        return -errno;
-    return read_reply(sock, RS_MSG_DONE, timeout_ms);
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    struct rs_proc_state st;
+    peer->pid = 0;
+    peer->start_ticks = 0;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0 ||
+        rs_proc_read((uint32_t)cred.pid, &st) < 0)
+        return;
+    peer->pid = (uint32_t)cred.pid;
+    peer->start_ticks = st.start_ticks;
 }
 
-int rs_transport_alive(int sock)
+int rs_transport_peer_alive(const struct rs_transport_peer *peer)
 {
-    if (sock < 0)
-        return 0;
-    struct pollfd pfd = { .fd = sock, .events = POLLIN | POLLRDHUP };
-    if (poll(&pfd, 1, 0) <= 0)
-        return 1;
-    if (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))
-        return 0;
-    char c;
-    ssize_t r = recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    return r != 0;
+    return !peer->pid || rs_proc_alive(peer->pid, peer->start_ticks) != 0;
+}
+
+#define DONE_CHECK_MS 100 /* how often a waiting exit looks whether the recorder died */
+
+int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_transport_peer *peer,
+                           int timeout_ms)
+{
+    uint32_t *done = &ring->hdr->done;
+    uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    for (;;) {
+        uint32_t v = __atomic_load_n(done, __ATOMIC_ACQUIRE);
+        if (v != 0)
+            return v == RS_RING_DONE_OK ? 0 : -EIO;
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        if (!rs_transport_peer_alive(peer))
+            return __atomic_load_n(done, __ATOMIC_ACQUIRE) ? 0 : -ECONNRESET;
+        uint64_t wait = deadline - now < DONE_CHECK_MS ? deadline - now : DONE_CHECK_MS;
+        struct timespec ts = { (time_t)(wait / 1000), (long)(wait % 1000) * 1000000L };
+        /* a shared (not private) futex: the recorder wakes it from its process */
+        syscall(SYS_futex, done, FUTEX_WAIT, 0, &ts, NULL, 0);
+    }
 }
 
 /* ---- direct form: a detached recorder ------------------------------------------- */

@@ -1,7 +1,8 @@
 /*
  * Producer side of the recorder transport (include/refscope/transport.h):
- * the memfd ring, the unix-socket hello/ACK and BYE/DONE exchanges, and the
- * direct form's detached recorder. No allocation and no stdio, so the atfork
+ * the memfd ring, the unix-socket hello/ACK exchange, waiting for the
+ * recorder to finish the trace at exit, and the direct form's detached
+ * recorder. No allocation and no stdio, so the atfork
  * child handler can use all of it. Every function returns 0 or -errno.
  */
 #ifndef REFSCOPE_PRELOAD_TRANSPORT_H
@@ -27,11 +28,25 @@ int rs_transport_connect(const char *path, int *sock);
  * Returns 0, the recorder's negative status, -ETIMEDOUT or -ECONNRESET. */
 int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int timeout_ms);
 
-/* Send BYE and wait up to timeout_ms for DONE. */
-int rs_transport_bye(int sock, int timeout_ms);
+/* The recorder, as the process that answered on a connected socket. */
+struct rs_transport_peer {
+    uint32_t pid;          /* 0: not known (another pid namespace, no /proc) */
+    uint64_t start_ticks;  /* its start time (refscope/proc.h)               */
+};
 
-/* 1 while the recorder end of `sock` is open, 0 once it hung up. */
-int rs_transport_alive(int sock);
+/* Who is at the other end of `sock` (SO_PEERCRED, /proc). Never fails: a
+ * peer it cannot identify gets pid 0. */
+void rs_transport_peer(int sock, struct rs_transport_peer *peer);
+
+/* 0 once the recorder has certainly exited, else 1 (also when unknown). */
+int rs_transport_peer_alive(const struct rs_transport_peer *peer);
+
+/* After RS_EV_END and `closed`: wait until the recorder stores the ring's
+ * `done` (ring.h), at most timeout_ms. Returns 0 (trace on disk), -EIO (the
+ * recorder could not write it), -ECONNRESET (the recorder is gone) or
+ * -ETIMEDOUT. */
+int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_transport_peer *peer,
+                           int timeout_ms);
 
 /* Direct form: start `recorder record --serve SOCK -o output` detached
  * (double fork, own session), SOCK in a fresh 0700 directory; wait up to

@@ -28,7 +28,7 @@
  *    waits. Otherwise it loads the record (acquire), copies it out, zeroes the
  *    kind byte of every slot of the record and advances `tail` (release).
  *    The consumer never sees a half-written record.
- *  - When the producer process is dead (socket EOF) a slot with kind == 0
+ *  - When the producer process is dead (the recorder saw it end, or exec) a slot with kind == 0
  *    below `head` is a record whose producer died mid-write: the consumer
  *    skips it and any RS_EV_CONT slots after it (rs_ring_consume with
  *    RS_RING_PRODUCER_DEAD). Everything committed is still delivered.
@@ -42,6 +42,13 @@
  *    reading may get (clock.h, "Resolution"). It sits in the header's spare
  *    bytes, after every version-1 field, so older readers ignore it; 0 means
  *    the recorder has not stored it yet.
+ *  - The end of a trace: the producer writes RS_EV_END and sets `closed`
+ *    (no reservation succeeds after that); the recorder, seeing `closed`,
+ *    drains the ring, finishes the trace file, stores RS_RING_DONE_OK (or
+ *    RS_RING_DONE_FAILED) in `done` and wakes its futex. A producer that
+ *    wants to wait for its trace to be on disk (the shim's destructor)
+ *    waits on that futex: the mapping is shared, so the futex is too. `done`
+ *    also sits after every version-1 field.
  *
  * Nothing here allocates, locks or calls stdio: the producer side runs inside
  * malloc hooks and in fork children.
@@ -84,10 +91,15 @@ struct rs_ring_header {
     _Alignas(64) uint64_t now;      /* recorder's clock reading (ticks), about once per
                                        loop iteration; its own line: read by every
                                        record, written rarely                    */
+    _Alignas(64) uint32_t done;     /* recorder: 0 while the trace is open, then
+                                       RS_RING_DONE_OK or RS_RING_DONE_FAILED (futex) */
 };
 _Static_assert(sizeof(struct rs_ring_header) <= RS_RING_HEADER_BYTES, "ring header");
 _Static_assert(offsetof(struct rs_ring_header, closed) == 208 &&
                offsetof(struct rs_ring_header, now) == 256, "version-1 header layout");
+
+#define RS_RING_DONE_OK     1u  /* every record drained, the trace file complete on disk */
+#define RS_RING_DONE_FAILED 2u  /* drained, but the trace could not be written          */
 
 struct rs_ring {
     struct rs_ring_header *hdr;

@@ -1,25 +1,38 @@
 /*
- * The control channel between a traced process (shim) and the recorder: a
- * unix stream socket at $REFSCOPE_SOCK (in a 0700 directory the recorder
- * made). The ring itself travels as a file descriptor; the socket only says
- * hello, bye, and — by closing — that the process is gone.
+ * How a traced process (shim) and the recorder meet: a unix stream socket
+ * at $REFSCOPE_SOCK (in a 0700 directory the recorder made), used once per
+ * process image, at its start. The ring travels as a file descriptor;
+ * everything after the greeting goes through the ring's shared memory, so
+ * the traced program keeps no descriptor of refscope's: a program that
+ * lists, closes or dup2s over its descriptors sees and touches only its own.
  *
  *   shim → recorder  struct rs_hello, with SCM_RIGHTS carrying the ring memfd
  *   recorder → shim  struct rs_reply {RS_MSG_ACK, status}: 0 = mapped and
  *                    being drained; negative errno = refused (shim runs
  *                    untraced, one line on stderr)
+ *   both close the connection. The shim keeps the recorder's pid (the
+ *   socket's SO_PEERCRED) and start time (include/refscope/proc.h) to tell,
+ *   while its ring stays full, whether the recorder is still there.
  *   ...process runs; records flow through the ring...
- *   shim → recorder  struct rs_reply {RS_MSG_BYE} after writing RS_EV_END
- *                    (destructor, or just before exec)
- *   recorder → shim  struct rs_reply {RS_MSG_DONE, status} once every record
- *                    is drained and the trace file is complete on disk.
- *                    The shim waits for it at most REFSCOPE_EXIT_WAIT_MS
- *                    (default 30000) ms.
- *   EOF on the socket without BYE = the process died (all its fds closed):
- *   the recorder drains with RS_RING_PRODUCER_DEAD and finishes the file.
+ *   exit             the shim writes RS_EV_END, sets the ring's `closed` and
+ *                    waits (at most REFSCOPE_EXIT_WAIT_MS, default 30000 ms,
+ *                    less if the recorder dies) for the ring's `done` futex:
+ *                    the recorder sets it once every record is drained and
+ *                    the trace file is complete on disk (ring.h).
+ *   death            the recorder watches each process through a pidfd (the
+ *                    SO_PEERCRED pid, opened before the ACK, while the
+ *                    process waits for it; /proc/<pid>/stat where the kernel
+ *                    has no pidfd_open): when it ends, even by SIGKILL, the
+ *                    ring is drained with RS_RING_PRODUCER_DEAD from the
+ *                    mapping the recorder holds, and the file finished.
+ *   exec             the old image's trace has no RS_EV_END. The new image,
+ *                    if it is traced, greets from the same pid: the recorder
+ *                    then finishes the old trace (reason 1, exec) before it
+ *                    takes the new one. An image that is not traced leaves
+ *                    the old trace open until the process ends.
  *
- * Both fds are close-on-exec; a fork child closes the inherited socket and
- * unmaps the parent's ring before making its own (pthread_atfork handler).
+ * The memfd and the connection are close-on-exec; a fork child unmaps the
+ * parent's ring and greets with a ring of its own (pthread_atfork handler).
  */
 #ifndef REFSCOPE_TRANSPORT_H
 #define REFSCOPE_TRANSPORT_H
@@ -27,9 +40,9 @@
 #include <stdint.h>
 
 #define RS_HELLO_MAGIC   0x4f4c454853464552ull /* "REFSHELO" */
-#define RS_PROTO_VERSION 1u
+#define RS_PROTO_VERSION 2u
 
-enum rs_msg { RS_MSG_ACK = 1, RS_MSG_BYE = 2, RS_MSG_DONE = 3 };
+enum rs_msg { RS_MSG_ACK = 1 };
 
 struct rs_hello {
     uint64_t magic;       /* RS_HELLO_MAGIC */
@@ -61,6 +74,9 @@ struct rs_reply {
 #define RS_ENV_SNAPSHOTS "REFSCOPE_SNAPSHOTS"  /* 0 = no heap snapshots (at exit, SIGUSR2) */
 #define RS_ENV_SNAPSHOT_INTERVAL "REFSCOPE_SNAPSHOT_INTERVAL" /* a snapshot every N seconds (run --snapshot-interval) */
 #define RS_ENV_EXIT_WAIT "REFSCOPE_EXIT_WAIT_MS"
+/* Read by the recorder: tests: watch processes through /proc, as on kernels
+ * without pidfd_open. */
+#define RS_ENV_TEST_NO_PIDFD "REFSCOPE_TEST_NO_PIDFD"
 /* The run directory. `refscope run`'s recorder socket lives in a private
  * directory (mode 0700) named refscope-XXXXXX, which also holds the shim as
  * RS_RUN_SHIM_NAME (a symlink: LD_PRELOAD names it there) and the run's

@@ -196,14 +196,66 @@ def test_direct_form_python(py):
 
 
 def test_descriptor_cleanup_keeps_the_trace():
-    """closefrom, close, dup2, dup3 and close_range over the shim's socket
-    (tests/progs/fd_cleanup.c): the 100 blocks allocated afterwards are in
-    the trace, and the program's output is the same as untraced."""
+    """closefrom, close, dup2, dup3 and close_range over every descriptor
+    (tests/progs/fd_cleanup.c; the shim once kept a socket among them): the
+    100 blocks allocated afterwards are in the trace, and the program's
+    output is the same as untraced."""
     t = harness.run_traced([harness.prog("fd_cleanup")], timeout=120)
     expect(t.proc.stdout.strip() == "done 1", "fd_cleanup printed %r: %s" % (t.proc.stdout, t.proc.stderr[-500:]))
     expect("untraced" not in t.proc.stderr, "tracing stopped: %s" % t.proc.stderr[-500:])
     n = sum(1 for r in records(t.trace) if r["kind"] == "alloc" and r["size"] == 7777)
     expect(n == 100, "%d of the 100 blocks allocated after the clean-up are in the trace" % n)
+
+
+def test_descriptors_of_a_program_without_python_are_its_own():
+    """A traced shell lists the descriptors it lists untraced: the shim keeps
+    none open in the process."""
+    cmd = ["/bin/sh", "-c", "ls /proc/$$/fd"]
+    plain = harness.run(cmd, timeout=30)
+    expect(plain.returncode == 0 and plain.stdout.strip(), "untraced: %r %r" % (plain.stdout, plain.stderr))
+    t = harness.run_traced(cmd, timeout=60)
+    expect(t.proc.stdout == plain.stdout, "traced %r, untraced %r" % (t.proc.stdout, plain.stdout))
+
+
+def test_process_ends_seen_with_and_without_pidfd():
+    """The recorder learns that a process ended from a pidfd, or from
+    /proc/<pid>/stat where the kernel has none (forced here with
+    REFSCOPE_TEST_NO_PIDFD): either way a SIGKILLed program's blocks are all
+    in its finished trace ("abrupt"), and a program whose main thread leaves
+    first (tests/progs/main_exits_first.c) is traced to its real end
+    ("exit"), not to its main thread's."""
+    for env in ({}, {"REFSCOPE_TEST_NO_PIDFD": "1"}):
+        t = harness.run_traced([harness.prog("known_mallocs"), "kill", "500"], env=env,
+                               expect_status=137, timeout=120)
+        c = marker_counts(records(t.trace))
+        expect(c["allocs"] == {(7050, 0): 500}, "%r: SIGKILLed target: %r" % (env, c["allocs"]))
+        s = harness.refscope_json("summary", t.trace)
+        expect(s["complete"] and s["end"] == "abrupt", "%r: SIGKILLed target ended %r" % (env, s["end"]))
+        t = harness.run_traced([harness.prog("main_exits_first")], env=env, timeout=60)
+        expect(t.proc.stdout.strip() == "done", "%r: printed %r: %s" % (env, t.proc.stdout, t.proc.stderr[-500:]))
+        n = sum(1 for r in records(t.trace) if r["kind"] == "alloc" and r["size"] == 6161)
+        s = harness.refscope_json("summary", t.trace)
+        expect(n == 300 and s["end"] == "exit", "%r: %d of 300 blocks, ended %r" % (env, n, s["end"]))
+
+
+def test_many_processes_alive_at_once():
+    """300 traced processes alive at the same time (a shell starts 300
+    `sleep 2` in the background; the recorder once took at most 256): every
+    image has a complete trace, the shell's fork children ending as "exec"
+    (also the one for `seq`), the sleeps as "exit"."""
+    n = 300
+    t = harness.run_traced(["/bin/sh", "-c", "for i in $(seq %d); do sleep 2 & done; wait" % n], timeout=120)
+    expect("untraced" not in t.proc.stderr, "a process ran untraced: %s" % t.proc.stderr[-500:])
+    ends = {}
+    for path in t.traces():
+        s = harness.refscope_json("summary", path)
+        expect(s["complete"], "%s is incomplete" % path)
+        key = (os.path.basename(s["exe"]), s["end"])
+        ends[key] = ends.get(key, 0) + 1
+    sleeps = ends.get(("sleep", "exit"), 0)
+    forks = sum(v for (exe, end), v in ends.items() if end == "exec")
+    expect(sleeps == n and forks >= n, "expected %d sleeps that exited and %d fork images that exec'd: %r"
+           % (n, n, ends))
 
 
 def test_signals_of_a_program_without_python_are_its_own():

@@ -1,0 +1,29 @@
+/*
+ * Whether a process is still the one it was: its state, thread count and
+ * start time as /proc/<pid>/stat gives them (common/proc.c). The shim uses
+ * it to tell whether its recorder is alive (a pid alone may have been
+ * reused), the recorder to tell whether a traced process has ended where
+ * the kernel has no pidfd_open. Safe inside malloc hooks and fork children:
+ * open/read/close only, no allocation, no stdio.
+ */
+#ifndef REFSCOPE_PROC_H
+#define REFSCOPE_PROC_H
+
+#include <stdint.h>
+
+struct rs_proc_state {
+    char state;             /* 'R', 'S', 'Z' (zombie), 'X' (dead), ...   */
+    uint32_t threads;       /* num_threads                              */
+    uint64_t start_ticks;   /* starttime: clock ticks after boot        */
+};
+
+/* Reads /proc/<pid>/stat. Returns 0, -ESRCH when there is no such process,
+ * or another negative errno (no /proc, an unreadable line). */
+int rs_proc_read(uint32_t pid, struct rs_proc_state *st);
+
+/* 1 while process `pid` that started at `start_ticks` has not exited
+ * (a zombie whose other threads are gone has; a pid now used by a later
+ * process has), 0 once it has, -errno when /proc cannot tell. */
+int rs_proc_alive(uint32_t pid, uint64_t start_ticks);
+
+#endif
