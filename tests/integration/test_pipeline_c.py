@@ -258,6 +258,19 @@ def test_many_processes_alive_at_once():
            % (n, n, ends))
 
 
+def test_command_keeps_its_descriptor_limit():
+    """`run` raises its own descriptor limit (a pidfd per traced process),
+    not the command's: a command started with a soft limit of 1000 sees
+    1000, traced as untraced."""
+    d = harness.workdir()
+    trace = os.path.join(d, "trace.rfs")
+    script = 'ulimit -Sn 1000 && exec "$0" run -o "$1" -- /bin/sh -c "ulimit -Sn"'
+    proc = harness.run(["/bin/sh", "-c", script, harness.refscope_bin(), trace], timeout=60)
+    expect(proc.returncode == 0, "exit %d: %s" % (proc.returncode, proc.stderr[-500:]))
+    expect(proc.stdout.strip() == "1000", "the command's soft limit is %r, not 1000" % proc.stdout.strip())
+    expect(harness.refscope_json("summary", trace)["complete"], "the trace is incomplete")
+
+
 def test_signals_of_a_program_without_python_are_its_own():
     """The shim catches SIGUSR2 (snapshots) only in Python processes: a
     traced shell's caught signals, as the kernel lists them, are the same
