@@ -1,12 +1,13 @@
 /*
  * fork and exec. A fork child gets its own trace: the atfork child handler
- * drops the parent's ring mapping and socket (the parent keeps writing to
- * the same memfd), starts a new emit epoch, and runs the core set-up again,
- * naming the parent as ppid. Between the prepare handler and the end of the
+ * drops the parent's ring mapping (the parent keeps writing to the same
+ * memfd), starts a new emit epoch, and runs the core set-up again, naming
+ * the parent as ppid. Between the prepare handler and the end of the
  * child/parent handler the forking thread records nothing, so no record of
- * the child lands in the parent's ring. exec needs nothing here: the memfd
- * and the socket are close-on-exec (the recorder sees EOF and finishes the
- * trace), and the new image's constructor connects anew.
+ * the child lands in the parent's ring. exec needs nothing here: the ring's
+ * mapping goes with the old image, the new image's constructor greets the
+ * recorder from the same pid, and the recorder finishes the old trace then
+ * (include/refscope/transport.h).
  */
 #include <errno.h>
 #include <pthread.h>

@@ -5,8 +5,8 @@
  * direct form), and writes RS_EV_PROCESS and RS_EV_CLOCK; the destructor
  * writes RS_EV_CLOCK and RS_EV_END, closes the ring and waits (bounded) until
  * the recorder has the trace on disk. The process keeps no descriptor of
- * ours: the recorder socket is closed once the recorder has the ring. A fork child runs the same set-up from the
- * atfork handler (forkexec.c). Any failure prints one line and leaves every
+ * ours: the recorder socket is closed once the recorder has the ring. A fork
+ * child runs the same set-up from the atfork handler (forkexec.c). Any failure prints one line and leaves every
  * hook a pass-through.
  */
 #include <dlfcn.h>

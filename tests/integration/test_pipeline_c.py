@@ -195,6 +195,52 @@ def test_direct_form_python(py):
            "python_version %r, expected %s" % (version, want))
 
 
+RECORDER_KILLED = """
+import os, signal
+sock = os.environ["REFSCOPE_SOCK"].encode()
+def cmdline(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+recorders = [int(p) for p in os.listdir("/proc") if p.isdigit() and sock in cmdline(p)]
+for pid in recorders:
+    os.kill(pid, signal.SIGKILL)
+keep = None
+for i in range(300 if os.environ.get("FILL") else 0):
+    keep = [bytearray(100) for _ in range(10000)]  # millions of records through a 1 MiB ring
+print("done", len(recorders))
+"""
+
+
+def test_recorder_killed_mid_run():
+    """The recorder dies (SIGKILL) while the program runs, in the direct
+    form. A program filling its 1 MiB ring learns that the recorder is gone
+    (it keeps no socket to it any more: /proc tells), says so in one line,
+    runs to its end untraced and exits as it would; one that just exits
+    (with room left in its 16 MiB ring) does not wait for a recorder that
+    is gone (its exit wait is 10 minutes here) and says in one line that
+    its trace was not confirmed."""
+    pys = harness.interpreters()
+    if not pys:
+        raise harness.Skip("no Python interpreter found")
+    d = harness.workdir()
+    script = os.path.join(d, "prog.py")
+    with open(script, "w") as f:
+        f.write(RECORDER_KILLED)
+    for fill, want in (("1", "the recorder stopped reading the ring; running untraced"),
+                       ("", "the recorder did not confirm the trace was written: ")):
+        env = clean_env(LD_PRELOAD=harness.shim_path(), REFSCOPE_OUTPUT=os.path.join(d, "k%s.rfs" % fill),
+                        REFSCOPE_RING_MB="1" if fill else "16", REFSCOPE_EXIT_WAIT_MS="600000", FILL=fill)
+        proc = subprocess.run([pys[0].path, script], env=env, cwd=d, capture_output=True, text=True, timeout=60)
+        expect(proc.returncode == 0 and proc.stdout.strip() == "done 1",
+               "fill=%r: exit %d, printed %r: %s" % (fill, proc.returncode, proc.stdout, proc.stderr[-500:]))
+        lines = proc.stderr.splitlines()
+        expect(len(lines) == 1 and lines[0].startswith("refscope: " + want),
+               "fill=%r: expected one line on the recorder's death, got %r" % (fill, lines))
+
+
 def test_descriptor_cleanup_keeps_the_trace():
     """closefrom, close, dup2, dup3 and close_range over every descriptor
     (tests/progs/fd_cleanup.c; the shim once kept a socket among them): the
