@@ -42,12 +42,12 @@
 #define IDLE_SLEEP_NS 300000L        /* when the rings gave (almost) nothing      */
 #define BUSY_SLEEP_NS 100000L        /* when they gave a medium batch             */
 #define CLOCK_EVERY_NS 1000000000ull
-#define BYE_DRAIN_LIMIT_NS 2000000000ull /* a closed ring still not empty: stop waiting */
+#define CLOSED_DRAIN_LIMIT_NS 2000000000ull /* a closed ring still not empty: stop waiting */
 #define PROC_CHECK_NS 20000000ull    /* without a pidfd: how often /proc is asked */
 
-/* HELLO: connected, greeting not yet taken. ACTIVE: tracing. BYE: the
+/* HELLO: connected, greeting not yet taken. ACTIVE: tracing. CLOSED: the
  * process closed its ring (exit); drained until empty, then `done`. */
-enum conn_state { CONN_HELLO, CONN_ACTIVE, CONN_BYE };
+enum conn_state { CONN_HELLO, CONN_ACTIVE, CONN_CLOSED };
 
 /* One traced process image (and, while it greets, its connection). */
 struct conn {
@@ -75,7 +75,7 @@ struct conn {
     uint32_t end_reason;
     uint32_t clock_kind;
     uint64_t last_clock_ns;
-    uint64_t bye_ns;
+    uint64_t closed_ns;
 };
 
 struct rs_recorder {
@@ -634,14 +634,14 @@ static void conn_finish(struct rs_recorder *r, size_t i, unsigned drain_flags)
 }
 
 /* Finish every trace whose process ended, and every closed ring that is
- * empty (or has not emptied for BYE_DRAIN_LIMIT_NS). */
+ * empty (or has not emptied for CLOSED_DRAIN_LIMIT_NS). */
 static void finish_ended(struct rs_recorder *r, uint64_t now)
 {
     for (size_t i = 0; i < r->nconns;) {
         struct conn *c = r->conns[i];
         if (c->gone)
             conn_finish(r, i, RS_RING_PRODUCER_DEAD);
-        else if (c->state == CONN_BYE && (ring_empty(c) || now - c->bye_ns > BYE_DRAIN_LIMIT_NS))
+        else if (c->state == CONN_CLOSED && (ring_empty(c) || now - c->closed_ns > CLOSED_DRAIN_LIMIT_NS))
             conn_finish(r, i, ring_empty(c) ? 0 : RS_RING_PRODUCER_DEAD);
         else
             i++;
@@ -668,15 +668,15 @@ static void *recorder_loop(void *arg)
             if (c->w && !c->failed && (ret = rs_trace_pump(c->w, PUMP_BYTES)) < 0)
                 conn_fail(r, c, ret);
             if (n < 0) {
-                c->state = CONN_BYE; /* corrupt ring: finish with what we have */
-                c->bye_ns = 0;
+                c->state = CONN_CLOSED; /* corrupt ring: finish with what we have */
+                c->closed_ns = 0;
                 closing = 1;
             } else {
                 work += n;
             }
             if (c->state == CONN_ACTIVE && __atomic_load_n(&c->ring.hdr->closed, __ATOMIC_ACQUIRE)) {
-                c->state = CONN_BYE; /* RS_EV_END is written: the process exits */
-                c->bye_ns = now;
+                c->state = CONN_CLOSED; /* RS_EV_END is written: the process exits */
+                c->closed_ns = now;
                 closing = 1;
             }
             if (c->pidfd < 0 && now >= c->proc_check_ns) {

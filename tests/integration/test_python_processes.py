@@ -193,9 +193,9 @@ def test_orphans_outliving_the_command_are_traced(py):
 
 @per_interpreter
 def test_daemon_closing_every_descriptor_stays_traced(py):
-    """A program that closes every descriptor (and dup2s onto the shim's
-    socket) stays traced to its end, and its own descriptors get the numbers
-    they get untraced."""
+    """A program that closes every descriptor (and dup2s onto every socket
+    it finds: the shim once kept one) stays traced to its end, and its own
+    descriptors get the numbers they get untraced."""
     script = harness.write_script(DAEMON)
     t = harness.run_traced([py.path, script], timeout=120)
     expect("built" in t.proc.stdout, "%s: the program did not run: %s" % (py, t.proc.stderr[-500:]))
