@@ -33,27 +33,20 @@ static void python_version(uint32_t hex, char *buf, size_t len)
         snprintf(buf, len, "%u.%u.%u", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
 }
 
-/* How the process image ended, by the trailer ("" without one). */
-static const char *end_name(const struct rs_trace_info *in)
-{
-    if (!in->has_trailer)
-        return "";
-    switch (in->end_reason) {
-    case 0: return "exit";
-    case 1: return "exec";
-    case 2: return "abrupt";
-    default: return "unknown";
-    }
-}
+/* How the process image ended (enum rs_end_reason), for JSON and for text. */
+static const struct {
+    const char *name, *text;
+} end_reasons[] = {
+    [RS_END_EXIT] = {"exit", "exit"},
+    [RS_END_EXEC] = {"exec", "exec (the next program has a trace of its own, if it is traced)"},
+    [RS_END_ABRUPT] = {"abrupt", "abruptly: killed by a signal, crashed, or left through _exit (no exit handlers ran)"},
+};
 
-static const char *end_text(const struct rs_trace_info *in)
+static const char *end_reason(uint32_t reason, int text)
 {
-    switch (in->end_reason) {
-    case 0: return "exit";
-    case 1: return "exec (the next program has a trace of its own, if it is traced)";
-    case 2: return "abruptly: killed by a signal, crashed, or left through _exit (no exit handlers ran)";
-    default: return "unknown";
-    }
+    if (reason >= sizeof(end_reasons) / sizeof(end_reasons[0]))
+        return "unknown";
+    return text ? end_reasons[reason].text : end_reasons[reason].name;
 }
 
 static void print_text(const struct summary *s)
@@ -86,7 +79,7 @@ static void print_text(const struct summary *s)
     printf("lost events   %llu\n", (unsigned long long)in->lost_events);
     printf("producer waits %llu\n", (unsigned long long)in->producer_waits);
     if (in->has_trailer)
-        printf("ended         %s\n", end_text(in));
+        printf("ended         %s\n", end_reason(in->end_reason, 1));
     if (st->unknown_frees)
         printf("frees of blocks allocated before tracing: %llu\n", (unsigned long long)st->unknown_frees);
     if (in->truncated)
@@ -120,7 +113,7 @@ static json_t *to_json(const struct summary *s)
         "threads", (json_int_t)s->threads, "lost_events", (json_int_t)in->lost_events,
         "producer_waits", (json_int_t)in->producer_waits, "truncated", in->truncated,
         "complete", in->has_trailer);
-    json_object_set_new(root, "end", in->has_trailer ? json_string(end_name(in)) : json_null());
+    json_object_set_new(root, "end", in->has_trailer ? json_string(end_reason(in->end_reason, 0)) : json_null());
     return root;
 }
 

@@ -61,7 +61,7 @@ struct conn {
     int gone;                /* ended (or exec'd: `exec`): finish, dead       */
     int exec;                /* the same pid greeted again: this image exec'd */
     enum conn_state state;
-    uint8_t in[64];
+    uint8_t in[sizeof(struct rs_hello)]; /* the greeting, as it arrives */
     size_t in_len;
     struct rs_hello hello;
     void *map;
@@ -304,7 +304,7 @@ static void finish_trace(struct rs_recorder *r, struct conn *c)
     struct rs_trailer t = {
         .producer_waits = __atomic_load_n(&c->ring.hdr->waits, __ATOMIC_RELAXED),
         .lost_events = __atomic_load_n(&c->ring.hdr->dropped, __ATOMIC_RELAXED),
-        .end_reason = c->seen_end ? c->end_reason : c->exec ? 1 : 2,
+        .end_reason = c->seen_end ? c->end_reason : c->exec ? RS_END_EXEC : RS_END_ABRUPT,
     };
     struct rs_recorder_file *f = &r->files[c->file];
     f->records = rs_trace_writer_records(c->w);

@@ -6,8 +6,8 @@
  * writes RS_EV_CLOCK and RS_EV_END, closes the ring and waits (bounded) until
  * the recorder has the trace on disk. The process keeps no descriptor of
  * ours: the recorder socket is closed once the recorder has the ring. A fork
- * child runs the same set-up from the atfork handler (forkexec.c). Any failure prints one line and leaves every
- * hook a pass-through.
+ * child runs the same set-up from the atfork handler (forkexec.c). Any
+ * failure prints one line and leaves every hook a pass-through.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -378,7 +378,7 @@ __attribute__((destructor(RS_CTOR_CORE))) static void shim_fini(void)
         .producer_waits = __atomic_load_n(&trace.ring.hdr->waits, __ATOMIC_RELAXED),
         .lost_events = __atomic_load_n(&trace.ring.hdr->dropped, __ATOMIC_RELAXED),
         .end_mono_ns = rs_clock_mono_ns(),
-        .reason = 0,
+        .reason = RS_END_EXIT,
     };
     struct rs_slot rec = { .kind = RS_EV_END, .thread = rs_emit_thread(),
                            .time = rs_clock_ticks(config.clock_kind) };

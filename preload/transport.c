@@ -2,10 +2,10 @@
  * Producer side of the recorder transport: makes this process's memfd ring,
  * hands it to the recorder over a unix socket (SCM_RIGHTS), waits at exit
  * for the recorder to have the trace on disk, and — in the direct form —
- * starts a detached recorder. Runs in the
- * constructor, the destructor and the atfork child handler: syscalls only,
- * no allocation, no stdio. Writes use MSG_NOSIGNAL so a dead recorder never
- * raises SIGPIPE in the traced program.
+ * starts a detached recorder. Runs in the constructor, the destructor and
+ * the atfork child handler: syscalls only, no allocation, no stdio. Writes
+ * use MSG_NOSIGNAL so a dead recorder never raises SIGPIPE in the traced
+ * program.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -136,8 +136,17 @@ struct rs_end_info {
     uint64_t producer_waits; /* times a producer found the ring full and waited  */
     uint64_t lost_events;    /* events dropped (lossy mode, or after set-up failed) */
     uint64_t end_mono_ns;
-    uint32_t reason;         /* 0 exit (destructor), 1 exec, 2 recorder saw death  */
+    uint32_t reason;         /* enum rs_end_reason                                 */
     uint32_t reserved;
+};
+
+/* How a process image's trace ended: RS_EV_END's reason, and the trailer's
+ * (trace.h), which the recorder fills in when there was no RS_EV_END. */
+enum rs_end_reason {
+    RS_END_EXIT = 0,   /* the shim's exit handler wrote RS_EV_END                     */
+    RS_END_EXEC = 1,   /* recorder: the same pid greeted again, as its next image     */
+    RS_END_ABRUPT = 2, /* recorder: the process ended without RS_EV_END (a signal,
+                          a crash, _exit)                                            */
 };
 
 /* Sections below are owned by the feature that introduces them; each feature

@@ -28,10 +28,11 @@
  *    waits. Otherwise it loads the record (acquire), copies it out, zeroes the
  *    kind byte of every slot of the record and advances `tail` (release).
  *    The consumer never sees a half-written record.
- *  - When the producer process is dead (the recorder saw it end, or exec) a slot with kind == 0
- *    below `head` is a record whose producer died mid-write: the consumer
- *    skips it and any RS_EV_CONT slots after it (rs_ring_consume with
- *    RS_RING_PRODUCER_DEAD). Everything committed is still delivered.
+ *  - When the producer process is dead (the recorder saw it end, or exec)
+ *    a slot with kind == 0 below `head` is a record whose producer died
+ *    mid-write: the consumer skips it and any RS_EV_CONT slots after it
+ *    (rs_ring_consume with RS_RING_PRODUCER_DEAD). Everything committed is
+ *    still delivered.
  *  - A record never spans the wrap point in the reader's view: slots are
  *    addressed modulo capacity, so a VAR record may wrap; readers copy it out
  *    slot by slot.

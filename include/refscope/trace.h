@@ -76,7 +76,7 @@ struct rs_trailer {
     uint64_t chunks;
     uint64_t producer_waits;  /* copied from the ring at the end        */
     uint64_t lost_events;
-    uint32_t end_reason;      /* as rs_end_info.reason; 2 = process died without END */
+    uint32_t end_reason;      /* enum rs_end_reason (events.h)           */
     uint32_t reserved;
 };
 

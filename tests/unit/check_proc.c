@@ -39,38 +39,6 @@ START_TEST(self_is_alive)
 }
 END_TEST
 
-START_TEST(child_alive_then_zombie_then_gone)
-{
-    int gate[2];
-    ck_assert_int_eq(pipe(gate), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        char c;
-        close(gate[1]);
-        (void)!read(gate[0], &c, 1);
-        _exit(0);
-    }
-    close(gate[0]);
-    struct rs_proc_state st;
-    ck_assert_int_eq(rs_proc_read((uint32_t)pid, &st), 0);
-    uint64_t start = st.start_ticks;
-    ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 1);
-    close(gate[1]); /* the child exits: a zombie until reaped */
-    int zombie = 0;
-    for (int i = 0; i < 500 && !zombie; i++) {
-        ck_assert_int_eq(rs_proc_read((uint32_t)pid, &st), 0);
-        zombie = st.state == 'Z';
-        if (!zombie)
-            sleep_ms(2);
-    }
-    ck_assert(zombie);
-    ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 0);
-    ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
-    ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 0);
-}
-END_TEST
-
 static void *linger(void *arg)
 {
     int fd = *(int *)arg;
@@ -79,7 +47,11 @@ static void *linger(void *arg)
     return NULL;
 }
 
-START_TEST(leader_gone_before_its_thread)
+/* A child that lives until *release is closed: on its main thread, or,
+ * with leader_leaves, on a second thread after its main thread (the
+ * thread-group leader) has called pthread_exit. Its start time goes to
+ * *start. */
+static pid_t gated_child(int leader_leaves, int *release, uint64_t *start)
 {
     int gate[2];
     ck_assert_int_eq(pipe(gate), 0);
@@ -88,25 +60,59 @@ START_TEST(leader_gone_before_its_thread)
     if (pid == 0) {
         pthread_t t;
         close(gate[1]);
+        if (!leader_leaves) {
+            linger(&gate[0]);
+            _exit(0);
+        }
         if (pthread_create(&t, NULL, linger, &gate[0]) != 0)
             _exit(3);
-        pthread_exit(NULL); /* the leader leaves; the process lives in t */
+        pthread_exit(NULL); /* the process lives on in t */
     }
     close(gate[0]);
+    *release = gate[1];
     struct rs_proc_state st;
     ck_assert_int_eq(rs_proc_read((uint32_t)pid, &st), 0);
-    uint64_t start = st.start_ticks;
-    int zombie_leader = 0;
-    for (int i = 0; i < 500 && !zombie_leader; i++) {
-        ck_assert_int_eq(rs_proc_read((uint32_t)pid, &st), 0);
-        zombie_leader = st.state == 'Z';
-        if (!zombie_leader)
-            sleep_ms(2);
+    *start = st.start_ticks;
+    return pid;
+}
+
+/* Waits (up to a second) until pid's state is 'Z'; its stat line in *st. */
+static void wait_zombie(pid_t pid, struct rs_proc_state *st)
+{
+    for (int i = 0; i < 500; i++) {
+        ck_assert_int_eq(rs_proc_read((uint32_t)pid, st), 0);
+        if (st->state == 'Z')
+            return;
+        sleep_ms(2);
     }
-    ck_assert(zombie_leader);
+    ck_abort_msg("process %d never became a zombie", (int)pid);
+}
+
+START_TEST(child_alive_then_zombie_then_gone)
+{
+    int release;
+    uint64_t start;
+    pid_t pid = gated_child(0, &release, &start);
+    struct rs_proc_state st;
+    ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 1);
+    close(release); /* the child exits: a zombie until reaped */
+    wait_zombie(pid, &st);
+    ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 0);
+    ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+    ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 0);
+}
+END_TEST
+
+START_TEST(leader_gone_before_its_thread)
+{
+    int release;
+    uint64_t start;
+    pid_t pid = gated_child(1, &release, &start);
+    struct rs_proc_state st;
+    wait_zombie(pid, &st); /* the leader's state; the process lives on */
     ck_assert_uint_ge(st.threads, 2);
     ck_assert_int_eq(rs_proc_alive((uint32_t)pid, start), 1);
-    close(gate[1]); /* the last thread returns: the process exits */
+    close(release); /* the last thread returns: the process exits */
     int status;
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
