@@ -5,7 +5,8 @@
 #   make demo       deps + build + trace samples/demo.py + print reports
 #   make check      deps + build + every test (Check unit tests, integration tests)
 #   make bench      benchmarks: traced/untraced wall ratio, events/s, bytes/event
-#   make fuzz       damaged traces against every report, under ASan/UBSan
+#   make fuzz       damaged traces against every report, under ASan/UBSan, at
+#                   random and coverage-guided (libFuzzer)
 #                   (FUZZ_SECONDS, default 300; make check runs a short round)
 #
 # New .c files in common/, preload/, analyzer/, tests/unit/ and tests/progs/
@@ -16,7 +17,7 @@ CC       ?= cc
 PYTHON   ?= python3
 PKGS      = libunwind libdw jansson check libzstd zlib
 DEB_PKGS  = gcc make pkg-config libunwind-dev libdw-dev libelf-dev libjansson-dev \
-            check libzstd-dev zlib1g-dev python3
+            check libzstd-dev zlib1g-dev python3 clang libclang-rt-14-dev
 
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
@@ -56,6 +57,13 @@ SAN_FLAGS    := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fn
 SAN_OBJ      := $(ANALYZER_LIB_OBJ:$(BUILD)/obj/%=$(BUILD)/san/%)
 FUZZ         := $(BUILD)/tests/fuzz_reports
 FUZZ_SECONDS ?= 300
+FUZZ_SHARED  := tests/fuzz/reports.c
+# Coverage-guided (libFuzzer): the analyzer built by clang, when there is one
+# (`make deps` installs it; without it the test says it is skipped).
+CLANG        := $(shell command -v clang 2>/dev/null)
+COV_FLAGS    := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+COV_OBJ      := $(ANALYZER_LIB_OBJ:$(BUILD)/obj/%=$(BUILD)/cov/%)
+COV_FUZZ     := $(if $(CLANG),$(BUILD)/tests/cov_reports)
 
 .PHONY: all deps demo check unit integration bench fuzz clean
 all: $(SHIM) $(CLI) $(PROG_BIN)
@@ -83,9 +91,17 @@ $(BUILD)/san/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Ianalyzer -O1 -g $(SAN_FLAGS) $(WARN) $(call pc,--cflags,jansson libzstd libdw) $(DEPFLAGS) -c $< -o $@
 
-$(FUZZ): tests/fuzz/fuzz_reports.c $(SAN_OBJ)
+$(FUZZ): tests/fuzz/fuzz_reports.c $(FUZZ_SHARED) $(SAN_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Ianalyzer -O1 -g $(SAN_FLAGS) $(WARN) -o $@ $^ $(ANALYZER_LIBS)
+
+$(BUILD)/cov/%.o: %.c
+	@mkdir -p $(@D)
+	$(CLANG) $(CPPFLAGS) -Ianalyzer -O1 -g $(COV_FLAGS) $(WARN) $(call pc,--cflags,jansson libzstd libdw) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/tests/cov_reports: tests/fuzz/cov_reports.c $(FUZZ_SHARED) $(COV_OBJ)
+	@mkdir -p $(@D)
+	$(CLANG) $(CPPFLAGS) -Ianalyzer -O1 -g $(COV_FLAGS) -fsanitize=fuzzer $(WARN) -o $@ $^ $(ANALYZER_LIBS)
 
 $(BUILD)/tests/progs/%: tests/progs/%.c
 	@mkdir -p $(@D)
@@ -113,7 +129,7 @@ demo: deps
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t; done
 
-integration: all $(FUZZ)
+integration: all $(FUZZ) $(COV_FUZZ)
 	$(PYTHON) tests/integration/run.py --build $(BUILD)
 
 check: deps
@@ -126,7 +142,7 @@ bench: deps
 	$(PYTHON) bench/run.py --build $(BUILD)
 
 fuzz: deps
-	@$(MAKE) --no-print-directory all $(FUZZ)
+	@$(MAKE) --no-print-directory all $(FUZZ) $(COV_FUZZ)
 	REFSCOPE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) tests/integration/run.py --build $(BUILD) -k fuzz
 
 clean:

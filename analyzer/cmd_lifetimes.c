@@ -352,6 +352,7 @@ int cmd_lifetimes(int argc, char **argv)
                    (unsigned long long)ts[i].tenured);
         for (size_t i = 0; i < json_array_size(warn); i++)
             printf("warning: %s\n", json_string_value(json_array_get(warn, i)));
+        json_decref(warn); /* only the JSON report takes it over */
     }
     rc = 0;
     goto out;

@@ -40,6 +40,8 @@ static uint64_t name_hash(const void *ctx, uint32_t id)
 static int append(struct rs_site_index *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int append(struct rs_site_index *x, const char *fmt, ...)
 {
+    if (!x->buf && rs_grow(&x->buf, &x->buf_cap, 256, 1)) /* no offset on a NULL buf */
+        return -ENOMEM;
     for (;;) {
         va_list ap;
         va_start(ap, fmt);

@@ -648,7 +648,7 @@ static int push_pyframe(struct rs_stacks *s, const struct pyframe *pf)
 
 static int resolve_into_scratch(struct rs_stacks *s, const struct pystack *ps)
 {
-    const struct pyframe *py = s->pyframes.v + ps->first;
+    const struct pyframe *py = ps->count ? s->pyframes.v + ps->first : NULL;
     uint32_t npy = ps->count, pi = 0;
     int has_entry = 0;
     int ret;

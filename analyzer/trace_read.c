@@ -150,6 +150,10 @@ static uint64_t ticks_to_mono(struct rs_trace *t, uint64_t ticks)
     const struct clock_pair *a = &t->pairs[s], *b = &t->pairs[s + 1];
     double rate = (double)(int64_t)(b->ns - a->ns) / (double)(b->ticks - a->ticks);
     double d = (double)(int64_t)(ticks - a->ticks) * rate;
+    /* damaged clock records can make it anything (even NaN): keep the
+     * conversion defined; the result is then only as wrong as they are */
+    if (!(d >= -9.2e18 && d <= 9.2e18))
+        d = d > 0 ? 9.2e18 : d < 0 ? -9.2e18 : 0;
     return a->ns + (uint64_t)(int64_t)d;
 }
 

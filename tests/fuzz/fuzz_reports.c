@@ -38,6 +38,7 @@
 #include "grow.h"
 #include "refscope/clock.h"
 #include "trace_write.h"
+#include "reports.h"
 
 const char *__asan_default_options(void);
 const char *__ubsan_default_options(void);
@@ -49,43 +50,6 @@ const char *__ubsan_default_options(void) { return "exitcode=99:print_stacktrace
 
 #define SAN_EXIT 99       /* a sanitizer report (both options above) */
 #define CHILD_SECONDS 60  /* every report on one input, under the sanitizers */
-
-/* The reports run on every input: TRACE stands for the input's path, DOT
- * for a scratch file in the output directory. */
-#define MAX_ARGS 10
-static const char *const reports[][MAX_ARGS] = {
-    { "summary", "TRACE" },
-    { "summary", "--json", "TRACE" },
-    { "top", "TRACE" },
-    { "top", "--by", "live", "--depth", "0", "--json", "TRACE" },
-    { "top", "--native", "--by", "peak", "TRACE" },
-    { "flamegraph", "-o", "DOT", "TRACE" },
-    { "flamegraph", "--format", "collapsed", "--native", "--by", "live", "-o", "DOT", "TRACE" },
-    { "gc", "TRACE" },
-    { "gc", "--json", "TRACE" },
-    { "lifetimes", "--json", "TRACE" },
-    { "lifetimes", "--depth", "0", "TRACE" },
-    { "leaks", "--json", "TRACE" },
-    { "leaks", "--since", "import", "--depth", "0", "TRACE" },
-    { "cycles", "--json", "--all", "TRACE" },
-    { "cycles", "--dot", "DOT", "TRACE" },
-    { "diff", "--json", "TRACE" },
-    { "dump", "--json", "TRACE" },
-};
-#define NREPORTS (sizeof(reports) / sizeof(reports[0]))
-
-static int (*report_fn(const char *name))(int, char **)
-{
-    static const struct { const char *name; int (*fn)(int, char **); } fns[] = {
-        { "summary", cmd_summary }, { "top", cmd_top },         { "flamegraph", cmd_flamegraph },
-        { "gc", cmd_gc },           { "lifetimes", cmd_lifetimes }, { "leaks", cmd_leaks },
-        { "cycles", cmd_cycles },   { "diff", cmd_diff },       { "dump", cmd_dump },
-    };
-    for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
-        if (!strcmp(fns[i].name, name))
-            return fns[i].fn;
-    return NULL;
-}
 
 /* rs_grow for this program's own arrays: running out of memory ends it. */
 static void grow_or_exit(void *pp, size_t *cap, size_t need, size_t elsize)
@@ -616,20 +580,6 @@ struct child_log {
     volatile int status[NREPORTS];     /* -1: not run on this input */
 };
 
-static int run_report(size_t k, const char *trace, const char *dot)
-{
-    char *argv[MAX_ARGS + 1] = { 0 };
-    int argc = 0;
-    for (; argc < MAX_ARGS && reports[k][argc]; argc++) {
-        const char *a = reports[k][argc];
-        argv[argc] = (char *)(!strcmp(a, "TRACE") ? trace : !strcmp(a, "DOT") ? dot : a);
-    }
-    int status = report_fn(reports[k][0])(argc, argv);
-    fflush(stdout);
-    clearerr(stdout);
-    return status;
-}
-
 static void child_run(struct child_log *log, const char *trace, const char *dot, const char *errpath)
 {
     alarm(CHILD_SECONDS);
@@ -739,13 +689,62 @@ static int check_input(struct child_log *log, const char *dir, const char *trace
     return 1;
 }
 
+/* `--raw-chunks IN OUT`: IN with every zstd chunk stored raw, the seed form
+ * for the coverage-guided fuzzer (cov_reports.c), whose mutations would
+ * otherwise stop at zstd's decoder. Returns 0, or 1 with a line on stderr. */
+static int raw_chunks(const char *in, const char *out)
+{
+    uint8_t *f, *g = NULL, *raw = NULL;
+    size_t len, glen = 0, gcap = 0, rawcap = 0, offs[4096];
+    struct rs_file_header h;
+    int rc = 1;
+    if (read_file(in, &f, &len) < 0)
+        return 1;
+    size_t n = chunk_offsets(f, len, offs, 4096);
+    if (len < sizeof(h) || n == 4096) {
+        fprintf(stderr, "fuzz_reports: %s: not a trace this tool can rewrite\n", in);
+        goto out;
+    }
+    memcpy(&h, f, sizeof(h));
+    size_t head = n ? offs[0] : len;
+    grow_or_exit(&g, &gcap, head, 1);
+    memcpy(g, f, head);
+    glen = head;
+    for (size_t i = 0; i < n; i++) {
+        struct rs_chunk_header ch;
+        memcpy(&ch, f + offs[i], sizeof(ch));
+        size_t end = i + 1 < n ? offs[i + 1] : len;
+        const uint8_t *body = f + offs[i] + sizeof(ch);
+        size_t body_len = end - offs[i] - sizeof(ch);
+        if (ch.codec == RS_CODEC_ZSTD && ch.stored_len <= body_len &&
+            rs_chunk_unpack(ch.codec, body, ch.stored_len, ch.raw_len, &raw, &rawcap) == 0) {
+            ch.codec = RS_CODEC_RAW;
+            ch.stored_len = ch.raw_len;
+            ch.crc = (uint32_t)crc32(0, raw, (uInt)ch.raw_len);
+            body = raw;
+            body_len = ch.raw_len;
+        }
+        grow_or_exit(&g, &gcap, glen + sizeof(ch) + body_len, 1);
+        memcpy(g + glen, &ch, sizeof(ch));
+        memcpy(g + glen + sizeof(ch), body, body_len);
+        glen += sizeof(ch) + body_len;
+    }
+    rc = write_file(out, g, glen) < 0;
+out:
+    free(f);
+    free(g);
+    free(raw);
+    return rc;
+}
+
 static double now_s(void) { return (double)rs_clock_mono_ns() / 1e9; }
 
 static void usage(void)
 {
     fprintf(stderr, "usage: fuzz_reports -o DIR [-n INPUTS] [-t SECONDS] [-s SEED] [-r REPORTS] [-v] SEED.rfs...\n"
                     "       (-r: reports run on each input, picked at random; 0 = all of them)\n"
-                    "       fuzz_reports --replay FILE.rfs   (every report, in this process)\n");
+                    "       fuzz_reports --replay FILE.rfs   (every report, in this process)\n"
+                    "       fuzz_reports --raw-chunks IN.rfs OUT.rfs   (zstd chunks stored raw)\n");
 }
 
 static int replay(const char *file)
@@ -769,6 +768,8 @@ int main(int argc, char **argv)
     int a = 1;
     if (argc == 3 && !strcmp(argv[1], "--replay"))
         return replay(argv[2]);
+    if (argc == 4 && !strcmp(argv[1], "--raw-chunks"))
+        return raw_chunks(argv[2], argv[3]);
     for (; a + 1 < argc && argv[a][0] == '-'; a += 2) {
         if (!strcmp(argv[a], "-o"))
             dir = argv[a + 1];

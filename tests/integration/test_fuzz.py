@@ -1,11 +1,14 @@
-"""Damaged traces against every report, under AddressSanitizer and UBSan
-(tests/fuzz/fuzz_reports.c). Seeds are real traces: Python programs with
-threads, reference cycles, collections and heap snapshots (with and without
-native stacks; from an interpreter with object events, 3.13+, when there is
-one) and a C program. `make check` runs a short round; `make fuzz` a long one
-(REFSCOPE_FUZZ_SECONDS). REFSCOPE_FUZZ_SEED repeats a round."""
+"""Damaged traces against every report, under AddressSanitizer and UBSan:
+at random (tests/fuzz/fuzz_reports.c) and coverage-guided with libFuzzer
+(tests/fuzz/cov_reports.c, built when clang is there). Seeds are real
+traces: Python programs with threads, reference cycles, collections and
+heap snapshots (with and without native stacks; from an interpreter with
+object events, 3.13+, when there is one) and a C program. `make check` runs
+a short round of each; `make fuzz` a long one (REFSCOPE_FUZZ_SECONDS).
+REFSCOPE_FUZZ_SEED repeats a random round."""
 import os
 import random
+import re
 import textwrap
 
 import harness
@@ -34,7 +37,16 @@ SEED_PROGRAM = """
 """
 
 
+_SEEDS = []
+
+
 def _seeds():
+    if not _SEEDS:
+        _SEEDS.extend(_make_seeds())
+    return _SEEDS
+
+
+def _make_seeds():
     script = harness.write_script(textwrap.dedent(SEED_PROGRAM))
     pys = harness.interpreters()
     if not pys:
@@ -65,3 +77,32 @@ def test_damaged_traces_never_crash_a_report():
            "fuzz_reports found inputs that break a report (seed %s; rerun with REFSCOPE_FUZZ_SEED=%s "
            "REFSCOPE_KEEP=1 to keep them):\n%s\n%s" % (seed, seed, proc.stdout[-1000:], proc.stderr[-6000:]))
     expect("0 failures" in proc.stdout, "unexpected fuzz summary: %r" % proc.stdout)
+
+
+def test_coverage_guided_fuzzing_never_crashes_a_report():
+    cov = os.path.join(harness.BUILD, "tests", "cov_reports")
+    fuzz = os.path.join(harness.BUILD, "tests", "fuzz_reports")
+    if not os.path.exists(cov):
+        raise Skip("%s was not built: there is no clang (`make deps` installs it)" % cov)
+    seconds = int(os.environ.get("REFSCOPE_FUZZ_SECONDS", "60"))
+    work = harness.workdir()
+    seeds, corpus = os.path.join(work, "seeds"), os.path.join(work, "corpus")
+    os.mkdir(seeds)
+    os.mkdir(corpus)
+    for i, trace in enumerate(_seeds()):
+        # raw chunks: mutations of zstd bodies would mostly stop at zstd
+        conv = harness.run([fuzz, "--raw-chunks", trace, os.path.join(seeds, "%d.rfs" % i)])
+        expect(conv.returncode == 0, "fuzz_reports --raw-chunks %s: %s" % (trace, conv.stderr))
+    proc = harness.run([cov, "-close_fd_mask=3", "-max_total_time=%d" % seconds, "-timeout=60",
+                        "-rss_limit_mb=4096", "-print_final_stats=1", "-artifact_prefix=%s/" % work,
+                        corpus, seeds], timeout=seconds + 300)
+    found = [f for f in os.listdir(work) if f.split("-")[0] in ("crash", "leak", "timeout", "oom", "slow")]
+    runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", proc.stderr)
+    print("cov_reports: %s inputs in %d s, %d seeds, %d kept for new coverage"
+          % (runs.group(1) if runs else "?", seconds, len(os.listdir(seeds)), len(os.listdir(corpus))))
+    expect(proc.returncode == 0 and not found,
+           "cov_reports found inputs that break a report (%s; replay one with `%s FILE`, "
+           "REFSCOPE_KEEP=1 keeps them):\n%s" % (", ".join(found) or "status %d" % proc.returncode,
+                                                  cov, proc.stderr[-6000:]))
+    expect(runs and int(runs.group(1)) > len(os.listdir(seeds)),
+           "cov_reports ran no mutated input: %s" % proc.stderr[-2000:])
