@@ -473,12 +473,9 @@ static int open_pidfd(uint32_t pid)
  * ACK. */
 static int conn_watch(struct conn *c)
 {
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
     struct rs_proc_state st;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0)
+    if (!(c->peer_pid = rs_proc_peer(c->fd)))
         return -ESRCH; /* a process we cannot see (another pid namespace) */
-    c->peer_pid = (uint32_t)cred.pid;
     c->pidfd = open_pidfd(c->peer_pid); /* close-on-exec by definition */
     if (c->pidfd < 0) {
         if (rs_proc_read(c->peer_pid, &st) < 0)

@@ -37,8 +37,7 @@ struct rs_trace_info {
     const char *cmdline;        /* arguments joined by single spaces      */
     /* filled in as reading proceeds, final after rs_trace_next returned 0: */
     int      has_trailer;       /* 0: recorder did not finish the file     */
-    uint32_t end_reason;        /* with a trailer: rs_end_info.reason (0 exit,
-                                   1 exec, 2 died without RS_EV_END)       */
+    uint32_t end_reason;        /* with a trailer: enum rs_end_reason (events.h) */
     int      truncated;         /* a damaged/short last chunk was dropped  */
     uint64_t producer_waits;
     uint64_t lost_events;

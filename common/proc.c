@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "refscope/proc.h"
@@ -94,6 +95,15 @@ int rs_proc_read(uint32_t pid, struct rs_proc_state *st)
     if (in_field && field == FIELD_START)
         st->start_ticks = value;
     return st->state && field >= FIELD_START ? 0 : -EPROTO;
+}
+
+uint32_t rs_proc_peer(int sock)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0)
+        return 0;
+    return (uint32_t)cred.pid;
 }
 
 int rs_proc_alive(uint32_t pid, uint64_t start_ticks)

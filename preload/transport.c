@@ -171,15 +171,13 @@ int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int ti
 
 void rs_transport_peer(int sock, struct rs_transport_peer *peer)
 {
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
     struct rs_proc_state st;
+    uint32_t pid = rs_proc_peer(sock);
     peer->pid = 0;
     peer->start_ticks = 0;
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0 ||
-        rs_proc_read((uint32_t)cred.pid, &st) < 0)
+    if (!pid || rs_proc_read(pid, &st) < 0)
         return;
-    peer->pid = (uint32_t)cred.pid;
+    peer->pid = pid;
     peer->start_ticks = st.start_ticks;
 }
 

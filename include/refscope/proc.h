@@ -3,8 +3,9 @@
  * start time as /proc/<pid>/stat gives them (common/proc.c). The shim uses
  * it to tell whether its recorder is alive (a pid alone may have been
  * reused), the recorder to tell whether a traced process has ended where
- * the kernel has no pidfd_open. Safe inside malloc hooks and fork children:
- * open/read/close only, no allocation, no stdio.
+ * the kernel has no pidfd_open; both learn the other's pid from their
+ * socket. Safe inside malloc hooks and fork children: system calls only, no
+ * allocation, no stdio.
  */
 #ifndef REFSCOPE_PROC_H
 #define REFSCOPE_PROC_H
@@ -20,6 +21,11 @@ struct rs_proc_state {
 /* Reads /proc/<pid>/stat. Returns 0, -ESRCH when there is no such process,
  * or another negative errno (no /proc, an unreadable line). */
 int rs_proc_read(uint32_t pid, struct rs_proc_state *st);
+
+/* The process at the other end of connected unix socket `sock`, as its pid
+ * in our namespace (SO_PEERCRED), or 0 when the kernel names none (a pid
+ * namespace we cannot see). */
+uint32_t rs_proc_peer(int sock);
 
 /* 1 while process `pid` that started at `start_ticks` has not exited
  * (a zombie whose other threads are gone has; a pid now used by a later

@@ -4,7 +4,7 @@
  * a zombie nor once it is reaped; a wrong start time (the pid reused by a
  * later process) is not alive; a thread-group leader that exited before its
  * other thread is still alive; a command name with spaces and parentheses
- * does not shift the fields.
+ * does not shift the fields; a socket names the process at its other end.
  */
 #include <check.h>
 #include <errno.h>
@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -154,6 +155,22 @@ START_TEST(odd_command_name)
 }
 END_TEST
 
+START_TEST(socket_names_its_peer)
+{
+    int sv[2], pipe_fds[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    /* socketpair: this process made the other end */
+    ck_assert_uint_eq(rs_proc_peer(sv[0]), (uint32_t)getpid());
+    ck_assert_int_eq(pipe(pipe_fds), 0);
+    ck_assert_uint_eq(rs_proc_peer(pipe_fds[0]), 0); /* not a socket */
+    ck_assert_uint_eq(rs_proc_peer(-1), 0);
+    close(sv[0]);
+    close(sv[1]);
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+}
+END_TEST
+
 int main(void)
 {
     const TTest *tests[] = {
@@ -161,6 +178,7 @@ int main(void)
         child_alive_then_zombie_then_gone,
         leader_gone_before_its_thread,
         odd_command_name,
+        socket_names_its_peer,
     };
     return rs_check_run("proc", 30, tests, sizeof(tests) / sizeof(tests[0]));
 }
