@@ -92,11 +92,20 @@ static void print_files(struct rs_recorder *r, const char *output)
     fprintf(stderr, "; recorder CPU %.2f s\n", rs_recorder_cpu_seconds(r));
 }
 
+/* setenv for CMD's environment, saying why when it fails. Returns 0 or -1. */
+static int env_set(const char *name, const char *value)
+{
+    if (setenv(name, value, 1) == 0)
+        return 0;
+    fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+    return -1;
+}
+
 static int env_set_int(const char *name, long v)
 {
     char buf[32];
     snprintf(buf, sizeof(buf), "%ld", v);
-    return setenv(name, buf, 1);
+    return env_set(name, buf);
 }
 
 /* The recorder holds a descriptor (a pidfd) per traced process alive, so
@@ -262,12 +271,10 @@ int cmd_run(int argc, char **argv)
                         "--no-gc and --gc-census=on (see 'refscope run --help')\n");
         return 2;
     }
-    if ((no_stacks && setenv(RS_ENV_PYSTACKS, "0", 1)) || (no_gc && setenv(RS_ENV_GC, "off", 1)) ||
-        (census >= 0 && setenv(RS_ENV_GC_CENSUS, on_off[census], 1)) ||
-        (interval && env_set_int(RS_ENV_SNAPSHOT_INTERVAL, interval))) {
-        fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+    if ((no_stacks && env_set(RS_ENV_PYSTACKS, "0")) || (no_gc && env_set(RS_ENV_GC, "off")) ||
+        (census >= 0 && env_set(RS_ENV_GC_CENSUS, on_off[census])) ||
+        (interval && env_set_int(RS_ENV_SNAPSHOT_INTERVAL, interval)))
         return 1;
-    }
     if (output && rs_trace_path_is_special(output)) {
         fprintf(stderr, "refscope run: %s is not a regular file (a trace is written as a new file)\n", output);
         return 1;
@@ -295,21 +302,18 @@ int cmd_run(int argc, char **argv)
         return 1;
     }
     unsetenv(RS_ENV_UNTRACED); /* left by an earlier failed set-up; this run starts afresh */
-    if (setenv(RS_ENV_SOCK, rs_recorder_socket(r), 1) ||
-        (ring_mb && env_set_int(RS_ENV_RING_MB, ring_mb)) ||
-        (lossy && setenv(RS_ENV_LOSSY, "1", 1)) || (native && setenv(RS_ENV_NATIVE, "1", 1))) {
-        fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+    if (env_set(RS_ENV_SOCK, rs_recorder_socket(r)) || (ring_mb && env_set_int(RS_ENV_RING_MB, ring_mb)) ||
+        (lossy && env_set(RS_ENV_LOSSY, "1")) || (native && env_set(RS_ENV_NATIVE, "1")))
         goto out;
-    }
     publish_run_dir(rs_recorder_socket(r), shim, preload_shim, sizeof(preload_shim));
     const char *old = getenv("LD_PRELOAD");
-    if (!(preload = malloc(strlen(preload_shim) + (old ? strlen(old) : 0) + 2)))
-        goto out;
-    sprintf(preload, "%s%s%s", preload_shim, old && *old ? ":" : "", old && *old ? old : "");
-    if (setenv("LD_PRELOAD", preload, 1)) {
-        fprintf(stderr, "refscope run: cannot set the environment: %s\n", strerror(errno));
+    if (!(preload = malloc(strlen(preload_shim) + (old ? strlen(old) : 0) + 2))) {
+        fprintf(stderr, "refscope run: out of memory\n");
         goto out;
     }
+    sprintf(preload, "%s%s%s", preload_shim, old && *old ? ":" : "", old && *old ? old : "");
+    if (env_set("LD_PRELOAD", preload))
+        goto out;
     if (pipe2(gate, O_CLOEXEC) < 0) {
         fprintf(stderr, "refscope run: pipe: %s\n", strerror(errno));
         goto out;
@@ -339,8 +343,10 @@ int cmd_run(int argc, char **argv)
             fprintf(stderr, "refscope run: %s exists (use -f to overwrite)\n", out_buf);
             goto out; /* closing the gate makes the child exit unrun */
         }
-        if (rs_recorder_set_output(r, out_buf) < 0)
+        if ((ret = rs_recorder_set_output(r, out_buf)) < 0) {
+            fprintf(stderr, "refscope run: %s: %s\n", out_buf, strerror(-ret));
             goto out;
+        }
     }
     if (write(gate[1], "g", 1) != 1) {
         fprintf(stderr, "refscope run: cannot start %s\n", argv[1]);

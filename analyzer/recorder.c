@@ -6,9 +6,12 @@
  * has the protocol). A process that closed its ring is drained to the last
  * record and told through the ring's `done` futex; a process that ended
  * (even by SIGKILL) or exec'd (its next image greets from the same pid) is
- * drained with RS_RING_PRODUCER_DEAD from the mapping we still hold. About
- * once a second each open trace gets an RS_EV_CLOCK pair so readers can
- * convert ticks.
+ * drained with RS_RING_PRODUCER_DEAD from the mapping we still hold. An
+ * image that exec'd into a program that is not traced never greets again:
+ * a ring that stays quiet has its process's maps read now and then (backing
+ * off to once a second), and a process that no longer maps it has exec'd.
+ * About once a second each open trace gets an RS_EV_CLOCK pair so readers
+ * can convert ticks.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +26,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -44,6 +48,8 @@
 #define CLOCK_EVERY_NS 1000000000ull
 #define CLOSED_DRAIN_LIMIT_NS 2000000000ull /* a closed ring still not empty: stop waiting */
 #define PROC_CHECK_NS 20000000ull    /* without a pidfd: how often /proc is asked */
+#define MAPS_FIRST_NS 50000000ull    /* a ring quiet this long: does its image still map it? */
+#define MAPS_LAST_NS 1000000000ull   /* ... asked again after twice as long, up to this */
 
 /* HELLO: connected, greeting not yet taken. ACTIVE: tracing. CLOSED: the
  * process closed its ring (exit); drained until empty, then `done`. */
@@ -58,6 +64,10 @@ struct conn {
     uint32_t peer_pid;       /* SO_PEERCRED: the process, in our pid namespace */
     uint64_t peer_start;     /* its start time (refscope/proc.h)             */
     uint64_t proc_check_ns;  /* next /proc check, without a pidfd             */
+    uint64_t maps_check_ns;  /* next look for the ring in /proc/<pid>/maps      */
+    uint64_t maps_every_ns;  /* the wait before that look (doubles while quiet) */
+    uint32_t ring_major, ring_minor; /* the ring's file, as maps names it       */
+    uint64_t ring_ino;
     int gone;                /* ended (or exec'd: `exec`): finish, dead       */
     int exec;                /* the same pid greeted again: this image exec'd */
     enum conn_state state;
@@ -108,6 +118,8 @@ struct rs_recorder {
     int ever_connected;
     double cpu_seconds;      /* of the recorder thread, set when it ends */
     double tsc_per_ns;       /* measured at start; 0 when unknown */
+    int maps_name_memfds;    /* /proc/<pid>/maps shows a ring as fstat does
+                                (check_exec works): 1, 0, or -1 not known yet */
 };
 
 /* TSC ticks per ns, measured over ~2 ms (the processes' clocks are the same
@@ -511,6 +523,11 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
     else if (c->memfd < 0 || fstat(c->memfd, &st) < 0 || (uint64_t)st.st_size < c->hello.map_bytes ||
              c->hello.map_bytes <= RS_RING_HEADER_BYTES)
         status = -EBADF;
+    else {
+        c->ring_major = major(st.st_dev);
+        c->ring_minor = minor(st.st_dev);
+        c->ring_ino = st.st_ino;
+    }
     if (status == 0) {
         c->map_bytes = (size_t)c->hello.map_bytes;
         c->map = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, c->memfd, 0);
@@ -523,6 +540,15 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
     }
     if (status == 0)
         status = conn_watch(c);
+    if (status == 0) {
+        /* exec checks only where maps names a memfd as fstat does: our own
+         * mapping of it must be there */
+        if (r->maps_name_memfds < 0)
+            r->maps_name_memfds = rs_proc_maps_file((uint32_t)getpid(), c->ring_major, c->ring_minor,
+                                                    c->ring_ino) == 1;
+        c->maps_every_ns = MAPS_FIRST_NS;
+        c->maps_check_ns = r->maps_name_memfds ? rs_clock_mono_ns() + MAPS_FIRST_NS : UINT64_MAX;
+    }
     send_reply(c, RS_MSG_ACK, status);
     if (status < 0)
         return status;
@@ -605,6 +631,26 @@ static void accept_all(struct rs_recorder *r)
     }
 }
 
+/* The ring of c gave nothing this turn. Once it has been quiet for a while,
+ * and then less and less often, see whether its image still maps it: one
+ * that exec'd into a program we do not trace (a static binary, LD_PRELOAD
+ * removed) never greets again, and its trace would otherwise stay open
+ * until the process ends. A process that maps nothing at all is exiting
+ * (its pidfd says so soon), one whose maps we cannot read tells nothing. */
+static void check_exec(struct conn *c, uint64_t now)
+{
+    if (c->state != CONN_ACTIVE || c->gone || now < c->maps_check_ns)
+        return;
+    if (rs_proc_maps_file(c->peer_pid, c->ring_major, c->ring_minor, c->ring_ino) == 0) {
+        c->gone = 1;
+        c->exec = 1;
+        return;
+    }
+    if (c->maps_every_ns < MAPS_LAST_NS)
+        c->maps_every_ns *= 2;
+    c->maps_check_ns = now + c->maps_every_ns;
+}
+
 /* Tell a process waiting at exit that its trace is on disk (ring.h). */
 static void set_done(struct conn *c)
 {
@@ -668,8 +714,15 @@ static void *recorder_loop(void *arg)
                 c->state = CONN_CLOSED; /* corrupt ring: finish with what we have */
                 c->closed_ns = 0;
                 closing = 1;
-            } else {
+            } else if (n > 0) {
                 work += n;
+                if (c->maps_check_ns != UINT64_MAX) {
+                    c->maps_every_ns = MAPS_FIRST_NS;
+                    c->maps_check_ns = now + MAPS_FIRST_NS;
+                }
+            } else {
+                check_exec(c, now);
+                closing |= c->gone;
             }
             if (c->state == CONN_ACTIVE && __atomic_load_n(&c->ring.hdr->closed, __ATOMIC_ACQUIRE)) {
                 c->state = CONN_CLOSED; /* RS_EV_END is written: the process exits */
@@ -741,6 +794,7 @@ int rs_recorder_start(const struct rs_recorder_config *cfg, struct rs_recorder *
     struct rs_recorder *r = calloc(1, sizeof(*r));
     if (r) {
         r->listen_fd = -1;
+        r->maps_name_memfds = -1;
         r->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
     if (!r || (cfg->output && !(r->output = strdup(cfg->output))) || !(r->payload = malloc(PAYLOAD_CAP)) ||

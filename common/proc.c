@@ -1,10 +1,13 @@
 /*
- * /proc/<pid>/stat, read without allocation (include/refscope/proc.h): the
- * line is "pid (comm) state ppid ...", comm may hold spaces and parentheses,
- * so the fields are counted from the last ')'.
+ * /proc/<pid>/stat and /proc/<pid>/maps, read without allocation or stdio
+ * (include/refscope/proc.h). The stat line is "pid (comm) state ppid ...",
+ * comm may hold spaces and parentheses, so the fields are counted from the
+ * last ')'. Maps lines are "start-end perms offset major:minor inode path",
+ * read through a fixed buffer; only their first five fields matter here.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,40 +18,56 @@
 #define FIELD_THREADS 20
 #define FIELD_START   22
 
-static int read_stat(uint32_t pid, char *buf, size_t cap, size_t *len)
+size_t rs_proc_decimal(char *out, uint32_t v)
 {
-    char path[32] = "/proc/";
-    size_t n = 6;
-    char digits[12];
-    int k = 0;
-    for (uint32_t p = pid; p || !k; p /= 10)
+    char digits[10];
+    size_t k = 0, n = 0;
+    for (uint32_t p = v; p || !k; p /= 10)
         digits[k++] = (char)('0' + p % 10);
     while (k)
-        path[n++] = digits[--k];
-    const char *tail = "/stat";
-    while (*tail)
-        path[n++] = *tail++;
-    path[n] = 0;
+        out[n++] = digits[--k];
+    out[n] = 0;
+    return n;
+}
 
+/* Opens /proc/<pid>/<leaf>. Returns the descriptor, -ESRCH when there is no
+ * such process, or another negative errno. */
+static int open_proc(uint32_t pid, const char *leaf)
+{
+    char path[40] = "/proc/";
+    size_t n = 6 + rs_proc_decimal(path + 6, pid);
+    path[n++] = '/';
+    while (*leaf && n < sizeof(path) - 1)
+        path[n++] = *leaf++;
+    path[n] = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? -ESRCH : -errno;
-    size_t got = 0;
-    int rc = 0;
-    while (got < cap) {
-        ssize_t r = read(fd, buf + got, cap - got);
+    return fd >= 0 ? fd : errno == ENOENT ? -ESRCH : -errno;
+}
+
+/* Fills buf[*len..cap) from fd as far as it goes. Returns 0 or -errno. */
+static int read_more(int fd, char *buf, size_t cap, size_t *len)
+{
+    while (*len < cap) {
+        ssize_t r = read(fd, buf + *len, cap - *len);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0) {
-            rc = errno == ESRCH ? -ESRCH : -errno;
-            break;
-        }
+        if (r < 0)
+            return errno == ESRCH ? -ESRCH : -errno;
         if (r == 0)
             break;
-        got += (size_t)r;
+        *len += (size_t)r;
     }
+    return 0;
+}
+
+static int read_stat(uint32_t pid, char *buf, size_t cap, size_t *len)
+{
+    int fd = open_proc(pid, "stat");
+    if (fd < 0)
+        return fd;
+    *len = 0;
+    int rc = read_more(fd, buf, cap, len);
     close(fd);
-    *len = got;
     return rc;
 }
 
@@ -121,4 +140,90 @@ int rs_proc_alive(uint32_t pid, uint64_t start_ticks)
     if ((st.state == 'Z' || st.state == 'X') && st.threads <= 1)
         return 0;
     return 1;
+}
+
+/* Parses a hex or decimal number at *p, moving *p past it. */
+static uint64_t parse_number(const char **p, const char *end, unsigned base)
+{
+    uint64_t v = 0;
+    for (; *p < end; (*p)++) {
+        char c = **p;
+        unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+                   : base == 16 && c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10) : base;
+        if (d >= base)
+            break;
+        v = v * base + d;
+    }
+    return v;
+}
+
+/* Whether one maps line (without its newline) maps file (major:minor, ino). */
+static int line_maps(const char *p, const char *end, uint32_t major, uint32_t minor, uint64_t ino)
+{
+    for (int field = 0; field < 3; field++) { /* range, perms, offset */
+        while (p < end && *p != ' ')
+            p++;
+        while (p < end && *p == ' ')
+            p++;
+    }
+    uint64_t ma = parse_number(&p, end, 16);
+    if (p >= end || *p++ != ':')
+        return 0;
+    uint64_t mi = parse_number(&p, end, 16);
+    while (p < end && *p == ' ')
+        p++;
+    return ma == major && mi == minor && parse_number(&p, end, 10) == ino && ino != 0;
+}
+
+int rs_proc_maps_file(uint32_t pid, uint32_t major, uint32_t minor, uint64_t ino)
+{
+    char buf[4096];
+    size_t len = 0;
+    int found = 0, lines = 0, rc = 0;
+    int fd = open_proc(pid, "maps");
+    if (fd < 0)
+        return fd;
+    for (;;) {
+        size_t before = len;
+        if ((rc = read_more(fd, buf, sizeof(buf), &len)) < 0)
+            break;
+        int at_end = len < sizeof(buf);
+        if (len == before && !len)
+            break;
+        size_t start = 0;
+        for (size_t i = 0; i < len; i++) {
+            if (buf[i] != '\n')
+                continue;
+            lines++;
+            found = found || line_maps(buf + start, buf + i, major, minor, ino);
+            start = i + 1;
+        }
+        if (at_end) {
+            if (start < len) { /* a last line without its newline */
+                lines++;
+                found = found || line_maps(buf + start, buf + len, major, minor, ino);
+            }
+            break;
+        }
+        if (start == 0) { /* a line longer than the buffer: its head decides */
+            lines++;
+            found = found || line_maps(buf, buf + len, major, minor, ino);
+            len = 0;
+            char c = 0;
+            ssize_t r;
+            while ((r = read(fd, &c, 1)) == 1 && c != '\n')
+                ;
+            if (r <= 0)
+                break;
+            continue;
+        }
+        memmove(buf, buf + start, len - start);
+        len -= start;
+    }
+    close(fd);
+    if (rc < 0)
+        return rc;
+    if (found)
+        return 1;
+    return lines ? 0 : -ESRCH;
 }

@@ -110,7 +110,7 @@ static int layout_debug_offsets(const uint64_t *w)
     int t = -1, f = -1, c = -1, u = -1;
     if (memcmp(w, "xdebugpy", 8) != 0)
         return -ENOTSUP;
-    rs_py.free_threaded = w[2] != 0;
+    rs_py.free_threaded |= w[2] != 0;
     for (int i = 3; i + 4 < WORDS && t < 0; i++)
         if (w[i + 1] == 0 && w[i + 2] == 8 && w[i + 3] == 16 && w[i] >= 64 && w[i] < (1u << 20))
             t = i;
@@ -196,13 +196,13 @@ int rs_pyver_init(void)
     if (dladdr((void *)rs_py.Py_IsInitialized, &info) && info.dli_fname && strstr(info.dli_fname, "libpython"))
         rs_py.shared = 1;
 
+    /* "3.13.15 experimental free-threading build (main, ...)"; a static
+     * string once formatted, no allocation */
+    const char *(*get_version)(void) = (const char *(*)(void))sym("Py_GetVersion");
+    const char *text = get_version ? get_version() : NULL;
     const unsigned long *py_version = sym("Py_Version");
-    if (py_version) {
-        rs_py.hex = (uint32_t)*py_version;
-    } else {
-        const char *(*get_version)(void) = (const char *(*)(void))sym("Py_GetVersion");
-        rs_py.hex = get_version ? parse_version(get_version()) : 0;
-    }
+    rs_py.hex = py_version ? (uint32_t)*py_version : text ? parse_version(text) : 0;
+    rs_py.free_threaded = text && strstr(text, "free-threading");
     rs_py.minor = (int)((rs_py.hex >> 16) & 0xff);
 
     rs_py.Py_AddPendingCall = (int (*)(int (*)(void *), void *))sym("Py_AddPendingCall");

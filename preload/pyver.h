@@ -111,7 +111,8 @@ struct rs_pyver {
 extern struct rs_pyver rs_py;
 
 /* Detect CPython and fill rs_py. Idempotent; called from constructors at
- * RS_CTOR_PYTHON (single-threaded). Returns 0 (Python found), -ENOENT (not
+ * RS_CTOR_CORE (shim.c: the PROCESS record's version and flags) and
+ * RS_CTOR_PYTHON, single-threaded. Returns 0 (Python found), -ENOENT (not
  * Python) or -ENOTSUP (Python with a layout this shim cannot read: then
  * rs_py.frames is RS_PYFRAMES_NONE but the allocator API is still usable). */
 int rs_pyver_init(void);

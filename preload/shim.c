@@ -19,8 +19,10 @@
 #include <unistd.h>
 
 #include "refscope/clock.h"
+#include "refscope/proc.h"
 #include "emit.h"
 #include "guard.h"
+#include "pyver.h"
 #include "shim.h"
 #include "sigkeep.h"
 #include "transport.h"
@@ -89,29 +91,14 @@ static void warn_failure(const char *what, int err)
 /* PY_VERSION_HEX of the interpreter in this process, 0 if not CPython. */
 static uint32_t python_version(uint32_t *proc_flags)
 {
-    const char *(*get_version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
-    const uint32_t *hex = dlsym(RTLD_DEFAULT, "Py_Version");
-    if (!get_version)
+    if (rs_pyver_init() == -ENOENT || !rs_py.is_python)
         return 0;
     *proc_flags |= RS_PROC_PYTHON;
-    Dl_info info;
-    if (dladdr((void *)get_version, &info) && info.dli_fname && strstr(info.dli_fname, "libpython"))
+    if (rs_py.shared)
         *proc_flags |= RS_PROC_PY_SHARED;
-    const char *text = get_version();
-    if (text && strstr(text, "free-threading"))
+    if (rs_py.free_threaded)
         *proc_flags |= RS_PROC_PY_FREETHREAD;
-    if (hex)
-        return *hex;
-    /* before 3.11: parse "3.10.13 (main, ...)" */
-    uint32_t part[3] = { 0, 0, 0 };
-    for (int i = 0; text && i < 3; i++) {
-        while (*text >= '0' && *text <= '9')
-            part[i] = part[i] * 10 + (uint32_t)(*text++ - '0');
-        if (*text != '.')
-            break;
-        text++;
-    }
-    return part[0] << 24 | part[1] << 16 | part[2] << 8 | 0xf0;
+    return rs_py.hex;
 }
 
 static void read_config(void)
@@ -185,11 +172,14 @@ static void put_clock_record(void)
     rs_emit_fixed(&rec);
 }
 
-/* Ring stall callback: give up when the recorder has gone away. */
+/* Ring stall callback: give up when the recorder has gone away, or has
+ * finished this trace (it took this image for one that exec'd: nothing
+ * reads the ring any more). */
 static int ring_stalled(void *ctx)
 {
     (void)ctx;
-    if (rs_transport_peer_alive(&trace.recorder))
+    if (!__atomic_load_n(&trace.ring.hdr->done, __ATOMIC_ACQUIRE) &&
+        rs_transport_peer_alive(&trace.recorder))
         return 0;
     if (__atomic_exchange_n(&trace.active, 0, __ATOMIC_ACQ_REL)) {
         rs_emit_stop();
@@ -239,14 +229,9 @@ static int connect_direct(const char **what)
         if ((rc = copy_path(output, sizeof(output), out)) < 0)
             return rc;
     } else { /* refscope-<pid>.rfs */
-        char digits[16];
-        int k = 0;
-        for (uint32_t p = trace.pid; p || !k; p /= 10)
-            digits[k++] = (char)('0' + p % 10);
         size_t n = 9;
         memcpy(output, "refscope-", n);
-        while (k)
-            output[n++] = digits[--k];
+        n += rs_proc_decimal(output + n, trace.pid);
         memcpy(output + n, ".rfs", 5);
     }
 

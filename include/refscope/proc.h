@@ -3,13 +3,15 @@
  * start time as /proc/<pid>/stat gives them (common/proc.c). The shim uses
  * it to tell whether its recorder is alive (a pid alone may have been
  * reused), the recorder to tell whether a traced process has ended where
- * the kernel has no pidfd_open; both learn the other's pid from their
- * socket. Safe inside malloc hooks and fork children: system calls only, no
- * allocation, no stdio.
+ * the kernel has no pidfd_open, and, from /proc/<pid>/maps, whether it
+ * still maps its ring (it does not once it has exec'd); both learn the
+ * other's pid from their socket. Safe inside malloc hooks and fork
+ * children: system calls only, no allocation, no stdio.
  */
 #ifndef REFSCOPE_PROC_H
 #define REFSCOPE_PROC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct rs_proc_state {
@@ -31,5 +33,17 @@ uint32_t rs_proc_peer(int sock);
  * (a zombie whose other threads are gone has; a pid now used by a later
  * process has), 0 once it has, -errno when /proc cannot tell. */
 int rs_proc_alive(uint32_t pid, uint64_t start_ticks);
+
+/* 1 when process `pid` maps the file with inode `ino` on device
+ * major:minor (as fstat and major()/minor() give them), 0 when it maps
+ * other things but not that file, -ESRCH when it maps nothing (no such
+ * process, or one that is exiting: its memory is gone before its pidfd
+ * says so), another negative errno when its maps cannot be read (another
+ * user's, a non-dumpable process). */
+int rs_proc_maps_file(uint32_t pid, uint32_t major, uint32_t minor, uint64_t ino);
+
+/* Writes v in decimal and a terminating NUL to out (11 bytes at most).
+ * Returns the number of digits. */
+size_t rs_proc_decimal(char *out, uint32_t v);
 
 #endif

@@ -292,3 +292,66 @@ def test_exec_ends_the_old_image_trace(py):
     got = (first["end"], second["end"], third["end"])
     expect(got == ("exec", "exit", "abrupt"), "%s: the images ended as %r" % (py, got))
     expect(all(s["complete"] for s in (first, second, third)), "%s: a trace is incomplete" % py)
+
+
+# The first image exec's into a program that is not traced (LD_PRELOAD
+# removed, as a launcher may do): that program watches the first image's
+# trace and reports how it stood while it was still running.
+EXEC_UNTRACED = """
+import os, sys
+keep = [bytearray(2718) for _ in range(1000)]
+env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+os.execve(sys.executable, [sys.executable, "-c", WATCH, sys.argv[1], sys.argv[2]], env)
+"""
+WATCH = r'''
+import json, subprocess, sys, time
+refscope, trace = sys.argv[1], sys.argv[2]
+deadline = time.monotonic() + 15
+state = "never read"
+while time.monotonic() < deadline:
+    p = subprocess.run([refscope, "summary", "--json", trace], capture_output=True, text=True)
+    if p.returncode == 0:
+        s = json.loads(p.stdout)
+        state = "%s complete=%s" % (s["end"], s["complete"])
+        if s["complete"]:
+            break
+    else:
+        state = p.stderr.strip()
+    time.sleep(0.05)
+print("while the new program ran:", state, flush=True)
+'''
+
+# Quiet for a second (long enough for several looks at its maps), then busy:
+# a process that merely stays quiet keeps its trace open and complete.
+QUIET = """
+import time
+time.sleep(1.2)
+keep = [bytearray(1618) for _ in range(3000)]
+print("built")
+"""
+
+
+@per_interpreter
+def test_exec_into_an_untraced_program_ends_the_trace_at_once(py):
+    """The trace of an image that exec'd into a program refscope does not
+    trace is finished while that program still runs (it used to stay open
+    until the process ended), with the image's allocations and `exec`."""
+    script = harness.write_script(EXEC_UNTRACED.replace("WATCH", repr(WATCH)))
+    d = os.path.dirname(script)
+    trace = os.path.join(d, "watched.rfs")
+    proc = harness.run([harness.refscope_bin(), "run", "-o", trace, "--", py.path, script,
+                        harness.refscope_bin(), trace], timeout=60, cwd=d)
+    expect(proc.returncode == 0, "%s: run exited %d: %s" % (py, proc.returncode, proc.stderr[-800:]))
+    expect("while the new program ran: exec complete=True" in proc.stdout,
+           "%s: %r %r" % (py, proc.stdout[-500:], proc.stderr[-800:]))
+    expect(_allocs_of(trace, (2718, 2719)) >= 1000, "%s: the first image's buffers are missing" % py)
+
+
+@per_interpreter
+def test_a_quiet_process_keeps_its_trace_open(py):
+    script = harness.write_script(QUIET)
+    t = harness.run_traced([py.path, script])
+    s = harness.refscope_json("summary", t.trace)
+    expect("built" in t.proc.stdout and s["end"] == "exit" and s["complete"],
+           "%s: ended %r complete %r: %s" % (py, s["end"], s["complete"], t.proc.stderr[-500:]))
+    expect(_allocs_of(t.trace, (1618, 1619)) >= 3000, "%s: the buffers made after the quiet second are missing" % py)

@@ -4,14 +4,23 @@
  * a zombie nor once it is reaped; a wrong start time (the pid reused by a
  * later process) is not alive; a thread-group leader that exited before its
  * other thread is still alive; a command name with spaces and parentheses
- * does not shift the fields; a socket names the process at its other end.
+ * does not shift the fields; a socket names the process at its other end;
+ * /proc/<pid>/maps names a memfd mapping while it exists (after a line
+ * longer than the reader's buffer too), not after munmap, and nothing of a
+ * zombie or a missing process; pids are written in decimal.
  */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -171,6 +180,108 @@ START_TEST(socket_names_its_peer)
 }
 END_TEST
 
+static int maps_has(pid_t pid, int fd)
+{
+    struct stat st;
+    ck_assert_int_eq(fstat(fd, &st), 0);
+    return rs_proc_maps_file((uint32_t)pid, major(st.st_dev), minor(st.st_dev), st.st_ino);
+}
+
+START_TEST(maps_name_a_memfd_while_mapped)
+{
+    int fd = memfd_create("refscope-check", MFD_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, 1 << 16), 0);
+    ck_assert_int_eq(maps_has(getpid(), fd), 0); /* not mapped yet */
+    void *map = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ck_assert(map != MAP_FAILED);
+    ck_assert_int_eq(maps_has(getpid(), fd), 1);
+    ck_assert_int_eq(rs_proc_maps_file((uint32_t)getpid(), 0, 0, 0), 0); /* inode 0: anonymous */
+    ck_assert_int_eq(munmap(map, 1 << 16), 0);
+    ck_assert_int_eq(maps_has(getpid(), fd), 0);
+    ck_assert_int_eq(maps_has(0x3fffffff, fd), -ESRCH);
+    close(fd);
+}
+END_TEST
+
+/* A file whose path makes its maps line longer than the reader's 4 KiB
+ * buffer, mapped before a memfd: both are found, and the lines after the
+ * long one are read from their start. */
+START_TEST(maps_after_a_line_longer_than_the_buffer)
+{
+    char dir[] = "/tmp/refscope-check-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[4200];
+    size_t n = (size_t)snprintf(path, sizeof(path), "%s", dir);
+    char part[250];
+    memset(part, 'd', sizeof(part) - 1);
+    part[sizeof(part) - 1] = 0;
+    int depth = 0;
+    /* components of up to 249 bytes until the path is 4080 bytes long
+     * (PATH_MAX is 4096); its maps line is ~4150 */
+    while (n < 4080 - 3) {
+        size_t len = 4080 - 3 - n - 1 < sizeof(part) - 1 ? 4080 - 3 - n - 1 : sizeof(part) - 1;
+        n += (size_t)snprintf(path + n, sizeof(path) - n, "/%.*s", (int)len, part);
+        ck_assert_int_eq(mkdir(path, 0700), 0);
+        depth++;
+    }
+    n += (size_t)snprintf(path + n, sizeof(path) - n, "/f");
+    ck_assert_uint_ge(n, 4070);
+    int file = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ck_assert_int_ge(file, 0);
+    ck_assert_int_eq(ftruncate(file, 4096), 0);
+    /* map the long-named file below a memfd, so the memfd comes after it */
+    void *low = mmap(NULL, 4096, PROT_READ, MAP_SHARED, file, 0);
+    ck_assert(low != MAP_FAILED);
+    int mfd = memfd_create("refscope-check", MFD_CLOEXEC);
+    ck_assert_int_ge(mfd, 0);
+    ck_assert_int_eq(ftruncate(mfd, 4096), 0);
+    void *high = mmap((char *)low + (1 << 30), 4096, PROT_READ, MAP_SHARED, mfd, 0);
+    ck_assert(high != MAP_FAILED);
+    ck_assert_int_eq(maps_has(getpid(), file), 1);
+    ck_assert_int_eq(maps_has(getpid(), mfd), 1);
+    munmap(high, 4096);
+    munmap(low, 4096);
+    close(mfd);
+    close(file);
+    ck_assert_int_eq(unlink(path), 0);
+    for (; depth >= 0; depth--) {
+        char *slash = strrchr(path, '/');
+        *slash = 0;
+        ck_assert_int_eq(rmdir(path), 0);
+    }
+}
+END_TEST
+
+START_TEST(maps_of_a_zombie_name_nothing)
+{
+    int release;
+    uint64_t start;
+    pid_t pid = gated_child(0, &release, &start);
+    int fd = memfd_create("refscope-check", MFD_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(maps_has(pid, fd), 0); /* a live process that maps other things */
+    struct rs_proc_state st;
+    close(release);
+    wait_zombie(pid, &st);
+    ck_assert_int_eq(maps_has(pid, fd), -ESRCH);
+    ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+    close(fd);
+}
+END_TEST
+
+START_TEST(pids_in_decimal)
+{
+    char out[12];
+    ck_assert_uint_eq(rs_proc_decimal(out, 0), 1);
+    ck_assert_str_eq(out, "0");
+    ck_assert_uint_eq(rs_proc_decimal(out, 4194304), 7);
+    ck_assert_str_eq(out, "4194304");
+    ck_assert_uint_eq(rs_proc_decimal(out, UINT32_MAX), 10);
+    ck_assert_str_eq(out, "4294967295");
+}
+END_TEST
+
 int main(void)
 {
     const TTest *tests[] = {
@@ -179,6 +290,10 @@ int main(void)
         leader_gone_before_its_thread,
         odd_command_name,
         socket_names_its_peer,
+        maps_name_a_memfd_while_mapped,
+        maps_after_a_line_longer_than_the_buffer,
+        maps_of_a_zombie_name_nothing,
+        pids_in_decimal,
     };
     return rs_check_run("proc", 30, tests, sizeof(tests) / sizeof(tests[0]));
 }
