@@ -1,8 +1,11 @@
 """Python processes under refscope (issue 2): a target killed by SIGKILL
-still yields a readable trace holding the allocations it made, and fork and
-subprocess children produce their own traces that name their parent."""
+(or by the kernel's OOM killer) still yields a readable trace holding the
+allocations it made, and fork and subprocess children produce their own
+traces that name their parent."""
 import json
 import os
+import tempfile
+import time
 
 import harness
 from harness import expect, per_interpreter
@@ -99,6 +102,116 @@ def test_python_sigkill_keeps_committed_allocations(py):
            "%s: live bytes at the kill %d < 5,000,000" % (py, s["live_bytes_end"]))
     n = _allocs_of(t.trace, (1000, 1001))  # bytearray(1000) asks for 1001 bytes
     expect(n >= 5000, "%s: %d bytearray buffers in the trace of a killed process, expected 5000" % (py, n))
+
+
+# Moves itself into a memory cgroup of 160 MiB, builds what must survive,
+# then allocates until the kernel's OOM killer ends it.
+OOM = """
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write("0\\n")  # this process
+keep = [bytearray(1000) for _ in range(5000)]
+print("built", flush=True)
+hog = []
+while True:
+    hog.append(bytearray(16 << 20))  # zero-filled: every page is touched
+"""
+
+
+class MemoryCgroup:
+    """A memory cgroup of its own (v2, or v1's memory hierarchy) limited to
+    `limit` bytes without swap; None where this machine gives none (not
+    root, no memory controller)."""
+
+    @staticmethod
+    def make(limit):
+        root = "/sys/fs/cgroup"
+        try:
+            if os.path.exists(os.path.join(root, "cgroup.controllers")):  # v2
+                for name, why in (("cgroup.controllers", "no memory controller"),
+                                  ("cgroup.subtree_control",  # the machine's choice: left as it is
+                                   "the root cgroup gives its children no memory controller")):
+                    with open(os.path.join(root, name)) as f:
+                        if "memory" not in f.read().split():
+                            MemoryCgroup.why = why
+                            return None
+                parent, events = root, "memory.events"
+                limits = (("memory.max", limit), ("memory.swap.max", 0))
+            elif os.path.exists(os.path.join(root, "memory", "memory.limit_in_bytes")):  # v1
+                parent, events = os.path.join(root, "memory"), "memory.oom_control"
+                limits = (("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit))
+            else:
+                MemoryCgroup.why = "no memory controller"
+                return None
+            cg = MemoryCgroup(tempfile.mkdtemp(prefix="refscope-test-oom-", dir=parent), events)
+            for i, (name, value) in enumerate(limits):
+                if i == 0 or os.path.exists(os.path.join(cg.path, name)):  # no swap accounting: no swap limit
+                    cg._write(name, value)
+            return cg
+        except OSError as e:
+            MemoryCgroup.why = str(e)
+            return None
+
+    why = "needs root and a memory controller"
+
+    def __init__(self, path, events):
+        self.path = path
+        self.procs = os.path.join(path, "cgroup.procs")
+        self.events = os.path.join(path, events)
+
+    def _write(self, name, value):
+        try:
+            with open(os.path.join(self.path, name), "w") as f:
+                f.write(str(value))
+        except OSError:
+            self.remove()
+            raise
+
+    def oom_kills(self):
+        """How many processes the OOM killer ended here (kernel 4.13+)."""
+        with open(self.events) as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        return None
+
+    def remove(self):
+        """rmdir, retried: the kernel lets go of a cgroup a moment after its
+        last process is reaped."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError("cannot remove the cgroup %s: %s" % (self.path, e))
+                time.sleep(0.05)
+
+
+@per_interpreter
+def test_python_oom_killed_keeps_committed_allocations(py):
+    """The kernel's OOM killer (a memory cgroup's limit) ends the target:
+    everything it committed is in the trace, the buffers it built first and
+    the 16 MiB blocks it took until it was killed."""
+    cg = MemoryCgroup.make(160 << 20)
+    if cg is None:
+        raise harness.Skip("no memory cgroup to make here: " + MemoryCgroup.why)
+    try:
+        script = harness.write_script(OOM)
+        t = harness.run_traced([py.path, script, cg.procs], expect_status=128 + 9, timeout=120)
+        kills = cg.oom_kills()
+    finally:
+        cg.remove()
+    expect("built" in t.proc.stdout, "%s: the program did not run: %s" % (py, t.proc.stderr[-500:]))
+    expect(kills is None or kills >= 1, "%s: killed, but not by the OOM killer (oom_kill %r)" % (py, kills))
+    s = harness.refscope_json("summary", t.trace)
+    expect(s["end"] == "abrupt", "%s: ended %r" % (py, s["end"]))
+    n = _allocs_of(t.trace, (1000, 1001))
+    hogs = _allocs_of(t.trace, ((16 << 20) + 1, 16 << 20))
+    expect(n >= 5000 and hogs >= 4, "%s: %d of 5000 buffers and %d 16 MiB blocks in the trace" % (py, n, hogs))
 
 
 @per_interpreter
