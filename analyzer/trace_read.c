@@ -64,6 +64,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 static int read_at(int fd, void *buf, size_t len, uint64_t off, size_t *got)
 {
     size_t done = 0;
+    *got = 0; /* also on error: errno is positive, but the compiler cannot know */
     while (done < len) {
         ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
         if (n < 0) {
