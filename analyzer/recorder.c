@@ -26,7 +26,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -66,8 +65,7 @@ struct conn {
     uint64_t proc_check_ns;  /* next /proc check, without a pidfd             */
     uint64_t maps_check_ns;  /* next look for the ring in /proc/<pid>/maps      */
     uint64_t maps_every_ns;  /* the wait before that look (doubles while quiet) */
-    uint32_t ring_major, ring_minor; /* the ring's file, as maps names it       */
-    uint64_t ring_ino;
+    uint64_t ring_dev, ring_ino; /* the ring's file (fstat), as maps names it   */
     int gone;                /* ended (or exec'd: `exec`): finish, dead       */
     int exec;                /* the same pid greeted again: this image exec'd */
     enum conn_state state;
@@ -524,8 +522,7 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
              c->hello.map_bytes <= RS_RING_HEADER_BYTES)
         status = -EBADF;
     else {
-        c->ring_major = major(st.st_dev);
-        c->ring_minor = minor(st.st_dev);
+        c->ring_dev = st.st_dev;
         c->ring_ino = st.st_ino;
     }
     if (status == 0) {
@@ -540,15 +537,8 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
     }
     if (status == 0)
         status = conn_watch(c);
-    if (status == 0) {
-        /* exec checks only where maps names a memfd as fstat does: our own
-         * mapping of it must be there */
-        if (r->maps_name_memfds < 0)
-            r->maps_name_memfds = rs_proc_maps_file((uint32_t)getpid(), c->ring_major, c->ring_minor,
-                                                    c->ring_ino) == 1;
-        c->maps_every_ns = MAPS_FIRST_NS;
-        c->maps_check_ns = r->maps_name_memfds ? rs_clock_mono_ns() + MAPS_FIRST_NS : UINT64_MAX;
-    }
+    if (status == 0 && r->maps_name_memfds < 0) /* our own mapping of it must be there */
+        r->maps_name_memfds = rs_proc_maps_file((uint32_t)getpid(), c->ring_dev, c->ring_ino) == 1;
     send_reply(c, RS_MSG_ACK, status);
     if (status < 0)
         return status;
@@ -631,17 +621,31 @@ static void accept_all(struct rs_recorder *r)
     }
 }
 
-/* The ring of c gave nothing this turn. Once it has been quiet for a while,
- * and then less and less often, see whether its image still maps it: one
- * that exec'd into a program we do not trace (a static binary, LD_PRELOAD
- * removed) never greets again, and its trace would otherwise stay open
- * until the process ends. A process that maps nothing at all is exiting
- * (its pidfd says so soon), one whose maps we cannot read tells nothing. */
-static void check_exec(struct conn *c, uint64_t now)
+/* After a loop turn that drained `drained` records from c: whether its
+ * process is still there. Without a pidfd, /proc tells when it ends. And
+ * once its ring has been quiet for a while, then less and less often,
+ * whether its image still maps the ring: one that exec'd into a program we
+ * do not trace (a static binary, LD_PRELOAD removed) never greets again,
+ * and its trace would otherwise stay open until the process ends. A
+ * process that maps nothing at all is exiting (its pidfd says so soon);
+ * one whose maps we cannot read tells nothing; and where maps does not name
+ * a memfd as fstat does (maps_name_memfds), nothing is asked. Sets c->gone
+ * (and c->exec) when the image is over. */
+static void watch_process(const struct rs_recorder *r, struct conn *c, long drained, uint64_t now)
 {
-    if (c->state != CONN_ACTIVE || c->gone || now < c->maps_check_ns)
+    if (c->pidfd < 0 && now >= c->proc_check_ns) {
+        c->proc_check_ns = now + PROC_CHECK_NS;
+        if (rs_proc_alive(c->peer_pid, c->peer_start) == 0)
+            c->gone = 1;
+    }
+    if (drained > 0 || !c->maps_every_ns) { /* busy, or just greeted */
+        c->maps_every_ns = MAPS_FIRST_NS;
+        c->maps_check_ns = now + MAPS_FIRST_NS;
         return;
-    if (rs_proc_maps_file(c->peer_pid, c->ring_major, c->ring_minor, c->ring_ino) == 0) {
+    }
+    if (c->gone || c->state != CONN_ACTIVE || now < c->maps_check_ns || r->maps_name_memfds != 1)
+        return;
+    if (rs_proc_maps_file(c->peer_pid, c->ring_dev, c->ring_ino) == 0) {
         c->gone = 1;
         c->exec = 1;
         return;
@@ -714,26 +718,16 @@ static void *recorder_loop(void *arg)
                 c->state = CONN_CLOSED; /* corrupt ring: finish with what we have */
                 c->closed_ns = 0;
                 closing = 1;
-            } else if (n > 0) {
-                work += n;
-                if (c->maps_check_ns != UINT64_MAX) {
-                    c->maps_every_ns = MAPS_FIRST_NS;
-                    c->maps_check_ns = now + MAPS_FIRST_NS;
-                }
             } else {
-                check_exec(c, now);
-                closing |= c->gone;
+                work += n;
             }
             if (c->state == CONN_ACTIVE && __atomic_load_n(&c->ring.hdr->closed, __ATOMIC_ACQUIRE)) {
                 c->state = CONN_CLOSED; /* RS_EV_END is written: the process exits */
                 c->closed_ns = now;
                 closing = 1;
             }
-            if (c->pidfd < 0 && now >= c->proc_check_ns) {
-                c->proc_check_ns = now + PROC_CHECK_NS;
-                if (rs_proc_alive(c->peer_pid, c->peer_start) == 0)
-                    c->gone = closing = 1;
-            }
+            watch_process(r, c, n, now);
+            closing |= c->gone;
             if (c->w && (int64_t)(now - c->last_clock_ns) >= (int64_t)CLOCK_EVERY_NS)
                 write_clock(r, c, now);
         }

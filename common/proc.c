@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "refscope/proc.h"
@@ -157,8 +158,8 @@ static uint64_t parse_number(const char **p, const char *end, unsigned base)
     return v;
 }
 
-/* Whether one maps line (without its newline) maps file (major:minor, ino). */
-static int line_maps(const char *p, const char *end, uint32_t major, uint32_t minor, uint64_t ino)
+/* Whether one maps line (without its newline) maps file (dev, ino). */
+static int line_maps(const char *p, const char *end, uint64_t dev, uint64_t ino)
 {
     for (int field = 0; field < 3; field++) { /* range, perms, offset */
         while (p < end && *p != ' ')
@@ -172,49 +173,39 @@ static int line_maps(const char *p, const char *end, uint32_t major, uint32_t mi
     uint64_t mi = parse_number(&p, end, 16);
     while (p < end && *p == ' ')
         p++;
-    return ma == major && mi == minor && parse_number(&p, end, 10) == ino && ino != 0;
+    return ma == major(dev) && mi == minor(dev) && parse_number(&p, end, 10) == ino && ino != 0;
 }
 
-int rs_proc_maps_file(uint32_t pid, uint32_t major, uint32_t minor, uint64_t ino)
+int rs_proc_maps_file(uint32_t pid, uint64_t dev, uint64_t ino)
 {
     char buf[4096];
-    size_t len = 0;
-    int found = 0, lines = 0, rc = 0;
+    size_t len = 0;     /* buf holds the start of a line not yet ended */
+    int found = 0, any = 0, skip = 0, rc = 0;
     int fd = open_proc(pid, "maps");
     if (fd < 0)
         return fd;
-    for (;;) {
-        size_t before = len;
+    while (!found) {
         if ((rc = read_more(fd, buf, sizeof(buf), &len)) < 0)
             break;
         int at_end = len < sizeof(buf);
-        if (len == before && !len)
-            break;
+        any |= len > 0;
         size_t start = 0;
-        for (size_t i = 0; i < len; i++) {
+        for (size_t i = 0; i < len && !found; i++) {
             if (buf[i] != '\n')
                 continue;
-            lines++;
-            found = found || line_maps(buf + start, buf + i, major, minor, ino);
+            found = !skip && line_maps(buf + start, buf + i, dev, ino);
+            skip = 0;
             start = i + 1;
         }
-        if (at_end) {
-            if (start < len) { /* a last line without its newline */
-                lines++;
-                found = found || line_maps(buf + start, buf + len, major, minor, ino);
-            }
+        if (found || at_end) { /* a last line may lack its newline */
+            found = found || (!skip && start < len &&
+                              line_maps(buf + start, buf + len, dev, ino));
             break;
         }
-        if (start == 0) { /* a line longer than the buffer: its head decides */
-            lines++;
-            found = found || line_maps(buf, buf + len, major, minor, ino);
+        if (start == 0) { /* a line longer than buf: its head decides, the rest is skipped */
+            found = !skip && line_maps(buf, buf + len, dev, ino);
+            skip = 1;
             len = 0;
-            char c = 0;
-            ssize_t r;
-            while ((r = read(fd, &c, 1)) == 1 && c != '\n')
-                ;
-            if (r <= 0)
-                break;
             continue;
         }
         memmove(buf, buf + start, len - start);
@@ -223,7 +214,5 @@ int rs_proc_maps_file(uint32_t pid, uint32_t major, uint32_t minor, uint64_t ino
     close(fd);
     if (rc < 0)
         return rc;
-    if (found)
-        return 1;
-    return lines ? 0 : -ESRCH;
+    return found ? 1 : any ? 0 : -ESRCH;
 }

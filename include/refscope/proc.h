@@ -34,13 +34,13 @@ uint32_t rs_proc_peer(int sock);
  * process has), 0 once it has, -errno when /proc cannot tell. */
 int rs_proc_alive(uint32_t pid, uint64_t start_ticks);
 
-/* 1 when process `pid` maps the file with inode `ino` on device
- * major:minor (as fstat and major()/minor() give them), 0 when it maps
- * other things but not that file, -ESRCH when it maps nothing (no such
+/* 1 when process `pid` maps the file with inode `ino` on device `dev`
+ * (st_ino and st_dev, as fstat gives them), 0 when it maps other things
+ * but not that file, -ESRCH when it maps nothing (no such
  * process, or one that is exiting: its memory is gone before its pidfd
  * says so), another negative errno when its maps cannot be read (another
  * user's, a non-dumpable process). */
-int rs_proc_maps_file(uint32_t pid, uint32_t major, uint32_t minor, uint64_t ino);
+int rs_proc_maps_file(uint32_t pid, uint64_t dev, uint64_t ino);
 
 /* Writes v in decimal and a terminating NUL to out (11 bytes at most).
  * Returns the number of digits. */
