@@ -450,14 +450,11 @@ def test_exec_into_an_untraced_program_ends_the_trace_at_once(py):
     trace is finished while that program still runs (it used to stay open
     until the process ended), with the image's allocations and `exec`."""
     script = harness.write_script(EXEC_UNTRACED.replace("WATCH", repr(WATCH)))
-    d = os.path.dirname(script)
-    trace = os.path.join(d, "watched.rfs")
-    proc = harness.run([harness.refscope_bin(), "run", "-o", trace, "--", py.path, script,
-                        harness.refscope_bin(), trace], timeout=60, cwd=d)
-    expect(proc.returncode == 0, "%s: run exited %d: %s" % (py, proc.returncode, proc.stderr[-800:]))
-    expect("while the new program ran: exec complete=True" in proc.stdout,
-           "%s: %r %r" % (py, proc.stdout[-500:], proc.stderr[-800:]))
-    expect(_allocs_of(trace, (2718, 2719)) >= 1000, "%s: the first image's buffers are missing" % py)
+    # run_traced writes trace.rfs in the directory the program runs in
+    t = harness.run_traced([py.path, script, harness.refscope_bin(), "trace.rfs"], timeout=60)
+    expect("while the new program ran: exec complete=True" in t.proc.stdout,
+           "%s: %r %r" % (py, t.proc.stdout[-500:], t.proc.stderr[-800:]))
+    expect(_allocs_of(t.trace, (2718, 2719)) >= 1000, "%s: the first image's buffers are missing" % py)
 
 
 @per_interpreter
