@@ -118,6 +118,7 @@ deps:
 
 demo: deps
 	@$(MAKE) --no-print-directory all
+	@rm -f $(BUILD)/demo.*.rfs # an earlier demo's other images (a launcher script's, pyenv's shims')
 	$(CLI) run -f -o $(BUILD)/demo.rfs -- $(PYTHON) samples/demo.py
 	$(CLI) summary $(BUILD)/demo.rfs
 	$(CLI) top --limit 8 $(BUILD)/demo.rfs

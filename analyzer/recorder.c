@@ -60,8 +60,7 @@ struct conn {
     int memfd;
     int pidfd;               /* the process; -1 before the greeting, or where
                                 the kernel has no pidfd_open (then /proc)     */
-    uint32_t peer_pid;       /* SO_PEERCRED: the process, in our pid namespace */
-    uint64_t peer_start;     /* its start time (refscope/proc.h)             */
+    struct rs_proc_id peer;  /* the process (refscope/proc.h)                */
     uint64_t proc_check_ns;  /* next /proc check, without a pidfd             */
     uint64_t maps_check_ns;  /* next look for the ring in /proc/<pid>/maps      */
     uint64_t maps_every_ns;  /* the wait before that look (doubles while quiet) */
@@ -474,24 +473,21 @@ static int open_pidfd(uint32_t pid)
     return -1;
 }
 
-/* Start watching the greeting process: its pid (SO_PEERCRED), a pidfd (or,
- * without pidfd_open or beyond our descriptor limit, its start time for
- * /proc checks). Called before the ACK, while the
+/* Start watching the greeting process: its pid and start time (SO_PEERCRED,
+ * /proc), and a pidfd (without pidfd_open or beyond our descriptor limit,
+ * the start time serves for /proc checks). Called before the ACK, while the
  * process waits for it with the connection open: if the connection has
  * already reached EOF the process died meanwhile and its pid may be
  * another's, so it counts as gone. Returns 0 or a negative errno for the
  * ACK. */
 static int conn_watch(struct conn *c)
 {
-    struct rs_proc_state st;
-    if (!(c->peer_pid = rs_proc_peer(c->fd)))
+    rs_proc_identify(c->fd, &c->peer);
+    if (!c->peer.pid)
         return -ESRCH; /* a process we cannot see (another pid namespace) */
-    c->pidfd = open_pidfd(c->peer_pid); /* close-on-exec by definition */
-    if (c->pidfd < 0) {
-        if (rs_proc_read(c->peer_pid, &st) < 0)
-            return -ESRCH;
-        c->peer_start = st.start_ticks;
-    }
+    c->pidfd = open_pidfd(c->peer.pid); /* close-on-exec by definition */
+    if (c->pidfd < 0 && !c->peer.start_ticks)
+        return -ESRCH; /* nothing would tell us when it ends */
     char byte;
     if (recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
         c->gone = 1;
@@ -503,7 +499,7 @@ static void mark_exec(struct rs_recorder *r, const struct conn *c)
 {
     for (size_t i = 0; i < r->nconns; i++) {
         struct conn *o = r->conns[i];
-        if (o != c && o->state != CONN_HELLO && o->peer_pid == c->peer_pid && !o->gone) {
+        if (o != c && o->state != CONN_HELLO && o->peer.pid == c->peer.pid && !o->gone) {
             o->gone = 1;
             o->exec = 1;
         }
@@ -635,7 +631,7 @@ static void watch_process(const struct rs_recorder *r, struct conn *c, long drai
 {
     if (c->pidfd < 0 && now >= c->proc_check_ns) {
         c->proc_check_ns = now + PROC_CHECK_NS;
-        if (rs_proc_alive(c->peer_pid, c->peer_start) == 0)
+        if (rs_proc_id_alive(&c->peer) == 0)
             c->gone = 1;
     }
     if (drained > 0 || !c->maps_every_ns) { /* busy, or just greeted */
@@ -645,7 +641,7 @@ static void watch_process(const struct rs_recorder *r, struct conn *c, long drai
     }
     if (c->gone || c->state != CONN_ACTIVE || now < c->maps_check_ns || r->maps_name_memfds != 1)
         return;
-    if (rs_proc_maps_file(c->peer_pid, c->ring_dev, c->ring_ino) == 0) {
+    if (rs_proc_maps_file(c->peer.pid, c->ring_dev, c->ring_ino) == 0) {
         c->gone = 1;
         c->exec = 1;
         return;

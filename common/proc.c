@@ -117,15 +117,6 @@ int rs_proc_read(uint32_t pid, struct rs_proc_state *st)
     return st->state && field >= FIELD_START ? 0 : -EPROTO;
 }
 
-uint32_t rs_proc_peer(int sock)
-{
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0)
-        return 0;
-    return (uint32_t)cred.pid;
-}
-
 int rs_proc_alive(uint32_t pid, uint64_t start_ticks)
 {
     struct rs_proc_state st;
@@ -141,6 +132,27 @@ int rs_proc_alive(uint32_t pid, uint64_t start_ticks)
     if ((st.state == 'Z' || st.state == 'X') && st.threads <= 1)
         return 0;
     return 1;
+}
+
+void rs_proc_identify(int sock, struct rs_proc_id *id)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    struct rs_proc_state st;
+    id->pid = 0;
+    id->start_ticks = 0;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0)
+        return;
+    id->pid = (uint32_t)cred.pid;
+    if (rs_proc_read(id->pid, &st) == 0)
+        id->start_ticks = st.start_ticks;
+}
+
+int rs_proc_id_alive(const struct rs_proc_id *id)
+{
+    if (!id->pid || !id->start_ticks)
+        return -ENOENT;
+    return rs_proc_alive(id->pid, id->start_ticks);
 }
 
 /* Parses a hex or decimal number at *p, moving *p past it. */

@@ -46,7 +46,7 @@ static struct {
     struct rs_ring ring;
     int memfd;
     int sock;
-    struct rs_transport_peer recorder;
+    struct rs_proc_id recorder; /* who accepted the ring (all 0 before that) */
     int active;        /* set-up succeeded and END not yet written */
     int failed;        /* set-up failed: this process and its fork children run untraced */
     int in_setup;      /* forks made by the set-up itself (the recorder) are not traced */
@@ -179,7 +179,7 @@ static int ring_stalled(void *ctx)
 {
     (void)ctx;
     if (!__atomic_load_n(&trace.ring.hdr->done, __ATOMIC_ACQUIRE) &&
-        rs_transport_peer_alive(&trace.recorder))
+        rs_proc_id_alive(&trace.recorder) != 0)
         return 0;
     if (__atomic_exchange_n(&trace.active, 0, __ATOMIC_ACQ_REL)) {
         rs_emit_stop();
@@ -293,7 +293,7 @@ int rs_shim_start(int fork_child)
         goto fail;
     /* the recorder has its own copy of the ring, and the mapping outlives
      * the memfd; it watches this process by its pid from now on */
-    rs_transport_peer(trace.sock, &trace.recorder);
+    rs_proc_identify(trace.sock, &trace.recorder);
     close(trace.memfd);
     trace.memfd = -1;
     close(trace.sock);

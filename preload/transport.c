@@ -169,26 +169,9 @@ int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int ti
     return read_ack(sock, timeout_ms);
 }
 
-void rs_transport_peer(int sock, struct rs_transport_peer *peer)
-{
-    struct rs_proc_state st;
-    uint32_t pid = rs_proc_peer(sock);
-    peer->pid = 0;
-    peer->start_ticks = 0;
-    if (!pid || rs_proc_read(pid, &st) < 0)
-        return;
-    peer->pid = pid;
-    peer->start_ticks = st.start_ticks;
-}
-
-int rs_transport_peer_alive(const struct rs_transport_peer *peer)
-{
-    return !peer->pid || rs_proc_alive(peer->pid, peer->start_ticks) != 0;
-}
-
 #define DONE_CHECK_MS 100 /* how often a waiting exit looks whether the recorder died */
 
-int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_transport_peer *peer,
+int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_proc_id *recorder,
                            int timeout_ms)
 {
     uint32_t *done = &ring->hdr->done;
@@ -200,7 +183,7 @@ int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_transport
         uint64_t now = now_ms();
         if (now >= deadline)
             return -ETIMEDOUT;
-        if (!rs_transport_peer_alive(peer))
+        if (rs_proc_id_alive(recorder) == 0)
             return __atomic_load_n(done, __ATOMIC_ACQUIRE) ? 0 : -ECONNRESET;
         uint64_t wait = deadline - now < DONE_CHECK_MS ? deadline - now : DONE_CHECK_MS;
         struct timespec ts = { (time_t)(wait / 1000), (long)(wait % 1000) * 1000000L };

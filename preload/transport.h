@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "refscope/proc.h"
 #include "refscope/ring.h"
 #include "refscope/transport.h"
 
@@ -28,24 +29,12 @@ int rs_transport_connect(const char *path, int *sock);
  * Returns 0, the recorder's negative status, -ETIMEDOUT or -ECONNRESET. */
 int rs_transport_hello(int sock, int memfd, const struct rs_hello *hello, int timeout_ms);
 
-/* The recorder, as the process that answered on a connected socket. */
-struct rs_transport_peer {
-    uint32_t pid;          /* 0: not known (another pid namespace, no /proc) */
-    uint64_t start_ticks;  /* its start time (refscope/proc.h)               */
-};
-
-/* Who is at the other end of `sock` (SO_PEERCRED, /proc). Never fails: a
- * peer it cannot identify gets pid 0. */
-void rs_transport_peer(int sock, struct rs_transport_peer *peer);
-
-/* 0 once the recorder has certainly exited, else 1 (also when unknown). */
-int rs_transport_peer_alive(const struct rs_transport_peer *peer);
-
 /* After RS_EV_END and `closed`: wait until the recorder stores the ring's
  * `done` (ring.h), at most timeout_ms. Returns 0 (trace on disk), -EIO (the
- * recorder could not write it), -ECONNRESET (the recorder is gone) or
+ * recorder could not write it), -ECONNRESET (the recorder, identified by
+ * rs_proc_identify on the connection, has certainly exited) or
  * -ETIMEDOUT. */
-int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_transport_peer *peer,
+int rs_transport_wait_done(const struct rs_ring *ring, const struct rs_proc_id *recorder,
                            int timeout_ms);
 
 /* Direct form: start `recorder record --serve SOCK -o output` detached

@@ -24,15 +24,27 @@ struct rs_proc_state {
  * or another negative errno (no /proc, an unreadable line). */
 int rs_proc_read(uint32_t pid, struct rs_proc_state *st);
 
-/* The process at the other end of connected unix socket `sock`, as its pid
- * in our namespace (SO_PEERCRED), or 0 when the kernel names none (a pid
- * namespace we cannot see). */
-uint32_t rs_proc_peer(int sock);
-
 /* 1 while process `pid` that started at `start_ticks` has not exited
  * (a zombie whose other threads are gone has; a pid now used by a later
  * process has), 0 once it has, -errno when /proc cannot tell. */
 int rs_proc_alive(uint32_t pid, uint64_t start_ticks);
+
+/* A process as the other end of a connection knows it: its pid and its
+ * start time, so that a later process given the same pid is not taken for
+ * it. Each side of a trace's connection watches the other through one. */
+struct rs_proc_id {
+    uint32_t pid;          /* in our pid namespace; 0: the kernel names none */
+    uint64_t start_ticks;  /* as rs_proc_state has it; 0: /proc cannot tell  */
+};
+
+/* Who is at the other end of connected unix socket `sock`: its pid
+ * (SO_PEERCRED) and start time (/proc). Never fails; what it cannot learn
+ * stays 0. */
+void rs_proc_identify(int sock, struct rs_proc_id *id);
+
+/* rs_proc_alive for an identified process: 1, 0, or -errno, also when
+ * either half of `id` is not known. */
+int rs_proc_id_alive(const struct rs_proc_id *id);
 
 /* 1 when process `pid` maps the file with inode `ino` on device `dev`
  * (st_ino and st_dev, as fstat gives them), 0 when it maps other things

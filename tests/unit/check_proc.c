@@ -163,19 +163,81 @@ START_TEST(odd_command_name)
 }
 END_TEST
 
-START_TEST(socket_names_its_peer)
+START_TEST(socket_identifies_its_peer)
 {
     int sv[2], pipe_fds[2];
+    struct rs_proc_state st;
+    struct rs_proc_id id;
+    ck_assert_int_eq(rs_proc_read((uint32_t)getpid(), &st), 0);
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     /* socketpair: this process made the other end */
-    ck_assert_uint_eq(rs_proc_peer(sv[0]), (uint32_t)getpid());
+    rs_proc_identify(sv[0], &id);
+    ck_assert_uint_eq(id.pid, (uint32_t)getpid());
+    ck_assert_uint_eq(id.start_ticks, st.start_ticks);
+    ck_assert_int_eq(rs_proc_id_alive(&id), 1);
     ck_assert_int_eq(pipe(pipe_fds), 0);
-    ck_assert_uint_eq(rs_proc_peer(pipe_fds[0]), 0); /* not a socket */
-    ck_assert_uint_eq(rs_proc_peer(-1), 0);
+    rs_proc_identify(pipe_fds[0], &id); /* not a socket */
+    ck_assert_uint_eq(id.pid, 0);
+    ck_assert_uint_eq(id.start_ticks, 0);
+    ck_assert_int_lt(rs_proc_id_alive(&id), 0); /* unknown, not "exited" */
+    rs_proc_identify(-1, &id);
+    ck_assert_uint_eq(id.pid, 0);
     close(sv[0]);
     close(sv[1]);
     close(pipe_fds[0]);
     close(pipe_fds[1]);
+}
+END_TEST
+
+/* The end of a connection whose process has exited: identified while it
+ * lived, then no longer alive, as the shim and the recorder see each other. */
+START_TEST(identified_peer_that_exits_is_not_alive)
+{
+    int sv[2];
+    char byte = 0;
+    struct rs_proc_id id;
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        /* SO_PEERCRED of a socketpair names the process that made it,
+         * so the child makes one and passes an end to the parent */
+        int cv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, cv) < 0)
+            _exit(1);
+        char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+        struct iovec iov = { &byte, 1 };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                              .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &cv[0], sizeof(int));
+        if (sendmsg(sv[1], &msg, 0) != 1)
+            _exit(1);
+        if (read(sv[1], &byte, 1) != 1) /* until the parent has identified us */
+            _exit(1);
+        _exit(0);
+    }
+    close(sv[1]);
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = { &byte, 1 };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+    ck_assert_int_eq(recvmsg(sv[0], &msg, 0), 1);
+    int theirs;
+    memcpy(&theirs, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+    rs_proc_identify(theirs, &id); /* the other end of the child's pair: the child */
+    ck_assert_uint_eq(id.pid, (uint32_t)pid);
+    ck_assert_uint_ne(id.start_ticks, 0);
+    ck_assert_int_eq(rs_proc_id_alive(&id), 1);
+    ck_assert_int_eq(write(sv[0], &byte, 1), 1);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_int_eq(rs_proc_id_alive(&id), 0);
+    close(theirs);
+    close(sv[0]);
 }
 END_TEST
 
@@ -288,7 +350,8 @@ int main(void)
         child_alive_then_zombie_then_gone,
         leader_gone_before_its_thread,
         odd_command_name,
-        socket_names_its_peer,
+        socket_identifies_its_peer,
+        identified_peer_that_exits_is_not_alive,
         maps_name_a_memfd_while_mapped,
         maps_after_a_line_longer_than_the_buffer,
         maps_of_a_zombie_name_nothing,
