@@ -64,7 +64,8 @@ struct conn {
     uint64_t proc_check_ns;  /* next /proc check, without a pidfd             */
     uint64_t maps_check_ns;  /* next look for the ring in /proc/<pid>/maps      */
     uint64_t maps_every_ns;  /* the wait before that look (doubles while quiet) */
-    uint64_t ring_dev, ring_ino; /* the ring's file (fstat), as maps names it   */
+    uint64_t ring_dev, ring_ino; /* the ring's file (fstat), as maps names it;
+                                    the process has it at hello.map_addr     */
     int gone;                /* ended (or exec'd: `exec`): finish, dead       */
     int exec;                /* the same pid greeted again: this image exec'd */
     enum conn_state state;
@@ -116,7 +117,8 @@ struct rs_recorder {
     double cpu_seconds;      /* of the recorder thread, set when it ends */
     double tsc_per_ns;       /* measured at start; 0 when unknown */
     int maps_name_memfds;    /* /proc/<pid>/maps shows a ring as fstat does
-                                (check_exec works): 1, 0, or -1 not known yet */
+                                (watch_process's exec check works): 1, 0, or
+                                -1 not known yet                              */
 };
 
 /* TSC ticks per ns, measured over ~2 ms (the processes' clocks are the same
@@ -534,7 +536,8 @@ static int conn_hello(struct rs_recorder *r, struct conn *c)
     if (status == 0)
         status = conn_watch(c);
     if (status == 0 && r->maps_name_memfds < 0) /* our own mapping of it must be there */
-        r->maps_name_memfds = rs_proc_maps_file((uint32_t)getpid(), c->ring_dev, c->ring_ino) == 1;
+        r->maps_name_memfds = rs_proc_maps_file((uint32_t)getpid(), (uint64_t)(uintptr_t)c->map,
+                                                c->ring_dev, c->ring_ino) == 1;
     send_reply(c, RS_MSG_ACK, status);
     if (status < 0)
         return status;
@@ -641,7 +644,7 @@ static void watch_process(const struct rs_recorder *r, struct conn *c, long drai
     }
     if (c->gone || c->state != CONN_ACTIVE || now < c->maps_check_ns || r->maps_name_memfds != 1)
         return;
-    if (rs_proc_maps_file(c->peer.pid, c->ring_dev, c->ring_ino) == 0) {
+    if (rs_proc_maps_file(c->peer.pid, c->hello.map_addr, c->ring_dev, c->ring_ino) == 0) {
         c->gone = 1;
         c->exec = 1;
         return;

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -171,9 +172,13 @@ static uint64_t parse_number(const char **p, const char *end, unsigned base)
 }
 
 /* Whether one maps line (without its newline) maps file (dev, ino). */
-static int line_maps(const char *p, const char *end, uint64_t dev, uint64_t ino)
+/* 1 when a maps line (p..end, no newline) is the mapping of file (dev, ino)
+ * that starts at addr. */
+static int line_maps(const char *p, const char *end, uint64_t addr, uint64_t dev, uint64_t ino)
 {
-    for (int field = 0; field < 3; field++) { /* range, perms, offset */
+    if (parse_number(&p, end, 16) != addr)
+        return 0;
+    for (int field = 0; field < 3; field++) { /* rest of the range, perms, offset */
         while (p < end && *p != ' ')
             p++;
         while (p < end && *p == ' ')
@@ -188,43 +193,104 @@ static int line_maps(const char *p, const char *end, uint64_t dev, uint64_t ino)
     return ma == major(dev) && mi == minor(dev) && parse_number(&p, end, 10) == ino && ino != 0;
 }
 
-int rs_proc_maps_file(uint32_t pid, uint64_t dev, uint64_t ino)
+/* rs_proc_maps_scan on an open maps file. */
+static int scan_maps(int fd, uint64_t addr, uint64_t dev, uint64_t ino)
 {
     char buf[4096];
     size_t len = 0;     /* buf holds the start of a line not yet ended */
+    size_t seen = 0;    /* bytes read before buf's */
     int found = 0, any = 0, skip = 0, rc = 0;
-    int fd = open_proc(pid, "maps");
-    if (fd < 0)
-        return fd;
     while (!found) {
+        if (seen >= RS_PROC_MAPS_SCAN_MAX)
+            return -E2BIG;
         if ((rc = read_more(fd, buf, sizeof(buf), &len)) < 0)
-            break;
+            return rc;
         int at_end = len < sizeof(buf);
         any |= len > 0;
         size_t start = 0;
         for (size_t i = 0; i < len && !found; i++) {
             if (buf[i] != '\n')
                 continue;
-            found = !skip && line_maps(buf + start, buf + i, dev, ino);
+            found = !skip && line_maps(buf + start, buf + i, addr, dev, ino);
             skip = 0;
             start = i + 1;
         }
         if (found || at_end) { /* a last line may lack its newline */
             found = found || (!skip && start < len &&
-                              line_maps(buf + start, buf + len, dev, ino));
+                              line_maps(buf + start, buf + len, addr, dev, ino));
             break;
         }
         if (start == 0) { /* a line longer than buf: its head decides, the rest is skipped */
-            found = !skip && line_maps(buf, buf + len, dev, ino);
+            found = !skip && line_maps(buf, buf + len, addr, dev, ino);
             skip = 1;
-            len = 0;
-            continue;
+            start = len;
         }
         memmove(buf, buf + start, len - start);
         len -= start;
+        seen += start;
     }
-    close(fd);
-    if (rc < 0)
-        return rc;
     return found ? 1 : any ? 0 : -ESRCH;
+}
+
+/* PROCMAP_QUERY (Linux 6.11, <linux/fs.h>; spelled out here because the
+ * headers of older distributions lack it): the mapping that covers an
+ * address, found by the kernel in its tree of mappings. */
+struct procmap_query {
+    uint64_t size;
+    uint64_t query_flags;
+    uint64_t query_addr;
+    uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset;
+    uint64_t inode;
+    uint32_t dev_major, dev_minor;
+    uint32_t vma_name_size, build_id_size;
+    uint64_t vma_name_addr, build_id_addr;
+};
+#define PROCMAP_QUERY_IOCTL _IOWR('f', 17, struct procmap_query)
+
+/* rs_proc_maps_query on an open maps file. */
+static int query_maps(int fd, uint64_t addr, uint64_t dev, uint64_t ino)
+{
+    struct procmap_query q;
+    memset(&q, 0, sizeof(q));
+    q.size = sizeof(q);
+    q.query_addr = addr; /* no flags: only a mapping that covers addr */
+    if (ioctl(fd, PROCMAP_QUERY_IOCTL, &q) < 0) {
+        if (errno == ENOENT)
+            return 0; /* nothing there */
+        return errno == ENOTTY ? -ENOTTY : errno == ESRCH ? -ESRCH : -errno;
+    }
+    return q.vma_start == addr && q.inode == ino && ino != 0 && q.dev_major == major(dev) &&
+           q.dev_minor == minor(dev);
+}
+
+int rs_proc_maps_query(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
+{
+    int fd = open_proc(pid, "maps");
+    if (fd < 0)
+        return fd;
+    int rc = query_maps(fd, addr, dev, ino);
+    close(fd);
+    return rc;
+}
+
+int rs_proc_maps_scan(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
+{
+    int fd = open_proc(pid, "maps");
+    if (fd < 0)
+        return fd;
+    int rc = scan_maps(fd, addr, dev, ino);
+    close(fd);
+    return rc;
+}
+
+int rs_proc_maps_file(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
+{
+    int fd = open_proc(pid, "maps");
+    if (fd < 0)
+        return fd;
+    int rc = query_maps(fd, addr, dev, ino);
+    if (rc == -ENOTTY || rc == -EINVAL) /* a kernel before 6.11 */
+        rc = scan_maps(fd, addr, dev, ino);
+    close(fd);
+    return rc;
 }

@@ -286,6 +286,7 @@ int rs_shim_start(int fork_child)
     struct rs_hello hello = {
         .magic = RS_HELLO_MAGIC, .version = RS_PROTO_VERSION, .pid = trace.pid,
         .ppid = ppid, .flags = config.proc_flags, .map_bytes = trace.ring.map_bytes,
+        .map_addr = (uint64_t)(uintptr_t)trace.ring.hdr,
     };
     what = "the recorder did not accept the trace";
     rc = rs_transport_hello(trace.sock, trace.memfd, &hello, HELLO_TIMEOUT_MS);

@@ -46,13 +46,24 @@ void rs_proc_identify(int sock, struct rs_proc_id *id);
  * either half of `id` is not known. */
 int rs_proc_id_alive(const struct rs_proc_id *id);
 
-/* 1 when process `pid` maps the file with inode `ino` on device `dev`
- * (st_ino and st_dev, as fstat gives them), 0 when it maps other things
- * but not that file, -ESRCH when it maps nothing (no such
- * process, or one that is exiting: its memory is gone before its pidfd
- * says so), another negative errno when its maps cannot be read (another
- * user's, a non-dumpable process). */
-int rs_proc_maps_file(uint32_t pid, uint64_t dev, uint64_t ino);
+/* 1 when process `pid` has the file with inode `ino` on device `dev`
+ * (st_ino and st_dev, as fstat gives them) mapped at `addr` (the start of
+ * that mapping), 0 when it has not (another mapping or none there), -ESRCH
+ * when it maps nothing at all (no such process, or one that is exiting: its
+ * memory is gone before its pidfd says so), another negative errno when
+ * its maps cannot be read (another user's, a non-dumpable process) or tell
+ * nothing within RS_PROC_MAPS_SCAN_MAX bytes (-E2BIG).
+ * The kernel's PROCMAP_QUERY answers in one look-up (Linux 6.11+);
+ * elsewhere /proc/<pid>/maps is read line by line, at most
+ * RS_PROC_MAPS_SCAN_MAX bytes: a process with tens of thousands of
+ * mappings makes the kernel spend ~0.4 ms per thousand lines on them. */
+int rs_proc_maps_file(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino);
+
+/* Its two ways, for tests: the ioctl alone (-ENOTTY on a kernel without
+ * it) and the capped scan alone. Same results as rs_proc_maps_file. */
+int rs_proc_maps_query(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino);
+int rs_proc_maps_scan(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino);
+#define RS_PROC_MAPS_SCAN_MAX (512u * 1024u) /* ~10,000 lines */
 
 /* Writes v in decimal and a terminating NUL to out (11 bytes at most).
  * Returns the number of digits. */

@@ -28,8 +28,11 @@
  *   exec             the old image's trace has no RS_EV_END. The new image,
  *                    if it is traced, greets from the same pid: the recorder
  *                    then finishes the old trace (reason 1, exec) before it
- *                    takes the new one. An image that is not traced leaves
- *                    the old trace open until the process ends.
+ *                    takes the new one. An image that is not traced never
+ *                    greets: the recorder finishes the old trace the same way
+ *                    once the process no longer has the ring at map_addr
+ *                    (refscope/proc.h, rs_proc_maps_file; looked at while
+ *                    the ring is quiet, less and less often).
  *
  * The memfd and the connection are close-on-exec; a fork child unmaps the
  * parent's ring and greets with a ring of its own (pthread_atfork handler).
@@ -40,7 +43,7 @@
 #include <stdint.h>
 
 #define RS_HELLO_MAGIC   0x4f4c454853464552ull /* "REFSHELO" */
-#define RS_PROTO_VERSION 2u
+#define RS_PROTO_VERSION 3u
 
 enum rs_msg { RS_MSG_ACK = 1 };
 
@@ -51,6 +54,8 @@ struct rs_hello {
     uint32_t ppid;
     uint32_t flags;       /* RS_PROC_* as known at hello time */
     uint64_t map_bytes;   /* size of the memfd mapping (header + slots) */
+    uint64_t map_addr;    /* where the process mapped it: once that address
+                             no longer holds the ring, the image exec'd */
 };
 
 struct rs_reply {

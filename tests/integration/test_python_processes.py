@@ -465,3 +465,68 @@ def test_a_quiet_process_keeps_its_trace_open(py):
     expect("built" in t.proc.stdout and s["end"] == "exit" and s["complete"],
            "%s: ended %r complete %r: %s" % (py, s["end"], s["complete"], t.proc.stderr[-500:]))
     expect(_allocs_of(t.trace, (1618, 1619)) >= 3000, "%s: the buffers made after the quiet second are missing" % py)
+
+
+BAD_GREETINGS = """
+import os, socket, struct, sys
+MAGIC, VERSION = 0x4f4c454853464552, 3   # include/refscope/transport.h
+HELLO = "<QIIIIQQ"                       # magic version pid ppid flags map_bytes map_addr
+pid = os.getpid()
+
+
+def memfd(size):
+    fd = os.memfd_create("not-a-ring")
+    os.ftruncate(fd, size)
+    return fd
+
+
+def greet(data, fd=None, close_early=False):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(os.environ["REFSCOPE_SOCK"])
+    if fd is None:
+        s.sendall(data)
+    else:
+        socket.send_fds(s, [data], [fd])
+        os.close(fd)
+    if close_early:
+        s.close()
+        return "closed"
+    reply = s.recv(8)
+    s.close()
+    return struct.unpack("<Ii", reply)[1] if len(reply) == 8 else "no reply"
+
+
+results = [
+    greet(struct.pack(HELLO, MAGIC, 2, pid, 0, 0, 8192, 0), memfd(8192)),          # another version
+    greet(struct.pack(HELLO, MAGIC, VERSION, pid, 0, 0, 8192, 0)),                 # no ring attached
+    greet(bytes(range(40))),                                                       # not a greeting
+    greet(struct.pack(HELLO, MAGIC, VERSION, pid, 0, 0, 8192, 0), memfd(8192)),    # not a ring inside
+    greet(struct.pack(HELLO, MAGIC, VERSION, pid, 0, 0, 1 << 40, 0), memfd(8192)), # bigger than its file
+    greet(struct.pack(HELLO, MAGIC, VERSION, pid, 0, 0, 4096, 0), memfd(4096)),    # a header, no slots
+    greet(b"REFSHELO1234", close_early=True),                                      # half a greeting
+    greet(b"", close_early=True),                                                  # nothing
+]
+keep = [bytearray(1414) for _ in range(5000)]
+print("refused" if all(r == "closed" or (isinstance(r, int) and r < 0) for r in results) else "accepted",
+      results)
+"""
+
+
+def test_bad_greetings_leave_the_recorder_serving():
+    """A program that greets the recorder wrongly (another protocol version,
+    no ring, a ring that is none, sizes that lie, garbage, half a greeting)
+    is refused each time with a negative status and does not disturb it: the
+    program's own trace goes on, is complete and ends `exit`, with the
+    buffers it made afterwards."""
+    pys = harness.interpreters()
+    if not pys:
+        raise harness.Skip("no Python interpreter found")
+    py = pys[0]
+    script = harness.write_script(BAD_GREETINGS)
+    t = harness.run_traced([py.path, script], timeout=60)
+    expect(t.proc.stdout.startswith("refused"), "%s: %r %r" % (py, t.proc.stdout, t.proc.stderr[-500:]))
+    s = harness.refscope_json("summary", t.trace)
+    expect(s["end"] == "exit" and s["complete"], "%s: ended %r complete %r" % (py, s["end"], s["complete"]))
+    expect(_allocs_of(t.trace, (1414, 1415)) >= 5000, "%s: the buffers made after the greetings are missing" % py)
+    expect(t.traces() == [t.trace], "%s: refused greetings left traces %r" % (py, t.traces()[1:]))

@@ -241,33 +241,101 @@ START_TEST(identified_peer_that_exits_is_not_alive)
 }
 END_TEST
 
-static int maps_has(pid_t pid, int fd)
+/* The three ways to ask whether a process has a file mapped at an
+ * address: rs_proc_maps_file (the kernel's look-up, else the scan) and each
+ * alone. A kernel without PROCMAP_QUERY (before 6.11) answers -ENOTTY to
+ * the look-up: that way is then left out. */
+enum maps_way { MAPS_FILE, MAPS_QUERY, MAPS_SCAN, MAPS_WAYS };
+static const char *const maps_way_name[MAPS_WAYS] = { "file", "query", "scan" };
+
+static int maps_query_works(void)
+{
+    return rs_proc_maps_query((uint32_t)getpid(), 0, 0, 0) != -ENOTTY;
+}
+
+static int maps_has_way(enum maps_way way, pid_t pid, int fd, const void *addr)
 {
     struct stat st;
     ck_assert_int_eq(fstat(fd, &st), 0);
-    return rs_proc_maps_file((uint32_t)pid, st.st_dev, st.st_ino);
+    uint64_t a = (uint64_t)(uintptr_t)addr;
+    switch (way) {
+    case MAPS_QUERY: return rs_proc_maps_query((uint32_t)pid, a, st.st_dev, st.st_ino);
+    case MAPS_SCAN: return rs_proc_maps_scan((uint32_t)pid, a, st.st_dev, st.st_ino);
+    default: return rs_proc_maps_file((uint32_t)pid, a, st.st_dev, st.st_ino);
+    }
 }
+
+/* Every way that works here gives `want`. */
+#define ck_maps(pid, fd, addr, want)                                                        \
+    do {                                                                                    \
+        for (int way_ = 0; way_ < MAPS_WAYS; way_++) {                                      \
+            if (way_ == MAPS_QUERY && !maps_query_works())                                  \
+                continue;                                                                   \
+            int got_ = maps_has_way((enum maps_way)way_, (pid), (fd), (addr));              \
+            ck_assert_msg(got_ == (want), "%s: %d, not %d", maps_way_name[way_], got_, (want)); \
+        }                                                                                   \
+    } while (0)
 
 START_TEST(maps_name_a_memfd_while_mapped)
 {
     int fd = memfd_create("refscope-check", MFD_CLOEXEC);
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(ftruncate(fd, 1 << 16), 0);
-    ck_assert_int_eq(maps_has(getpid(), fd), 0); /* not mapped yet */
+    int other = memfd_create("refscope-check-other", MFD_CLOEXEC);
+    ck_assert_int_ge(other, 0);
+    ck_assert_int_eq(ftruncate(other, 1 << 16), 0);
     void *map = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     ck_assert(map != MAP_FAILED);
-    ck_assert_int_eq(maps_has(getpid(), fd), 1);
-    ck_assert_int_eq(rs_proc_maps_file((uint32_t)getpid(), 0, 0), 0); /* inode 0: anonymous */
+    ck_maps(getpid(), fd, map, 1);
+    ck_maps(getpid(), other, map, 0);                  /* another file there */
+    ck_maps(getpid(), fd, (char *)map + 4096, 0);      /* not where it starts */
+    ck_assert_int_eq(rs_proc_maps_file((uint32_t)getpid(), (uint64_t)(uintptr_t)map, 0, 0), 0);
     ck_assert_int_eq(munmap(map, 1 << 16), 0);
-    ck_assert_int_eq(maps_has(getpid(), fd), 0);
-    ck_assert_int_eq(maps_has(0x3fffffff, fd), -ESRCH);
+    ck_maps(getpid(), fd, map, 0);                     /* nothing there now */
+    /* the same file mapped elsewhere is not the mapping asked about */
+    void *again = mmap(NULL, 1 << 16, PROT_READ, MAP_SHARED, fd, 0);
+    ck_assert(again != MAP_FAILED);
+    if (again != map)
+        ck_maps(getpid(), fd, map, 0);
+    ck_maps(getpid(), fd, again, 1);
+    munmap(again, 1 << 16);
+    ck_maps(0x3fffffff, fd, map, -ESRCH);
+    close(other);
     close(fd);
 }
 END_TEST
 
-/* A file whose path makes its maps line longer than the reader's 4 KiB
- * buffer, mapped before a memfd: both are found, and the lines after the
- * long one are read from their start. */
+/* Tens of thousands of mappings in front of the one asked about: the scan
+ * stops after RS_PROC_MAPS_SCAN_MAX bytes and says it cannot tell; the
+ * kernel's look-up still finds it. */
+START_TEST(maps_scan_gives_up_past_its_limit)
+{
+    int fd = memfd_create("refscope-check", MFD_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, 4096), 0);
+    void *ring = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    ck_assert(ring != MAP_FAILED);
+    /* maps lists mappings by address, and new ones go below older ones */
+    size_t pages = 2 * 12000;
+    char *many = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ck_assert(many != MAP_FAILED);
+    ck_assert((uintptr_t)many < (uintptr_t)ring);
+    for (size_t i = 0; i < pages; i += 2) /* 24,000 mappings of alternating rights */
+        ck_assert_int_eq(mprotect(many + i * 4096, 4096, PROT_READ), 0);
+    ck_assert_int_eq(maps_has_way(MAPS_SCAN, getpid(), fd, ring), -E2BIG);
+    if (maps_query_works()) {
+        ck_assert_int_eq(maps_has_way(MAPS_QUERY, getpid(), fd, ring), 1);
+        ck_assert_int_eq(maps_has_way(MAPS_FILE, getpid(), fd, ring), 1);
+    } else {
+        ck_assert_int_eq(maps_has_way(MAPS_FILE, getpid(), fd, ring), -E2BIG);
+    }
+    munmap(many, pages * 4096);
+    ck_maps(getpid(), fd, ring, 1); /* few mappings again: every way finds it */
+    munmap(ring, 4096);
+    close(fd);
+}
+END_TEST
+
 START_TEST(maps_after_a_line_longer_than_the_buffer)
 {
     char dir[] = "/tmp/refscope-check-XXXXXX";
@@ -299,8 +367,8 @@ START_TEST(maps_after_a_line_longer_than_the_buffer)
     ck_assert_int_eq(ftruncate(mfd, 4096), 0);
     void *high = mmap((char *)low + (1 << 30), 4096, PROT_READ, MAP_SHARED, mfd, 0);
     ck_assert(high != MAP_FAILED);
-    ck_assert_int_eq(maps_has(getpid(), file), 1);
-    ck_assert_int_eq(maps_has(getpid(), mfd), 1);
+    ck_maps(getpid(), file, low, 1);
+    ck_maps(getpid(), mfd, high, 1);
     munmap(high, 4096);
     munmap(low, 4096);
     close(mfd);
@@ -321,11 +389,11 @@ START_TEST(maps_of_a_zombie_name_nothing)
     pid_t pid = gated_child(0, &release, &start);
     int fd = memfd_create("refscope-check", MFD_CLOEXEC);
     ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(maps_has(pid, fd), 0); /* a live process that maps other things */
+    ck_maps(pid, fd, (void *)0x10000, 0); /* a live process that maps other things */
     struct rs_proc_state st;
     close(release);
     wait_zombie(pid, &st);
-    ck_assert_int_eq(maps_has(pid, fd), -ESRCH);
+    ck_maps(pid, fd, (void *)0x10000, -ESRCH);
     ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
     close(fd);
 }
@@ -353,6 +421,7 @@ int main(void)
         socket_identifies_its_peer,
         identified_peer_that_exits_is_not_alive,
         maps_name_a_memfd_while_mapped,
+        maps_scan_gives_up_past_its_limit,
         maps_after_a_line_longer_than_the_buffer,
         maps_of_a_zombie_name_nothing,
         pids_in_decimal,
