@@ -2,8 +2,10 @@
  * /proc/<pid>/stat and /proc/<pid>/maps, read without allocation or stdio
  * (include/refscope/proc.h). The stat line is "pid (comm) state ppid ...",
  * comm may hold spaces and parentheses, so the fields are counted from the
- * last ')'. Maps lines are "start-end perms offset major:minor inode path",
- * read through a fixed buffer; only their first five fields matter here.
+ * last ')'. Whether a file is mapped at an address: the kernel's
+ * PROCMAP_QUERY where it has one, else the maps lines ("start-end perms
+ * offset major:minor inode path", read through a fixed buffer, only their
+ * first five fields matter), up to a limit.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -263,34 +265,34 @@ static int query_maps(int fd, uint64_t addr, uint64_t dev, uint64_t ino)
            q.dev_minor == minor(dev);
 }
 
-int rs_proc_maps_query(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
-{
-    int fd = open_proc(pid, "maps");
-    if (fd < 0)
-        return fd;
-    int rc = query_maps(fd, addr, dev, ino);
-    close(fd);
-    return rc;
-}
+enum { WAY_QUERY = 1, WAY_SCAN = 2 };
 
-int rs_proc_maps_scan(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
+/* The look-up and/or the scan (when the look-up is not there or not asked). */
+static int maps_lookup(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino, int ways)
 {
     int fd = open_proc(pid, "maps");
     if (fd < 0)
         return fd;
-    int rc = scan_maps(fd, addr, dev, ino);
+    int rc = -ENOTTY;
+    if (ways & WAY_QUERY)
+        rc = query_maps(fd, addr, dev, ino);
+    if ((ways & WAY_SCAN) && (rc == -ENOTTY || rc == -EINVAL)) /* a kernel before 6.11 */
+        rc = scan_maps(fd, addr, dev, ino);
     close(fd);
     return rc;
 }
 
 int rs_proc_maps_file(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
 {
-    int fd = open_proc(pid, "maps");
-    if (fd < 0)
-        return fd;
-    int rc = query_maps(fd, addr, dev, ino);
-    if (rc == -ENOTTY || rc == -EINVAL) /* a kernel before 6.11 */
-        rc = scan_maps(fd, addr, dev, ino);
-    close(fd);
-    return rc;
+    return maps_lookup(pid, addr, dev, ino, WAY_QUERY | WAY_SCAN);
+}
+
+int rs_proc_maps_query(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
+{
+    return maps_lookup(pid, addr, dev, ino, WAY_QUERY);
+}
+
+int rs_proc_maps_scan(uint32_t pid, uint64_t addr, uint64_t dev, uint64_t ino)
+{
+    return maps_lookup(pid, addr, dev, ino, WAY_SCAN);
 }
