@@ -8,8 +8,9 @@
  * (even by SIGKILL) or exec'd (its next image greets from the same pid) is
  * drained with RS_RING_PRODUCER_DEAD from the mapping we still hold. An
  * image that exec'd into a program that is not traced never greets again:
- * a ring that stays quiet has its process's maps read now and then (backing
- * off to once a second), and a process that no longer maps it has exec'd.
+ * a ring that stays quiet has its process's maps asked now and then
+ * (backing off to once a second), and a process that no longer has the ring
+ * where it mapped it has exec'd.
  * About once a second each open trace gets an RS_EV_CLOCK pair so readers
  * can convert ticks.
  */

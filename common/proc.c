@@ -56,7 +56,7 @@ static int read_more(int fd, char *buf, size_t cap, size_t *len)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return errno == ESRCH ? -ESRCH : -errno;
+            return -errno;
         if (r == 0)
             break;
         *len += (size_t)r;
@@ -173,7 +173,6 @@ static uint64_t parse_number(const char **p, const char *end, unsigned base)
     return v;
 }
 
-/* Whether one maps line (without its newline) maps file (dev, ino). */
 /* 1 when a maps line (p..end, no newline) is the mapping of file (dev, ino)
  * that starts at addr. */
 static int line_maps(const char *p, const char *end, uint64_t addr, uint64_t dev, uint64_t ino)
@@ -256,11 +255,8 @@ static int query_maps(int fd, uint64_t addr, uint64_t dev, uint64_t ino)
     memset(&q, 0, sizeof(q));
     q.size = sizeof(q);
     q.query_addr = addr; /* no flags: only a mapping that covers addr */
-    if (ioctl(fd, PROCMAP_QUERY_IOCTL, &q) < 0) {
-        if (errno == ENOENT)
-            return 0; /* nothing there */
-        return errno == ENOTTY ? -ENOTTY : errno == ESRCH ? -ESRCH : -errno;
-    }
+    if (ioctl(fd, PROCMAP_QUERY_IOCTL, &q) < 0)
+        return errno == ENOENT ? 0 : -errno; /* ENOENT: nothing there */
     return q.vma_start == addr && q.inode == ino && ino != 0 && q.dev_major == major(dev) &&
            q.dev_minor == minor(dev);
 }

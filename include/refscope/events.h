@@ -144,7 +144,8 @@ struct rs_end_info {
  * (trace.h), which the recorder fills in when there was no RS_EV_END. */
 enum rs_end_reason {
     RS_END_EXIT = 0,   /* the shim's exit handler wrote RS_EV_END                     */
-    RS_END_EXEC = 1,   /* recorder: the same pid greeted again, as its next image     */
+    RS_END_EXEC = 1,   /* recorder: the same pid greeted again, as its next image, or
+                          no longer has the ring where it mapped it                  */
     RS_END_ABRUPT = 2, /* recorder: the process ended without RS_EV_END (a signal,
                           a crash, _exit)                                            */
 };

@@ -100,6 +100,15 @@ def interpreters():
     return found
 
 
+def first_interpreter():
+    """The first interpreter found (/usr/bin/python3 when there is one), for
+    a test that needs one, not each; Skip when there is none."""
+    pys = interpreters()
+    if not pys:
+        raise Skip("no Python interpreter found")
+    return pys[0]
+
+
 def missing_interpreter_notes():
     """Lines saying which expected interpreter locations were not found."""
     notes = []

@@ -519,10 +519,7 @@ def test_bad_greetings_leave_the_recorder_serving():
     is refused each time with a negative status and does not disturb it: the
     program's own trace goes on, is complete and ends `exit`, with the
     buffers it made afterwards."""
-    pys = harness.interpreters()
-    if not pys:
-        raise harness.Skip("no Python interpreter found")
-    py = pys[0]
+    py = harness.first_interpreter()
     script = harness.write_script(BAD_GREETINGS)
     t = harness.run_traced([py.path, script], timeout=60)
     expect(t.proc.stdout.startswith("refused"), "%s: %r %r" % (py, t.proc.stdout, t.proc.stderr[-500:]))

@@ -295,10 +295,7 @@ def test_sigusr2_looks_default_to_the_program(py):
 
 def test_cycles_dot_output():
     import harness
-    pys = harness.interpreters()
-    if not pys:
-        raise Skip("no interpreter")
-    run, _ = _trace(pys[0], """
+    run, _ = _trace(harness.first_interpreter(), """
         import gc
         gc.disable()
         class RsDot: pass
