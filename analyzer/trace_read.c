@@ -295,6 +295,13 @@ static int scan_chunk(struct rs_trace *t, uint64_t *max_ticks, int *have_ticks, 
                 return -ENOMEM;
             continue;
         }
+        if (rec.kind == RS_EV_PYTHON && len >= sizeof(struct rs_python_info)) {
+            /* a libpython loaded later: the process is that interpreter */
+            struct rs_python_info p;
+            memcpy(&p, payload, sizeof(p));
+            t->info.py_version = p.py_version;
+            t->info.proc_flags = p.flags;
+        }
         if (rec.kind == RS_EV_END && len >= sizeof(struct rs_end_info)) {
             struct rs_end_info e;
             memcpy(&e, payload, sizeof(e));
@@ -504,7 +511,7 @@ static const char *const kind_names[RS_EV_KIND_MAX + 1] = {
     [RS_EV_PROCESS] = "process", [RS_EV_THREAD] = "thread", [RS_EV_END] = "end",
     [RS_EV_PY_CODE] = "py_code", [RS_EV_PY_STACK] = "py_stack", [RS_EV_NATIVE_STACK] = "native_stack",
     [RS_EV_MODULE_MAP] = "module_map", [RS_EV_PY_TYPE] = "py_type", [RS_EV_GC_INFO] = "gc_info",
-    [RS_EV_SNAPSHOT] = "snapshot", [RS_EV_NOTE] = "note",
+    [RS_EV_SNAPSHOT] = "snapshot", [RS_EV_NOTE] = "note", [RS_EV_PYTHON] = "python",
 };
 
 const char *rs_event_kind_name(uint8_t kind)

@@ -30,7 +30,8 @@ struct rs_event {
 struct rs_trace_info {
     uint16_t major, minor;
     uint32_t pid, ppid;
-    uint32_t py_version;        /* PY_VERSION_HEX or 0                    */
+    uint32_t py_version;        /* PY_VERSION_HEX or 0 (an RS_EV_PYTHON record
+                                   replaces it and proc_flags, at open)   */
     uint32_t proc_flags;        /* RS_PROC_*                              */
     uint64_t start_real_ns;     /* wall clock at process start            */
     const char *exe;

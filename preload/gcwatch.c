@@ -800,10 +800,10 @@ static int census_setup(void)
     int r = rs_py_gc_lists_init();
     if (r != 0)
         return r;
-    cs.weakref_types[0] = dlsym(RTLD_DEFAULT, "_PyWeakref_RefType");
-    cs.weakref_types[1] = dlsym(RTLD_DEFAULT, "_PyWeakref_ProxyType");
-    cs.weakref_types[2] = dlsym(RTLD_DEFAULT, "_PyWeakref_CallableProxyType");
-    cs.is_subtype = (int (*)(const void *, const void *))dlsym(RTLD_DEFAULT, "PyType_IsSubtype");
+    cs.weakref_types[0] = rs_py_sym("_PyWeakref_RefType");
+    cs.weakref_types[1] = rs_py_sym("_PyWeakref_ProxyType");
+    cs.weakref_types[2] = rs_py_sym("_PyWeakref_CallableProxyType");
+    cs.is_subtype = (int (*)(const void *, const void *))rs_py_sym("PyType_IsSubtype");
     if (!cs.weakref_types[0] || !cs.weakref_types[1] || !cs.weakref_types[2] || !cs.is_subtype)
         return -ENOSYS;
     /* the lists found must be the ones the gc module describes: checked once,
@@ -811,7 +811,7 @@ static int census_setup(void)
      * configuration not read yet at this point, which checked nothing) */
     if (!gcf.direct)
         return -ENOENT;
-    st.census_types = dlsym(RTLD_DEFAULT, "PyRefTracer_SetTracer") == NULL;
+    st.census_types = rs_py_sym("PyRefTracer_SetTracer") == NULL;
     return 0;
 }
 
@@ -1045,9 +1045,13 @@ static void emit_trace_start(void)
         census_list_gen2(NULL); /* already in the oldest generation */
 }
 
+/* posix, not os: posix is built in and imported at start-up, while the
+ * init safe point may come before site has imported os (it does on 3.12,
+ * which marks itself initialized before importing site); importing os here
+ * would run that import, and every allocation it makes, under the guard. */
 static void register_at_fork_child(void)
 {
-    pyobj *os = api.import("os");
+    pyobj *os = api.import("posix");
     pyobj *reg = os ? api.getattr(os, "register_at_fork") : NULL;
     pyobj *fn = reg ? api.cfunc_new(&fork_def, NULL, NULL) : NULL;
     pyobj *args = fn ? api.tuple_new(0) : NULL;
@@ -1209,14 +1213,12 @@ static void gcwatch_at_init(void *arg)
     rs_guard_depth--;
 }
 
-__attribute__((constructor(RS_CTOR_FEATURE)))
-static void gcwatch_init(void)
+static void gcwatch_start(void)
 {
-    rs_pyver_init();
-    if (!rs_emit_active() || !rs_py.is_python || !rs_py.ob_size)
+    if (!rs_emit_active() || !rs_py.ob_size)
         return;
     for (size_t i = 0; i < sizeof(api_entries) / sizeof(api_entries[0]); i++) {
-        *api_entries[i].slot = dlsym(RTLD_DEFAULT, api_entries[i].name);
+        *api_entries[i].slot = rs_py_sym(api_entries[i].name);
         if (!*api_entries[i].slot)
             return; /* not an interpreter this file can drive */
     }
@@ -1225,4 +1227,11 @@ static void gcwatch_init(void)
     st.census = !st.off && rs_env_flag(RS_ENV_GC_CENSUS, 1) && st.generational;
     if (rs_pysafe_on_init(gcwatch_at_init, NULL) != 0)
         rs_warn("gc events: no safe point slot left; gc events are off");
+}
+
+__attribute__((constructor(RS_CTOR_FEATURE)))
+static void gcwatch_init(void)
+{
+    if (rs_emit_active())
+        rs_pyver_when_found(gcwatch_start);
 }

@@ -13,7 +13,8 @@
  *
  * Pre-initialization replaces all three domains when PYTHONMALLOC is set or
  * under -X dev, so the wrappers are checked again in setlocale() (CPython calls
- * it right after) and at the init safe point.
+ * it right after) and at the init safe point. setlocale() is also where a
+ * libpython loaded later with dlopen shows itself (pyver.h, rs_pyver_late).
  * Free-threaded builds: the wrappers are pure pass-throughs plus recording.
  */
 #include <dlfcn.h>
@@ -32,7 +33,7 @@
 
 #define CELLS_PER_DOMAIN 8
 
-enum { WRAP_CTOR = 0, WRAP_SETLOCALE = 1, WRAP_LAZY = 2 };
+enum { WRAP_CTOR = 0, WRAP_SETLOCALE = 1, WRAP_LAZY = 2, WRAP_LOADED = 3 }; /* events.h */
 
 struct mem_cell {
     struct rs_pymem_allocator orig;
@@ -198,7 +199,7 @@ static void pymem_check(int reason)
     rs_guard_depth++; /* nothing we do here is the program's allocation */
     uint32_t mask = pymem_wrap(&changed);
     rs_guard_depth--;
-    if (changed || reason == WRAP_CTOR) {
+    if (changed || reason == WRAP_CTOR || reason == WRAP_LOADED) {
         struct rs_slot rec = { .kind = RS_EV_ALLOCATOR_WRAPPED, .addr = mask, .size = (uint64_t)reason };
         rs_emit_fixed(&rec);
     }
@@ -217,16 +218,23 @@ RS_EXPORT char *setlocale(int category, const char *locale)
     if (!real_setlocale)
         real_setlocale = (char *(*)(int, const char *))dlsym(RTLD_NEXT, "setlocale");
     char *r = real_setlocale ? real_setlocale(category, locale) : NULL;
-    if (rs_py.is_python && rs_guard_depth == 0)
-        pymem_check(WRAP_SETLOCALE);
+    if (rs_guard_depth == 0) {
+        if (rs_py.is_python)
+            pymem_check(WRAP_SETLOCALE);
+        else if (rs_emit_active())
+            rs_pyver_late(__builtin_return_address(0)); /* wraps, through pymem_start */
+    }
     return r;
+}
+
+static void pymem_start(void)
+{
+    pymem_check(rs_py.loaded_late ? WRAP_LOADED : WRAP_CTOR);
+    rs_pysafe_on_init(pymem_lazy_check, NULL);
 }
 
 __attribute__((constructor(RS_CTOR_PYTHON))) static void pymem_ctor(void)
 {
     real_setlocale = (char *(*)(int, const char *))dlsym(RTLD_NEXT, "setlocale");
-    if (rs_pyver_init() == -ENOENT)
-        return;
-    pymem_check(WRAP_CTOR);
-    rs_pysafe_on_init(pymem_lazy_check, NULL);
+    rs_pyver_when_found(pymem_start);
 }

@@ -110,14 +110,19 @@ void rs_objtrace_check(void)
     }
 }
 
+static void objtrace_start(void)
+{
+    if (!rs_emit_active() || !rs_py.ob_size)
+        return;
+    api_set_tracer = (int (*)(reftracer_fn, void *))rs_py_sym("PyRefTracer_SetTracer");
+    api_get_tracer = (reftracer_fn(*)(void **))rs_py_sym("PyRefTracer_GetTracer");
+    if (rs_pysafe_on_init(objtrace_at_init, NULL) != 0)
+        rs_warn("object events: no safe point slot left; object events are off");
+}
+
 __attribute__((constructor(RS_CTOR_FEATURE)))
 static void objtrace_init(void)
 {
-    rs_pyver_init();
-    if (!rs_emit_active() || !rs_py.is_python || !rs_py.ob_size)
-        return;
-    api_set_tracer = (int (*)(reftracer_fn, void *))dlsym(RTLD_DEFAULT, "PyRefTracer_SetTracer");
-    api_get_tracer = (reftracer_fn(*)(void **))dlsym(RTLD_DEFAULT, "PyRefTracer_GetTracer");
-    if (rs_pysafe_on_init(objtrace_at_init, NULL) != 0)
-        rs_warn("object events: no safe point slot left; object events are off");
+    if (rs_emit_active())
+        rs_pyver_when_found(objtrace_start);
 }

@@ -589,6 +589,8 @@ __attribute__((destructor)) static void check_report(void)
     rs_warn(line);
 }
 
+static void pystack_start(void);
+
 __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
 {
     native_on = rs_env_flag(RS_ENV_NATIVE, 0);
@@ -597,7 +599,13 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
     unsigned long n = slots ? strtoul(slots, NULL, 10) : 0;
     if (n >= 256 && n <= STACK_SLOTS && !(n & (n - 1)))
         stack_mask = (uint32_t)n - 1;
-    if (rs_pyver_init() < 0 || !rs_env_flag(RS_ENV_PYSTACKS, 1))
+    if (rs_env_flag(RS_ENV_PYSTACKS, 1))
+        rs_pyver_when_found(pystack_start);
+}
+
+static void pystack_start(void)
+{
+    if (rs_pyver_init() < 0)
         return;
     /* default builds: a GC type's block starts with the 16-byte GC header */
     if (!rs_py.free_threaded)

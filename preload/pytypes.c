@@ -52,18 +52,23 @@ static const char *(*api_as_utf8)(void *, long *);
 static void (*api_err_clear)(void);
 static void (*api_decref)(void *);
 
-__attribute__((constructor(RS_CTOR_FEATURE)))
-static void pytypes_init(void)
+static void pytypes_start(void)
 {
-    const void *type_type = dlsym(RTLD_DEFAULT, "PyType_Type");
-    if (rs_pyver_init() == 0 && rs_py.is_python && rs_py.ob_size && type_type &&
+    const void *type_type = rs_py_sym("PyType_Type");
+    if (rs_pyver_init() == 0 && rs_py.ob_size && type_type &&
         (rs_py.free_threaded ? 0 : 16) + rs_py.ob_type == RS_TYPE_PEEK_AT) {
         rs_pytype_metas[0] = type_type; /* type deaths can be seen */
     }
-    api_getattr = (void *(*)(void *, const char *))dlsym(RTLD_DEFAULT, "PyObject_GetAttrString");
-    api_as_utf8 = (const char *(*)(void *, long *))dlsym(RTLD_DEFAULT, "PyUnicode_AsUTF8AndSize");
-    api_err_clear = (void (*)(void))dlsym(RTLD_DEFAULT, "PyErr_Clear");
-    api_decref = (void (*)(void *))dlsym(RTLD_DEFAULT, "Py_DecRef");
+    api_getattr = (void *(*)(void *, const char *))rs_py_sym("PyObject_GetAttrString");
+    api_as_utf8 = (const char *(*)(void *, long *))rs_py_sym("PyUnicode_AsUTF8AndSize");
+    api_err_clear = (void (*)(void))rs_py_sym("PyErr_Clear");
+    api_decref = (void (*)(void *))rs_py_sym("Py_DecRef");
+}
+
+__attribute__((constructor(RS_CTOR_FEATURE)))
+static void pytypes_init(void)
+{
+    rs_pyver_when_found(pytypes_start);
 }
 
 static void check_epoch(void)

@@ -19,7 +19,13 @@ struct rs_pyver rs_py;
 static int pyver_done;
 static int pyver_status;
 
-static void *sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
+/* Where the C API is looked up: the global scope, or the libpython that
+ * rs_pyver_late found (its own handle: it may be loaded RTLD_LOCAL). */
+static void *py_handle = RTLD_DEFAULT;
+
+void *rs_py_sym(const char *name) { return dlsym(py_handle, name); }
+
+static void *sym(const char *name) { return rs_py_sym(name); }
 
 /* "3.10.13 (main, ...)" -> PY_VERSION_HEX-like value (final release assumed) */
 static uint32_t parse_version(const char *s)
@@ -276,10 +282,62 @@ static void check_gil_tstate(void *arg)
         __atomic_store_n(&rs_py.gil_tstate, slot, __ATOMIC_RELEASE);
 }
 
+/* ---- a libpython loaded later ------------------------------------------------- */
+
+#define START_FNS 16
+static void (*start_fns[START_FNS])(void);
+static int start_count;
+static int late_started;
+static const void *late_rejected; /* base of the last object found not to be libpython */
+
+int rs_pyver_when_found(void (*start)(void))
+{
+    if (rs_pyver_init() != -ENOENT) {
+        start();
+        return 0;
+    }
+    if (start_count == START_FNS)
+        return -ENOSPC;
+    start_fns[start_count++] = start;
+    return 0;
+}
+
+int rs_pyver_late(const void *caller)
+{
+    Dl_info info;
+    if (rs_py.is_python || late_started || !caller)
+        return 0;
+    if (!dladdr(caller, &info) || !info.dli_fname || !*info.dli_fname || info.dli_fbase == late_rejected)
+        return 0;
+    /* a handle of our own keeps it loaded: the wrappers call into it */
+    void *h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return 0;
+    if (!dlsym(h, "PyMem_SetAllocator") || !dlsym(h, "Py_IsInitialized")) {
+        late_rejected = info.dli_fbase;
+        dlclose(h);
+        return 0;
+    }
+    late_started = 1;
+    py_handle = h;
+    pyver_done = 0;
+    if (rs_pyver_init() == -ENOENT)
+        return 0;
+    rs_py.loaded_late = 1;
+    for (int i = 0; i < start_count; i++)
+        start_fns[i]();
+    return 1;
+}
+
+static void pyver_start(void)
+{
+    if (rs_py.rt_tstate_current)
+        rs_pysafe_on_init(check_gil_tstate, NULL);
+}
+
 __attribute__((constructor(RS_CTOR_PYTHON))) static void pyver_ctor(void)
 {
-    if (rs_pyver_init() == 0 && rs_py.rt_tstate_current)
-        rs_pysafe_on_init(check_gil_tstate, NULL);
+    rs_pyver_when_found(pyver_start);
 }
 
 /* ---- object header ------------------------------------------------------------ */

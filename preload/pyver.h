@@ -6,7 +6,8 @@
  *
  * Model. At constructor time rs_pyver_init() looks the C API up with
  * dlsym(RTLD_DEFAULT) (finds Debian's static python3.11 executable and
- * pyenv's shared libpython alike), reads the version (Py_Version on 3.11+,
+ * pyenv's shared libpython alike; a libpython loaded later is found by
+ * rs_pyver_late, below, and looked up through its own handle), reads the version (Py_Version on 3.11+,
  * Py_GetVersion() before), and fills `rs_py`: function pointers for the C API
  * the shim uses and the offsets of the fields it reads. 3.9-3.12 offsets come
  * from built-in tables; 3.13+ offsets come from the interpreter's own
@@ -54,6 +55,7 @@ enum rs_pyframe_model {
 
 struct rs_pyver {
     int      is_python;      /* the C API was found: this process is CPython     */
+    int      loaded_late;    /* ... in a libpython loaded later (rs_pyver_late)  */
     int      shared;         /* libpython is a shared library                     */
     int      free_threaded;  /* Py_GIL_DISABLED build                             */
     int      minor;          /* 9, 10, ...                                        */
@@ -116,6 +118,26 @@ extern struct rs_pyver rs_py;
  * Python) or -ENOTSUP (Python with a layout this shim cannot read: then
  * rs_py.frames is RS_PYFRAMES_NONE but the allocator API is still usable). */
 int rs_pyver_init(void);
+
+/* A symbol of the interpreter's C API (dlsym where rs_pyver_init looked),
+ * or NULL. */
+void *rs_py_sym(const char *name);
+
+/* A libpython loaded with dlopen after start-up (embedding programs,
+ * PyInstaller's bootloader, uwsgi and mod_wsgi plugins) is found when it
+ * first calls setlocale(), which CPython's pre-initialization always does,
+ * before the interpreter starts. Features register what they do for Python
+ * with rs_pyver_when_found: `start` runs now when CPython is already in the
+ * process (from a constructor), else when such a libpython shows itself,
+ * in registration order. Constructors only. Returns 0 or -ENOSPC. */
+int rs_pyver_when_found(void (*start)(void));
+
+/* The setlocale hook's check: `caller` is the address setlocale returns to.
+ * When no CPython was found yet and it lies in an object that exports the
+ * C API, that object becomes the interpreter: rs_py is filled from it and
+ * every registered start runs. Returns 1 then, else 0. Not from allocation
+ * hooks (it takes the loader's lock). */
+int rs_pyver_late(const void *caller);
 
 /* ---- object header -------------------------------------------------------- */
 

@@ -88,17 +88,36 @@ static void warn_failure(const char *what, int err)
     warn_error(what, err, "; running untraced");
 }
 
-/* PY_VERSION_HEX of the interpreter in this process, 0 if not CPython. */
-static uint32_t python_version(uint32_t *proc_flags)
+/* The interpreter in this process, if any, into config: its PY_VERSION_HEX
+ * (0 if not CPython) and RS_PROC_* flags. */
+static void config_python(void)
 {
     if (rs_pyver_init() == -ENOENT || !rs_py.is_python)
-        return 0;
-    *proc_flags |= RS_PROC_PYTHON;
+        return;
+    config.py_version = rs_py.hex;
+    config.proc_flags |= RS_PROC_PYTHON;
     if (rs_py.shared)
-        *proc_flags |= RS_PROC_PY_SHARED;
+        config.proc_flags |= RS_PROC_PY_SHARED;
     if (rs_py.free_threaded)
-        *proc_flags |= RS_PROC_PY_FREETHREAD;
-    return rs_py.hex;
+        config.proc_flags |= RS_PROC_PY_FREETHREAD;
+    if (rs_env_flag(RS_ENV_PYSTACKS, 1))
+        config.proc_flags |= RS_PROC_PY_STACKS;
+}
+
+/* A libpython loaded later showed itself (pyver.h): from now on this
+ * process is that interpreter, for its trace (RS_EV_PYTHON) and for the
+ * PROCESS records of its fork children. */
+static void python_loaded(void)
+{
+    uint8_t data[sizeof(struct rs_python_info) + 2 + PATH_MAX];
+    struct rs_buf b = { data, 0, sizeof(data), 0 };
+    Dl_info where;
+    config_python();
+    struct rs_python_info info = { .py_version = config.py_version, .flags = config.proc_flags };
+    const char *path = dladdr((void *)rs_py.Py_IsInitialized, &where) && where.dli_fname ? where.dli_fname : "";
+    rs_buf_bytes(&b, &info, sizeof(info));
+    rs_buf_str(&b, path, (uint32_t)strnlen(path, PATH_MAX));
+    rs_emit_var(RS_EV_PYTHON, 0, 0, 0, data, b.len);
 }
 
 static void read_config(void)
@@ -112,9 +131,9 @@ static void read_config(void)
     }
     if (rs_env_flag(RS_ENV_NATIVE, 0))
         config.proc_flags |= RS_PROC_NATIVE_STACKS;
-    config.py_version = python_version(&config.proc_flags);
-    if ((config.proc_flags & RS_PROC_PYTHON) && rs_env_flag(RS_ENV_PYSTACKS, 1))
-        config.proc_flags |= RS_PROC_PY_STACKS;
+    config_python();
+    if (!config.py_version)
+        rs_pyver_when_found(python_loaded); /* first of the starts: its record leads */
     const char *wait = rs_env(RS_ENV_EXIT_WAIT);
     config.exit_wait_ms = wait && *wait ? atoi(wait) : 30000;
     config.clock_kind = rs_clock_pick();

@@ -118,21 +118,28 @@ int rs_sigkeep_claim(int sig, rs_sigkeep_fn fn)
     resolve_once();
     if (!real_sigaction)
         return -ENOSYS;
-    if (real_sigaction(sig, NULL, &cur) < 0)
-        return -errno;
+    /* under the lock: a libpython loaded later claims with threads running */
+    sigset_t saved;
+    int rc = 0;
+    lock(&saved);
     memset(&ours, 0, sizeof(ours));
     ours.sa_sigaction = fn;
     ours.sa_flags = SA_SIGINFO | SA_RESTART;
     sigemptyset(&ours.sa_mask);
-    if (is_default(&cur)) {
+    if (real_sigaction(sig, NULL, &cur) < 0) {
+        rc = -errno;
+    } else if (is_default(&cur)) {
         if (real_sigaction(sig, &ours, NULL) < 0)
-            return -errno;
+            rc = -errno;
         view = cur;
-        catching = 1;
+        catching = rc == 0;
     }
-    pthread_atfork(NULL, NULL, fork_child);
-    __atomic_store_n(&claimed, sig, __ATOMIC_RELEASE);
-    return 0;
+    if (rc == 0)
+        __atomic_store_n(&claimed, sig, __ATOMIC_RELEASE);
+    unlock(&saved);
+    if (rc == 0)
+        pthread_atfork(NULL, NULL, fork_child);
+    return rc;
 }
 
 /* ---- the interposed functions ---------------------------------------------------- */

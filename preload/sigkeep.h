@@ -20,9 +20,9 @@ void rs_sigkeep_resolve(void);
  * and record the default it believes is installed; a handler or SIG_IGN of
  * its own goes to the kernel as asked and `fn` stops being called. One
  * signal per process; a second claim fails. Returns 0, -EBUSY, -ENOSYS (no
- * real sigaction) or sigaction's -errno. Call it single-threaded
- * (constructors). `fn` runs as an SA_SIGINFO | SA_RESTART handler with no
- * other signal masked. */
+ * real sigaction) or sigaction's -errno. Call it from a constructor or a
+ * late Python start (pyver.h). `fn` runs as an SA_SIGINFO | SA_RESTART
+ * handler with no other signal masked. */
 int rs_sigkeep_claim(int sig, rs_sigkeep_fn fn);
 
 #endif

@@ -481,6 +481,14 @@ static void snapshot_init(void *arg)
     }
 }
 
+static void snapshot_start(void)
+{
+    if (rs_pysafe_on_init(snapshot_init, NULL) < 0)
+        return;
+    if (rs_sigkeep_claim(SIGUSR2, snap_on_usr2) < 0)
+        rs_warn("snapshots: cannot catch SIGUSR2; kill -USR2 will not take one");
+}
+
 __attribute__((constructor(RS_CTOR_FEATURE))) static void snapshot_ctor(void)
 {
     if (!rs_emit_active())
@@ -492,10 +500,6 @@ __attribute__((constructor(RS_CTOR_FEATURE))) static void snapshot_ctor(void)
         if (*end == 0 && v > 0 && v < 86400)
             snap_interval_s = (unsigned)v;
     }
-    if (!rs_env_flag(RS_ENV_SNAPSHOTS, 1))
-        return;
-    if (!rs_py.is_python || rs_pysafe_on_init(snapshot_init, NULL) < 0)
-        return; /* a process without Python keeps SIGUSR2 as it was */
-    if (rs_sigkeep_claim(SIGUSR2, snap_on_usr2) < 0)
-        rs_warn("snapshots: cannot catch SIGUSR2; kill -USR2 will not take one");
+    if (rs_env_flag(RS_ENV_SNAPSHOTS, 1))
+        rs_pyver_when_found(snapshot_start); /* a process without Python keeps SIGUSR2 */
 }

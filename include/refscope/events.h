@@ -59,7 +59,8 @@ enum rs_event_kind {
                              the same instant; size = CLOCK_REALTIME ns            */
     RS_EV_ALLOCATOR_WRAPPED = 0x05, /* PyMem wrappers (re)installed: addr = bitmask
                              of domains wrapped (1 << domain), size = reason:
-                             0 constructor, 1 setlocale, 2 lazy check           */
+                             0 constructor, 1 setlocale, 2 lazy check,
+                             3 a libpython loaded later (RS_EV_PYTHON)           */
     RS_EV_OBJ_CREATE  = 0x06, /* issue 4: addr = object, size = type id, stack   */
     RS_EV_OBJ_DESTROY = 0x07, /* issue 4: addr = object                          */
     RS_EV_GC_START    = 0x08, /* issue 4: see gc section below                   */
@@ -79,6 +80,8 @@ enum rs_event_kind {
     RS_EV_GC_INFO     = 0x48, /* issue 4: gc config / counters / census            */
     RS_EV_SNAPSHOT    = 0x49, /* issue 5: heap snapshot records                    */
     RS_EV_NOTE        = 0x4a, /* a warning or fact for reports: u16 code, str text  */
+    RS_EV_PYTHON      = 0x4b, /* format 2.1: the process became CPython after its
+                                 PROCESS record; struct rs_python_info + str path */
     RS_EV_KIND_MAX    = 0x7f
 };
 
@@ -129,6 +132,18 @@ struct rs_process_info {
     uint64_t start_ticks;   /* clock ticks at the same instant                     */
     uint64_t ring_bytes;    /* ring capacity                                       */
     /* then: str exe, str cmdline (arguments joined by NUL bytes) */
+};
+
+/* ---- RS_EV_PYTHON payload (format 2.1) ------------------------------------------ */
+/* A libpython loaded with dlopen after the process started (an embedding
+ * program: PyInstaller's bootloader, uwsgi, mod_wsgi) was found when CPython
+ * began to pre-initialize. At most one per trace, before the first record
+ * of the PyMem domains. Readers take the process as this interpreter from
+ * the start: its fields replace the PROCESS record's. */
+struct rs_python_info {
+    uint32_t py_version;  /* PY_VERSION_HEX                                      */
+    uint32_t flags;       /* RS_PROC_*, all of them, as PROCESS would have had them */
+    /* then: str path of the library */
 };
 
 /* ---- RS_EV_END payload --------------------------------------------------------- */

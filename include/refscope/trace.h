@@ -13,7 +13,10 @@
  *     command line, Python version, start time, clock kind.
  *     Readers refuse a file whose major version is not theirs, saying which
  *     version the file has and which they read. Major 2 (this) changed the
- *     chunk body to version 2; 1.x files are refused.
+ *     chunk body to version 2; 1.x files are refused. Minor 1 added the
+ *     RS_EV_PYTHON record (events.h): a process that became CPython later
+ *     (dlopen'd libpython) has its version and flags there, not in the
+ *     meta bytes; readers take them at open.
  *
  *   chunk (struct rs_chunk_header, 32 bytes, then `stored_len` bytes):
  *     magic "RFSC", codec (0 = raw, 1 = zstd), number of records, first
@@ -39,7 +42,7 @@
 
 #define RS_TRACE_MAGIC "RFSTRACE"
 #define RS_TRACE_MAJOR 2u
-#define RS_TRACE_MINOR 0u
+#define RS_TRACE_MINOR 1u
 
 struct rs_file_header {
     char     magic[8];        /* RS_TRACE_MAGIC, no NUL                  */

@@ -459,12 +459,60 @@ START_TEST(impossible_allocation_refused)
 }
 END_TEST
 
+/* A process that became CPython later (a dlopen'd libpython): the
+ * RS_EV_PYTHON record's version and flags replace the header's at open,
+ * whichever chunk holds it; a short one is ignored. */
+START_TEST(late_python_record)
+{
+    char path[256], err[256];
+    struct rs_trace_writer *w;
+    uint8_t meta[256];
+    size_t meta_len = make_meta(meta, RS_CLOCK_MONOTONIC_NS);
+    struct rs_process_info pi;
+    memcpy(&pi, meta, sizeof(pi));
+    pi.py_version = 0;
+    pi.flags = 0;
+    memcpy(meta, &pi, sizeof(pi));
+    struct rs_writer_opts opts = {.force = 1};
+    path_in(path, "late.rfs");
+    ck_assert_int_eq(rs_trace_create(path, &opts, meta, (uint32_t)meta_len, &w), 0);
+    struct rs_slot a = {.kind = RS_EV_ALLOC, .flags = RS_DOMAIN_LIBC, .addr = 0x1000, .size = 16, .time = 1};
+    ck_assert_int_eq(rs_trace_append(w, &a, NULL, 0), 0);
+    ck_assert_int_eq(rs_trace_flush(w), 0);
+    uint8_t short_one[4] = {1, 2, 3, 4};
+    struct rs_slot p = {.kind = RS_EV_PYTHON, .time = 2, .stack = sizeof(short_one)};
+    ck_assert_int_eq(rs_trace_append(w, &p, short_one, sizeof(short_one)), 0);
+    uint8_t payload[sizeof(struct rs_python_info) + 2 + 6];
+    struct rs_python_info info = {.py_version = 0x030c01f0,
+                                  .flags = RS_PROC_PYTHON | RS_PROC_PY_SHARED | RS_PROC_PY_STACKS};
+    memcpy(payload, &info, sizeof(info));
+    uint16_t l = 6;
+    memcpy(payload + sizeof(info), &l, 2);
+    memcpy(payload + sizeof(info) + 2, "lib.so", 6);
+    p.stack = sizeof(payload);
+    ck_assert_int_eq(rs_trace_append(w, &p, payload, sizeof(payload)), 0);
+    struct rs_trailer tr = {0};
+    ck_assert_int_eq(rs_trace_finish(w, &tr), 0);
+
+    struct rs_trace *t;
+    ck_assert_int_eq(rs_trace_open(path, &t, err, sizeof(err)), 0);
+    const struct rs_trace_info *in = rs_trace_info(t);
+    ck_assert_uint_eq(in->py_version, 0x030c01f0);
+    ck_assert_uint_eq(in->proc_flags, RS_PROC_PYTHON | RS_PROC_PY_SHARED | RS_PROC_PY_STACKS);
+    ck_assert_uint_eq(in->minor, RS_TRACE_MINOR);
+    ck_assert_str_eq(rs_event_kind_name(RS_EV_PYTHON), "python");
+    rs_trace_close(t);
+    unlink(path);
+}
+END_TEST
+
 int main(void)
 {
     if (!mkdtemp(dir))
         return 1;
     const TTest *tests[] = {
         roundtrip,
+        late_python_record,
         truncated_everywhere,
         bit_flips,
         random_and_odd_files,
