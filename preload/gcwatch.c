@@ -1215,7 +1215,7 @@ static void gcwatch_at_init(void *arg)
 
 static void gcwatch_start(void)
 {
-    if (!rs_emit_active() || !rs_py.ob_size)
+    if (!rs_py.ob_size)
         return;
     for (size_t i = 0; i < sizeof(api_entries) / sizeof(api_entries[0]); i++) {
         *api_entries[i].slot = rs_py_sym(api_entries[i].name);

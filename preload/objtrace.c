@@ -112,7 +112,7 @@ void rs_objtrace_check(void)
 
 static void objtrace_start(void)
 {
-    if (!rs_emit_active() || !rs_py.ob_size)
+    if (!rs_py.ob_size)
         return;
     api_set_tracer = (int (*)(reftracer_fn, void *))rs_py_sym("PyRefTracer_SetTracer");
     api_get_tracer = (reftracer_fn(*)(void **))rs_py_sym("PyRefTracer_GetTracer");

@@ -15,8 +15,8 @@ typedef void (*rs_safe_fn)(void *arg);
 
 /* Run fn(arg) once, at the first safe point after interpreter start-up.
  * Call from constructors or a late Python start (pyver.h: before the
- * interpreter is initialized, which is when the list is read). Up to 16 functions; they run
- * in registration order. Returns 0 or -ENOSPC. */
+ * interpreter is initialized, which is when the list is read). Up to 16
+ * functions; they run in registration order. Returns 0 or -ENOSPC. */
 int rs_pysafe_on_init(rs_safe_fn fn, void *arg);
 
 /* Ask for fn(arg) at the next safe point. Usable from any thread and from a

@@ -287,7 +287,6 @@ static void check_gil_tstate(void *arg)
 #define START_FNS 16
 static void (*start_fns[START_FNS])(void);
 static int start_count;
-static int late_started;
 static const void *late_rejected; /* base of the last object found not to be libpython */
 
 int rs_pyver_when_found(void (*start)(void))
@@ -305,7 +304,7 @@ int rs_pyver_when_found(void (*start)(void))
 int rs_pyver_late(const void *caller)
 {
     Dl_info info;
-    if (rs_py.is_python || late_started || !caller)
+    if (rs_py.is_python || !caller)
         return 0;
     if (!dladdr(caller, &info) || !info.dli_fname || !*info.dli_fname || info.dli_fbase == late_rejected)
         return 0;
@@ -313,16 +312,14 @@ int rs_pyver_late(const void *caller)
     void *h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
     if (!h)
         return 0;
-    if (!dlsym(h, "PyMem_SetAllocator") || !dlsym(h, "Py_IsInitialized")) {
+    py_handle = h;
+    pyver_done = 0;
+    if (rs_pyver_init() == -ENOENT) { /* not the C API: leave it as it was */
+        py_handle = RTLD_DEFAULT;
         late_rejected = info.dli_fbase;
         dlclose(h);
         return 0;
     }
-    late_started = 1;
-    py_handle = h;
-    pyver_done = 0;
-    if (rs_pyver_init() == -ENOENT)
-        return 0;
     rs_py.loaded_late = 1;
     for (int i = 0; i < start_count; i++)
         start_fns[i]();

@@ -7,8 +7,8 @@
  * Model. At constructor time rs_pyver_init() looks the C API up with
  * dlsym(RTLD_DEFAULT) (finds Debian's static python3.11 executable and
  * pyenv's shared libpython alike; a libpython loaded later is found by
- * rs_pyver_late, below, and looked up through its own handle), reads the version (Py_Version on 3.11+,
- * Py_GetVersion() before), and fills `rs_py`: function pointers for the C API
+ * rs_pyver_late, below, and looked up through its own handle), reads the
+ * version (Py_Version on 3.11+, Py_GetVersion() before), and fills `rs_py`: function pointers for the C API
  * the shim uses and the offsets of the fields it reads. 3.9-3.12 offsets come
  * from built-in tables; 3.13+ offsets come from the interpreter's own
  * _Py_DebugOffsets at the start of _PyRuntime (cookie "xdebugpy"), so later

@@ -129,10 +129,12 @@ int rs_sigkeep_claim(int sig, rs_sigkeep_fn fn)
     if (real_sigaction(sig, NULL, &cur) < 0) {
         rc = -errno;
     } else if (is_default(&cur)) {
-        if (real_sigaction(sig, &ours, NULL) < 0)
+        if (real_sigaction(sig, &ours, NULL) < 0) {
             rc = -errno;
-        view = cur;
-        catching = rc == 0;
+        } else {
+            view = cur;
+            catching = 1;
+        }
     }
     if (rc == 0)
         __atomic_store_n(&claimed, sig, __ATOMIC_RELEASE);
