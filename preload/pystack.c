@@ -516,10 +516,10 @@ static __attribute__((noinline)) uint32_t stack_walk(int gil_held, uint32_t nati
     return stack_cached(outer, n ? &raw[0] : NULL, gil_held, native);
 }
 
-uint32_t rs_stack_current(int gil_held)
+int rs_stack_capturing;
+
+uint32_t rs_stack_capture(int gil_held)
 {
-    if (!stacks_on && !native_on)
-        return 0;
     uint32_t epoch = rs_emit_epoch();
     if (__builtin_expect(epoch != __atomic_load_n(&seen_epoch, __ATOMIC_RELAXED), 0))
         reset_tables(epoch);
@@ -594,6 +594,7 @@ static void pystack_start(void);
 __attribute__((constructor(RS_CTOR_FEATURE))) static void pystack_ctor(void)
 {
     native_on = rs_env_flag(RS_ENV_NATIVE, 0);
+    rs_stack_capturing = native_on;
     check_mode = rs_env_flag(RS_ENV_STACK_CHECK, 0);
     const char *slots = rs_env(RS_ENV_TEST_STACK_SLOTS);
     unsigned long n = slots ? strtoul(slots, NULL, 10) : 0;
@@ -611,6 +612,7 @@ static void pystack_start(void)
     if (!rs_py.free_threaded)
         code_block_delta = (rs_py_type_flags(rs_py.code_type) & RS_PY_TPFLAGS_HAVE_GC) ? 16 : 0;
     stacks_on = 1;
+    rs_stack_capturing = 1;
     rs_stack_code_type = rs_py.code_type;
     rs_stack_peek_at = code_block_delta + rs_py.ob_type;
     rs_stack_peek_below = rs_py_peek_below(rs_stack_peek_at);

@@ -15,7 +15,7 @@
  * `gil_held`: the caller holds the GIL by contract (PyMem MEM and OBJ
  * domains, arenas, the ref tracer), which makes the thread state cheaper to
  * find; libc and RAW hooks pass 0. */
-uint32_t rs_stack_current(int gil_held);
+static inline uint32_t rs_stack_current(int gil_held);
 
 /* Object creations (3.13+ ref tracer) and the block they sit in. CPython
  * allocates an object's block and creates the object in it within one C
@@ -41,6 +41,16 @@ static inline void rs_stack_note_obj_free(uint64_t addr);
  * rs_stack_peek_below (0 while stacks are off) are peeked at, at
  * rs_stack_peek_at (the code object's GC header, if any, + ob_type). */
 extern uint32_t rs_stack_peek_below, rs_stack_peek_at;
+/* Nonzero while Python or native stacks are captured (pystack.c), and the
+ * capture rs_stack_current calls then: with stacks off an allocation costs
+ * no call. */
+extern int rs_stack_capturing;
+uint32_t rs_stack_capture(int gil_held);
+
+static inline uint32_t rs_stack_current(int gil_held)
+{
+    return __builtin_expect(rs_stack_capturing, 1) ? rs_stack_capture(gil_held) : 0;
+}
 extern const void *rs_stack_code_type;
 void rs_stack_obj_block_freed(uint64_t addr, int is_code);
 
