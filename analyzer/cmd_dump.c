@@ -69,8 +69,9 @@ static void print_text(const struct rs_event *ev)
     printf("%llu %.9f %-12s t%-3u", (unsigned long long)ev->ordinal, (double)ev->time_ns / 1e9,
            kind_name(ev->kind, kb, sizeof(kb)), ev->thread);
     if (has_domain(ev->kind))
-        printf(" %-5s 0x%llx size=%llu stack=%u flags=0x%02x", domain_names[(ev->flags & 7) % 5],
-               (unsigned long long)ev->addr, (unsigned long long)ev->size, ev->stack, ev->flags);
+        printf(" %-5s 0x%llx size=%llu stack=%u flags=0x%02x%s", domain_names[(ev->flags & 7) % 5],
+               (unsigned long long)ev->addr, (unsigned long long)ev->size, ev->stack, ev->flags,
+               ev->flags & RS_F_OWN ? " refscope" : ""); /* refscope's own Python work (events.h) */
     else if (RS_EV_IS_VAR(ev->kind))
         printf(" payload=%u flags=0x%02x", ev->payload_len, ev->flags);
     else

@@ -80,6 +80,12 @@ static void print_text(const struct summary *s)
     printf("producer waits %llu\n", (unsigned long long)in->producer_waits);
     if (in->has_trailer)
         printf("ended         %s\n", end_reason(in->end_reason, 1));
+    if (st->own.allocations) {
+        rs_units_bytes(st->own.bytes, b1, sizeof(b1));
+        rs_units_bytes(st->own.live_bytes, b2, sizeof(b2));
+        printf("refscope's own %llu allocations, %s (%s live at end), not counted above\n",
+               (unsigned long long)st->own.allocations, b1, b2);
+    }
     if (st->unknown_frees)
         printf("frees of blocks allocated before tracing: %llu\n", (unsigned long long)st->unknown_frees);
     if (in->truncated)
@@ -114,6 +120,10 @@ static json_t *to_json(const struct summary *s)
         "producer_waits", (json_int_t)in->producer_waits, "truncated", in->truncated,
         "complete", in->has_trailer);
     json_object_set_new(root, "end", in->has_trailer ? json_string(end_reason(in->end_reason, 0)) : json_null());
+    json_object_set_new(root, "refscope_own",
+                        json_pack("{s:I, s:I, s:I, s:I}", "allocations", (json_int_t)st->own.allocations,
+                                  "frees", (json_int_t)st->own.frees, "bytes", (json_int_t)st->own.bytes,
+                                  "live_bytes_end", (json_int_t)st->own.live_bytes));
     return root;
 }
 

@@ -2,7 +2,8 @@
  * Live-heap replay (analyzer/heap.h): applies ALLOC/FREE records in trace
  * order to two maps of live blocks keyed by address (u64map), one for the
  * leaf domains (libc, raw, mem, obj) and one for pymalloc arenas, and keeps
- * the per-domain counters and the leaf peak.
+ * the per-domain counters and the leaf peak. A third map holds refscope's
+ * own blocks (RS_F_OWN), counted apart.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -22,7 +23,7 @@ struct block_map {
 };
 
 struct rs_heap {
-    struct block_map leaf, arena;
+    struct block_map leaf, arena, own;
     struct rs_heap_stats stats;
     uint64_t leaf_live;
     struct rs_block pending[PENDING_REALLOCS];
@@ -116,11 +117,17 @@ void rs_heap_free(struct rs_heap *h)
         return;
     map_free(&h->leaf);
     map_free(&h->arena);
+    map_free(&h->own);
     free(h);
 }
 
 static void account_add(struct rs_heap *h, const struct rs_block *b, const struct rs_event *ev)
 {
+    if (b->own) {
+        h->stats.own.live_bytes += b->size;
+        h->stats.own.live_blocks++;
+        return;
+    }
     h->stats.live_bytes[b->domain] += b->size;
     h->stats.live_blocks[b->domain]++;
     if (b->domain == RS_DOMAIN_ARENA)
@@ -135,6 +142,11 @@ static void account_add(struct rs_heap *h, const struct rs_block *b, const struc
 
 static void account_remove(struct rs_heap *h, const struct rs_block *b)
 {
+    if (b->own) {
+        h->stats.own.live_bytes -= b->size;
+        h->stats.own.live_blocks--;
+        return;
+    }
     h->stats.live_bytes[b->domain] -= b->size;
     h->stats.live_blocks[b->domain]--;
     if (b->domain != RS_DOMAIN_ARENA)
@@ -153,11 +165,17 @@ static int take_pending(struct rs_heap *h, uint64_t addr, struct rs_block *out)
     return 0;
 }
 
+static struct block_map *map_of(struct rs_heap *h, const struct rs_block *b)
+{
+    return b->domain == RS_DOMAIN_ARENA ? &h->arena : b->own ? &h->own : &h->leaf;
+}
+
 static int apply_alloc(struct rs_heap *h, const struct rs_event *ev, uint8_t domain)
 {
     struct rs_block b = {
         .addr = ev->addr, .size = ev->size, .alloc_ns = ev->time_ns,
         .alloc_ordinal = ev->ordinal, .stack = ev->stack, .thread = ev->thread, .domain = domain,
+        .own = domain != RS_DOMAIN_ARENA && (ev->flags & RS_F_OWN),
     }, old;
     int restore = (ev->flags & (RS_F_REALLOC | RS_F_RESTORE)) == (RS_F_REALLOC | RS_F_RESTORE);
     if (!ev->addr)
@@ -166,15 +184,23 @@ static int apply_alloc(struct rs_heap *h, const struct rs_event *ev, uint8_t dom
         struct rs_block prev;
         if (take_pending(h, ev->addr, &prev)) {
             b = prev;
-            if (h->stats.frees[b.domain])
-                h->stats.frees[b.domain]--; /* the FREE half did not happen after all */
+            /* the FREE half did not happen after all */
+            if (b.own && h->stats.own.frees)
+                h->stats.own.frees--;
+            else if (!b.own && h->stats.frees[b.domain])
+                h->stats.frees[b.domain]--;
         }
+    } else if (b.own) {
+        h->stats.own.allocations++;
+        h->stats.own.bytes += ev->size;
     } else {
         h->stats.allocations[domain]++;
         h->stats.alloc_bytes[domain] += ev->size;
     }
-    struct block_map *m = domain == RS_DOMAIN_ARENA ? &h->arena : &h->leaf;
-    int r = map_put(m, &b, &old);
+    /* a leaf block still at this address in the other leaf map was freed unseen */
+    if (b.domain != RS_DOMAIN_ARENA && map_remove(b.own ? &h->leaf : &h->own, b.addr, &old))
+        account_remove(h, &old);
+    int r = map_put(map_of(h, &b), &b, &old);
     if (r < 0)
         return r;
     if (r == 1) /* a free we never saw: the old block is gone */
@@ -185,18 +211,24 @@ static int apply_alloc(struct rs_heap *h, const struct rs_event *ev, uint8_t dom
 
 static int apply_free(struct rs_heap *h, const struct rs_event *ev, uint8_t domain, struct rs_block *freed)
 {
-    struct block_map *m = domain == RS_DOMAIN_ARENA ? &h->arena : &h->leaf;
     struct rs_block b;
-    if (!ev->addr || !map_remove(m, ev->addr, &b)) {
+    int found = ev->addr && (domain == RS_DOMAIN_ARENA ? map_remove(&h->arena, ev->addr, &b)
+                                                       : map_remove(&h->leaf, ev->addr, &b) ||
+                                                             map_remove(&h->own, ev->addr, &b));
+    if (!found) {
         h->stats.unknown_frees++;
         return 0;
     }
     account_remove(h, &b);
-    h->stats.frees[b.domain]++;
     if (ev->flags & RS_F_REALLOC) {
         h->pending[h->pending_next] = b;
         h->pending_next = (h->pending_next + 1) % PENDING_REALLOCS;
     }
+    if (b.own) {
+        h->stats.own.frees++;
+        return 0;
+    }
+    h->stats.frees[b.domain]++;
     if (freed)
         *freed = b;
     return 1;

@@ -9,6 +9,10 @@
  * or while the allocator hooks were being re-installed) is counted, not fatal.
  * A realloc is a FREE|REALLOC followed by an ALLOC|REALLOC (see events.h);
  * ALLOC|REALLOC|RESTORE revives the block the FREE half removed.
+ *
+ * Blocks ALLOCated with RS_F_OWN (refscope's own Python work, events.h) are
+ * kept in a third map that no query sees and no figure of the program's
+ * counts; a FREE of one, whoever makes it, is counted in `own` only.
  */
 #ifndef REFSCOPE_HEAP_H
 #define REFSCOPE_HEAP_H
@@ -24,6 +28,7 @@ struct rs_block {
     uint32_t stack;         /* stack id of the allocation (0 = none)    */
     uint16_t thread;
     uint8_t  domain;        /* enum rs_domain                           */
+    uint8_t  own;           /* allocated by refscope's own Python work  */
 };
 
 struct rs_heap_stats {
@@ -36,6 +41,9 @@ struct rs_heap_stats {
     uint64_t peak_ns;                        /* when the peak was reached */
     uint64_t peak_ordinal;
     uint64_t unknown_frees;                  /* frees of blocks never seen */
+    struct {                                 /* refscope's own blocks (RS_F_OWN) */
+        uint64_t allocations, frees, bytes, live_bytes, live_blocks;
+    } own;
 };
 
 struct rs_heap;
@@ -44,8 +52,9 @@ struct rs_heap *rs_heap_new(void);
 void rs_heap_free(struct rs_heap *h);
 
 /* Apply one record. ALLOC/FREE change the heap; other kinds are ignored.
- * For a FREE of a known block, *freed (if not NULL) receives the block and
- * 1 is returned; 0 otherwise. Returns -ENOMEM on allocation failure. */
+ * For a FREE of a known block of the program's, *freed (if not NULL)
+ * receives the block and 1 is returned; 0 otherwise (refscope's own blocks
+ * too). Returns -ENOMEM on allocation failure. */
 int rs_heap_apply(struct rs_heap *h, const struct rs_event *ev, struct rs_block *freed);
 
 /* The live block starting at addr in a leaf domain, or NULL. */

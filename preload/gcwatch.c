@@ -53,8 +53,9 @@
  * the callback is not free even if it did nothing: CPython builds an info
  * dict and a phase string for each of its two calls per collection.
  *
- * Everything here runs at safe points (GIL held) with the recursion guard
- * held, so refscope's own temporary objects are not recorded.
+ * Everything here runs at safe points (GIL held) as refscope's own Python
+ * work (guard.h, rs_guard_own_begin): its allocations are recorded flagged
+ * RS_F_OWN, kept apart from the program's.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -875,8 +876,8 @@ static pyobj *gc_callback(pyobj *self, pyobj *args)
 {
     pyobj *phase, *info;
     const char *p;
+    int own = rs_guard_own_begin();
 
-    rs_guard_depth++;
     if (!rs_emit_active() || api.tuple_size(args) != 2)
         goto out;
     phase = api.tuple_get(args, 0);
@@ -893,7 +894,7 @@ static pyobj *gc_callback(pyobj *self, pyobj *args)
     else if (!strcmp(p, "stop"))
         on_stop(info);
 out:
-    rs_guard_depth--;
+    rs_guard_own_end(own);
     api.incref(api.none);
     return api.none;
 }
@@ -910,11 +911,11 @@ static pyobj *gc_wrapper(pyobj *self, pyobj *args, pyobj *kwargs)
     const void *gen2_tail = unfreeze ? rs_py_gc_prev(rs_py_gc_head(2)) : NULL;
     pyobj *res = api.call(orig, args, kwargs);
     if (res && rs_emit_active()) {
-        rs_guard_depth++;
+        int own = rs_guard_own_begin();
         check_config(RS_GC_CFG_CALL, name);
         if (unfreeze)
             census_list_gen2(gen2_tail);
-        rs_guard_depth--;
+        rs_guard_own_end(own);
     }
     return res;
 }
@@ -957,12 +958,12 @@ static void wrap_gc_functions(pyobj *gc)
 
 static pyobj *at_exit(pyobj *self, pyobj *unused)
 {
-    rs_guard_depth++;
+    int own = rs_guard_own_begin();
     if (rs_emit_active()) {
         rs_objtrace_check();
         check_config(RS_GC_CFG_EXIT, NULL);
     }
-    rs_guard_depth--;
+    rs_guard_own_end(own);
     api.incref(api.none);
     return api.none;
 }
@@ -981,11 +982,11 @@ static void ensure_trace_start(void)
 
 static pyobj *at_fork_child(pyobj *self, pyobj *unused)
 {
-    rs_guard_depth++;
+    int own = rs_guard_own_begin();
     if (rs_emit_active())
         ensure_trace_start();
     api.err_clear();
-    rs_guard_depth--;
+    rs_guard_own_end(own);
     api.incref(api.none);
     return api.none;
 }
@@ -1048,7 +1049,7 @@ static void emit_trace_start(void)
 /* posix, not os: posix is built in and imported at start-up, while the
  * init safe point may come before site has imported os (it does on 3.12,
  * which marks itself initialized before importing site); importing os here
- * would run that import, and every allocation it makes, under the guard. */
+ * would make that import, and every object it keeps, refscope's own. */
 static void register_at_fork_child(void)
 {
     pyobj *os = api.import("posix");
@@ -1182,14 +1183,14 @@ static void gcwatch_at_init(void *arg)
 {
     if (!rs_emit_active())
         return;
-    rs_guard_depth++;
+    int own = rs_guard_own_begin();
     if (st.off) {
         /* gc.callbacks stays as the program left it: CPython builds an info
          * dict for every callback call, which costs the program itself a few
          * percent when it collects often */
         rs_emit_note(RS_NOTE_GC_OFF, "gc events off (run --no-gc, REFSCOPE_GC=off): no collections, "
                                      "promotions or tenured garbage in this trace");
-        rs_guard_depth--;
+        rs_guard_own_end(own);
         return;
     }
     if (!st.generational)
@@ -1210,7 +1211,7 @@ static void gcwatch_at_init(void *arg)
     else if (!st.census && st.generational)
         rs_emit_note(RS_NOTE_GC_CENSUS_OFF,
                   "gc census off (REFSCOPE_GC_CENSUS=off): promotions and tenured garbage unknown");
-    rs_guard_depth--;
+    rs_guard_own_end(own);
 }
 
 static void gcwatch_start(void)

@@ -21,6 +21,7 @@
 #include "stack.h"
 
 __thread int rs_guard_depth __attribute__((tls_model("initial-exec")));
+__thread int rs_guard_own __attribute__((tls_model("initial-exec")));
 
 static void *(*real_malloc)(size_t);
 static void *(*real_calloc)(size_t, size_t);
@@ -104,8 +105,15 @@ int rs_libc_resolve(void)
 
 /* ---- recording ---------------------------------------------------------------------- */
 
+/* `flags` includes rs_guard_enter_hook's RS_F_OWN for refscope's own requests,
+ * which have no stack. */
 static inline void record_alloc(uint8_t flags, const void *p, size_t size)
 {
+    if (__builtin_expect(flags & RS_F_OWN, 0)) {
+        if (rs_emit_on)
+            rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, 0);
+        return;
+    }
     if (rs_emit_on)
         rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, rs_stack_current(0));
     rs_pysafe_poll();
@@ -123,10 +131,10 @@ RS_EXPORT void *malloc(size_t size)
 {
     if (!READY(real_malloc))
         return pool_alloc(size, 16);
-    int outer = rs_guard_enter();
+    int rec = rs_guard_enter_hook();
     void *p = real_malloc(size);
-    if (outer && p)
-        record_alloc(0, p, size);
+    if (rec != RS_GUARD_PASS && p)
+        record_alloc((uint8_t)rec, p, size);
     rs_guard_leave();
     return p;
 }
@@ -139,10 +147,10 @@ RS_EXPORT void *calloc(size_t count, size_t size)
             return NULL;
         return pool_alloc(total, 16);
     }
-    int outer = rs_guard_enter();
+    int rec = rs_guard_enter_hook();
     void *p = real_calloc(count, size);
-    if (outer && p)
-        record_alloc(RS_F_ZEROED, p, count * size);
+    if (rec != RS_GUARD_PASS && p)
+        record_alloc(RS_F_ZEROED | rec, p, count * size);
     rs_guard_leave();
     return p;
 }
@@ -153,9 +161,9 @@ RS_EXPORT void free(void *p)
         return;
     if (!READY(real_free))
         return;
-    int outer = rs_guard_enter();
-    if (outer)
-        record_free(0, p);
+    int rec = rs_guard_enter_hook();
+    if (rec != RS_GUARD_PASS)
+        record_free((uint8_t)rec, p);
     real_free(p);
     rs_guard_leave();
 }
@@ -175,30 +183,31 @@ static void *pool_realloc(void *old, size_t size)
 static inline void *resize(void *old, size_t size, void *(*call)(void *, size_t, size_t),
                            size_t count, size_t elem)
 {
-    int outer = rs_guard_enter();
-    if (!outer) {
+    int rec = rs_guard_enter_hook();
+    if (rec == RS_GUARD_PASS) {
         void *p = call(old, count, elem);
         rs_guard_leave();
         return p;
     }
+    uint8_t own = (uint8_t)rec;
     void *p;
     if (!old) {
         p = call(old, count, elem);
         if (p)
-            record_alloc(0, p, size);
+            record_alloc(own, p, size);
     } else if (size == 0) {
         /* glibc frees the block and returns NULL */
-        record_free(0, old);
+        record_free(own, old);
         p = call(old, count, elem);
         if (p)
-            record_alloc(0, p, 0);
+            record_alloc(own, p, 0);
     } else {
-        record_free(RS_F_REALLOC, old);
+        record_free(RS_F_REALLOC | own, old);
         p = call(old, count, elem);
         if (p)
-            record_alloc(RS_F_REALLOC, p, size);
+            record_alloc(RS_F_REALLOC | own, p, size);
         else
-            record_alloc(RS_F_REALLOC | RS_F_RESTORE, old, 0);
+            record_alloc(RS_F_REALLOC | RS_F_RESTORE | own, old, 0);
     }
     rs_guard_leave();
     return p;
@@ -246,10 +255,10 @@ RS_EXPORT int posix_memalign(void **out, size_t align, size_t size)
         *out = pool_alloc(size, align);
         return *out ? 0 : ENOMEM;
     }
-    int outer = rs_guard_enter();
+    int rec = rs_guard_enter_hook();
     int rc = real_posix_memalign(out, align, size);
-    if (outer && rc == 0 && *out)
-        record_alloc(RS_F_ALIGNED, *out, size);
+    if (rec != RS_GUARD_PASS && rc == 0 && *out)
+        record_alloc(RS_F_ALIGNED | rec, *out, size);
     rs_guard_leave();
     return rc;
 }
@@ -257,10 +266,10 @@ RS_EXPORT int posix_memalign(void **out, size_t align, size_t size)
 /* aligned_alloc, memalign, valloc, pvalloc: (alignment, size) → pointer. */
 static inline void *aligned(void *(*call)(size_t, size_t), size_t align, size_t size)
 {
-    int outer = rs_guard_enter();
+    int rec = rs_guard_enter_hook();
     void *p = call(align, size);
-    if (outer && p)
-        record_alloc(RS_F_ALIGNED, p, size);
+    if (rec != RS_GUARD_PASS && p)
+        record_alloc(RS_F_ALIGNED | rec, p, size);
     rs_guard_leave();
     return p;
 }

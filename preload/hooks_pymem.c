@@ -9,7 +9,8 @@
  * request one record: the outermost wrapper records, anything it causes
  * (MEM/OBJ forwarding to RAW, RAW to libc, a nested wrapper of ours) passes
  * through. Arena blocks are the exception: they are recorded even inside an
- * OBJ call, in their own domain that totals never add.
+ * OBJ call, in their own domain that totals never add. Requests made by
+ * refscope's own Python work are recorded too, flagged RS_F_OWN (guard.h).
  *
  * Pre-initialization replaces all three domains when PYTHONMALLOC is set or
  * under -X dev, so the wrappers are checked again in setlocale() (CPython calls
@@ -56,10 +57,15 @@ static char *(*real_setlocale)(int, const char *);
 #define GIL_HELD(c) ((c)->domain != RS_DOMAIN_RAW)
 
 /* A new block (malloc, calloc): its record, and for OBJ the block an object
- * created next may take its stack from (stack.h). */
+ * created next may take its stack from (stack.h). `own` is
+ * rs_guard_enter_hook's 0 or RS_F_OWN. */
 __attribute__((always_inline))
-static inline void record_new_block(const struct mem_cell *c, uint8_t flags, void *p, uint64_t size)
+static inline void record_new_block(const struct mem_cell *c, int own, uint8_t flags, void *p, uint64_t size)
 {
+    if (__builtin_expect(own != 0, 0)) {
+        rs_emit_alloc(c->domain | flags | RS_F_OWN, (uint64_t)(uintptr_t)p, size, 0);
+        return;
+    }
     uint32_t stack = rs_stack_current(GIL_HELD(c));
     rs_emit_alloc(c->domain | flags, (uint64_t)(uintptr_t)p, size, stack);
     if (c->domain == RS_DOMAIN_OBJ)
@@ -69,11 +75,12 @@ static inline void record_new_block(const struct mem_cell *c, uint8_t flags, voi
 static void *wrap_malloc(void *ctx, size_t size)
 {
     struct mem_cell *c = ctx;
-    int outer = rs_guard_enter();
+    int rec = rs_guard_enter_hook();
     void *p = c->orig.malloc(c->orig.ctx, size);
-    if (outer && p) {
-        record_new_block(c, 0, p, size);
-        rs_pysafe_poll();
+    if (rec != RS_GUARD_PASS && p) {
+        record_new_block(c, rec, 0, p, size);
+        if (rec == 0)
+            rs_pysafe_poll();
     }
     rs_guard_leave();
     return p;
@@ -82,10 +89,10 @@ static void *wrap_malloc(void *ctx, size_t size)
 static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     struct mem_cell *c = ctx;
-    int outer = rs_guard_enter();
+    int rec = rs_guard_enter_hook();
     void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
-    if (outer && p)
-        record_new_block(c, RS_F_ZEROED, p, (uint64_t)nelem * elsize);
+    if (rec != RS_GUARD_PASS && p)
+        record_new_block(c, rec, RS_F_ZEROED, p, (uint64_t)nelem * elsize);
     rs_guard_leave();
     return p;
 }
@@ -93,16 +100,16 @@ static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
 static void *wrap_realloc(void *ctx, void *ptr, size_t size)
 {
     struct mem_cell *c = ctx;
-    int outer = rs_guard_enter();
-    if (outer && ptr)
-        rs_emit_free(c->domain | RS_F_REALLOC, (uint64_t)(uintptr_t)ptr);
+    int rec = rs_guard_enter_hook();
+    if (rec != RS_GUARD_PASS && ptr)
+        rs_emit_free(c->domain | RS_F_REALLOC | rec, (uint64_t)(uintptr_t)ptr);
     void *p = c->orig.realloc(c->orig.ctx, ptr, size);
-    if (outer) {
+    if (rec != RS_GUARD_PASS) {
         if (p)
-            rs_emit_alloc(c->domain | (ptr ? RS_F_REALLOC : 0), (uint64_t)(uintptr_t)p, size,
-                          rs_stack_current(GIL_HELD(c)));
+            rs_emit_alloc(c->domain | (ptr ? RS_F_REALLOC : 0) | rec, (uint64_t)(uintptr_t)p, size,
+                          rec ? 0 : rs_stack_current(GIL_HELD(c)));
         else if (ptr)
-            rs_emit_alloc(c->domain | RS_F_REALLOC | RS_F_RESTORE, (uint64_t)(uintptr_t)ptr, 0, 0);
+            rs_emit_alloc(c->domain | RS_F_REALLOC | RS_F_RESTORE | rec, (uint64_t)(uintptr_t)ptr, 0, 0);
     }
     rs_guard_leave();
     return p;
@@ -111,13 +118,13 @@ static void *wrap_realloc(void *ctx, void *ptr, size_t size)
 static void wrap_free(void *ctx, void *ptr)
 {
     struct mem_cell *c = ctx;
-    int outer = rs_guard_enter();
-    if (outer && ptr) {
+    int rec = rs_guard_enter_hook();
+    if (rec != RS_GUARD_PASS && ptr) {
         if (c->domain == RS_DOMAIN_OBJ) {
             rs_stack_note_obj_free((uint64_t)(uintptr_t)ptr);
             rs_pytype_note_obj_free((uint64_t)(uintptr_t)ptr);
         }
-        rs_emit_free(c->domain, (uint64_t)(uintptr_t)ptr);
+        rs_emit_free(c->domain | rec, (uint64_t)(uintptr_t)ptr);
     }
     c->orig.free(c->orig.ctx, ptr);
     rs_guard_leave();

@@ -4,11 +4,13 @@
  * Py_IsInitialized() turns 1 the init functions are queued with
  * Py_AddPendingCall and run in registration order on the main thread.
  * rs_pysafe_schedule() queues one-off calls through a small fixed pool of
- * (fn, arg) cells, because pending calls take int (*)(void *).
+ * (fn, arg) cells, because pending calls take int (*)(void *). Both run as
+ * refscope's own work (guard.h: what they allocate is flagged RS_F_OWN).
  */
 #include <errno.h>
 #include <stdint.h>
 
+#include "guard.h"
 #include "pysafe.h"
 #include "pyver.h"
 
@@ -41,8 +43,10 @@ int rs_pysafe_on_init(rs_safe_fn fn, void *arg)
 static int run_init(void *unused)
 {
     (void)unused;
+    int own = rs_guard_own_begin();
     for (int i = 0; i < init_count; i++)
         init_fns[i].fn(init_fns[i].arg);
+    rs_guard_own_end(own);
     __atomic_store_n(&rs_pysafe_init_state, 2, __ATOMIC_RELEASE);
     return 0;
 }
@@ -67,7 +71,9 @@ static int run_cell(void *p)
     rs_safe_fn fn = c->fn;
     void *arg = c->arg;
     __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
+    int own = rs_guard_own_begin();
     fn(arg);
+    rs_guard_own_end(own);
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "pysafe.h"
@@ -736,7 +737,7 @@ static char *snap_find_gen0(void)
     return NULL;
 }
 
-int rs_pyver_snap_ready(void)
+int rs_pyver_snap_supported(void)
 {
     if (!snapapi.resolved) {
         snapapi.resolved = 1;
@@ -777,8 +778,19 @@ int rs_pyver_snap_ready(void)
                          snapapi.PyErr_Restore && snapapi.PyErr_Clear && snapapi.Py_DecRef &&
                          snapapi.Py_IncRef && snapapi.dict_type && snapapi.list_type && snapapi.tuple_type &&
                          (rs_py.free_threaded ? snapapi.VisitObjects != NULL : snapapi.PyInterpreterState_Get != NULL);
+        if (rs_py.is_python && !snapapi.usable) {
+            char line[96];
+            snprintf(line, sizeof(line), "snapshots are off on CPython %u.%u (3.9-3.13 have them)",
+                     rs_py.hex >> 24, (rs_py.hex >> 16) & 0xff);
+            rs_warn(line);
+        }
     }
-    if (!snapapi.usable || !rs_py.Py_IsInitialized || !rs_py.Py_IsInitialized())
+    return snapapi.usable;
+}
+
+int rs_pyver_snap_ready(void)
+{
+    if (!rs_pyver_snap_supported() || !rs_py.Py_IsInitialized || !rs_py.Py_IsInitialized())
         return 0;
     if (!rs_py.free_threaded && !snapapi.gen0) {
         snapapi.gen0 = snap_find_gen0();

@@ -319,8 +319,12 @@ struct rs_pyver_typeinfo {
 
 #define RS_PYVER_GEN_PERMANENT 3
 
-/* Resolves what snapshots need (first call only). 1 when a snapshot can be
- * taken now (interpreter initialized, supported layout), else 0. */
+/* Resolves what snapshots need (first call only; says in one line on stderr
+ * when this CPython cannot have them). 1 when it can, else 0. */
+int rs_pyver_snap_supported(void);
+
+/* 1 when a snapshot can be taken now (supported, interpreter initialized,
+ * GC lists found), else 0. */
 int rs_pyver_snap_ready(void);
 
 /* Facts about a type object, for caching by the caller. */

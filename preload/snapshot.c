@@ -12,9 +12,10 @@
  *
  * It leaves no trace in the program: no Python code runs (sizes come from C
  * __sizeof__ implementations or the type's basic/item sizes), no refcount is
- * changed, the pending exception is saved and restored, and the recursion
- * guard is held so its own scratch allocations are not recorded. Scratch
- * tables are mmap'd and unmapped at the end.
+ * changed, the pending exception is saved and restored, and it runs as
+ * refscope's own Python work (guard.h), so the few allocations CPython makes
+ * for it (ints from __sizeof__, lookup keys) are recorded flagged RS_F_OWN,
+ * apart from the program's. Scratch tables are mmap'd and unmapped at the end.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -377,7 +378,7 @@ static void snapshot_take(uint8_t reason)
     if (!rs_emit_active() || snap_running || !rs_pyver_snap_ready())
         return;
     snap_running = 1;
-    rs_guard_depth++; /* our scratch allocations (ints from __sizeof__) stay unrecorded */
+    int own = rs_guard_own_begin();
     struct snap *s = &snap_state;
     memset(&s->seen, 0, sizeof(*s) - offsetof(struct snap, seen));
     /* a type object may have died and another been created at its address */
@@ -420,7 +421,7 @@ static void snapshot_take(uint8_t reason)
     rs_u64vec_release(&s->work);
     set_release(&s->seen);
     set_release(&s->garbage);
-    rs_guard_depth--;
+    rs_guard_own_end(own);
     snap_running = 0;
 }
 
@@ -483,7 +484,7 @@ static void snapshot_init(void *arg)
 
 static void snapshot_start(void)
 {
-    if (rs_pysafe_on_init(snapshot_init, NULL) < 0)
+    if (!rs_pyver_snap_supported() || rs_pysafe_on_init(snapshot_init, NULL) < 0)
         return;
     if (rs_sigkeep_claim(SIGUSR2, snap_on_usr2) < 0)
         rs_warn("snapshots: cannot catch SIGUSR2; kill -USR2 will not take one");

@@ -46,6 +46,13 @@ enum rs_domain {
                                again with the size it had before the FREE half      */
 #define RS_F_ZEROED   0x20u /* calloc */
 #define RS_F_ALIGNED  0x40u /* memalign family */
+#define RS_F_OWN      0x80u /* format 2.2: made by refscope's own Python work at a
+                               safe point (the gc layer's module, callbacks and
+                               census), not by the program; no stack. Readers keep
+                               blocks ALLOCated with it out of every figure of the
+                               program's, and take a later FREE of them, whoever
+                               makes it, as theirs. On a FREE it only says who freed:
+                               the block is gone either way. */
 
 /* ---- record kinds ----------------------------------------------------------- */
 enum rs_event_kind {

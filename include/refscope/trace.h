@@ -16,7 +16,9 @@
  *     chunk body to version 2; 1.x files are refused. Minor 1 added the
  *     RS_EV_PYTHON record (events.h): a process that became CPython later
  *     (dlopen'd libpython) has its version and flags there, not in the
- *     meta bytes; readers take them at open.
+ *     meta bytes; readers take them at open. Minor 2 added the RS_F_OWN
+ *     flag of ALLOC/FREE (events.h): refscope's own Python work, kept out of
+ *     the program's figures (a 2.1 reader counts it as the program's).
  *
  *   chunk (struct rs_chunk_header, 32 bytes, then `stored_len` bytes):
  *     magic "RFSC", codec (0 = raw, 1 = zstd), number of records, first
@@ -42,7 +44,7 @@
 
 #define RS_TRACE_MAGIC "RFSTRACE"
 #define RS_TRACE_MAJOR 2u
-#define RS_TRACE_MINOR 1u
+#define RS_TRACE_MINOR 2u
 
 struct rs_file_header {
     char     magic[8];        /* RS_TRACE_MAGIC, no NUL                  */

@@ -75,6 +75,17 @@ def _pyenv_root():
 @functools.lru_cache(maxsize=1)
 def interpreters():
     """Every CPython >= 3.9 found: Debian's, pyenv's, /opt/cpython's. Deduplicated."""
+    return [py for py in _discover() if py.version >= (3, 9, 0)]
+
+
+@functools.lru_cache(maxsize=1)
+def older_interpreters():
+    """Every CPython older than 3.9 found in the same places (refscope traces
+    their allocations only)."""
+    return [py for py in _discover() if py.version < (3, 9, 0)]
+
+
+def _discover():
     candidates = [("debian", "/usr/bin/python3")]
     candidates += [("pyenv", p) for p in sorted(glob.glob(os.path.join(_pyenv_root(), "versions", "*", "bin", "python3")))]
     candidates += [("opt", p) for p in sorted(glob.glob("/opt/cpython/*/bin/python3*")) if not p.endswith("-config")]
@@ -91,8 +102,6 @@ def interpreters():
         if probed is None:
             continue
         version, ft, shared = probed
-        if version < (3, 9, 0):
-            continue
         label = "%s-%d.%d.%d%s" % (origin, version[0], version[1], version[2], "t" if ft else "")
         if only and label not in only.split(",") and path not in only.split(","):
             continue

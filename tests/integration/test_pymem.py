@@ -68,3 +68,65 @@ def test_pymem_domains_tagged(py):
         expect(s["domains"].get(d, {}).get("allocations", 0) > 0, "%s: domain %s empty: %s" % (py, d, s["domains"]))
     if not py.free_threaded:
         expect(s["domains"].get("arena", {}).get("allocations", 0) > 0, "%s: no arena blocks" % py)
+
+
+OWN_PROG = """
+import gc, sys
+keep = []
+for i in range(30):
+    keep.append([{"i": i} for _ in range(200)])
+    gc.collect(i % 3)
+gc.set_threshold(500, 5, 5)
+"""
+
+
+@per_interpreter
+def test_pymem_refscope_own_apart(py):
+    # What refscope's own Python work allocates (the gc module it imports, its
+    # callbacks, the census, the exit snapshot) is recorded flagged as its own:
+    # the program's later frees of those blocks are not frees of unknown blocks,
+    # and none of it is in the program's figures.
+    script = harness.write_script(OWN_PROG)
+    t = harness.run_traced([py.path, script], timeout=120)
+    s = harness.refscope_json("summary", t.trace)
+    own = s["refscope_own"]
+    expect(s["unknown_frees"] == 0, "%s: %d frees of blocks never seen" % (py, s["unknown_frees"]))
+    expect(own["allocations"] > 0, "%s: no allocations of refscope's own: %s" % (py, own))
+    expect(own["frees"] <= own["allocations"], "%s: own frees > allocations: %s" % (py, own))
+    expect(own["live_bytes_end"] < 256 * 1024, "%s: refscope's own live at end %d" % (py, own["live_bytes_end"]))
+    # nor in the sites: `top` counts what `summary` counts
+    top = harness.refscope_json("top", "--by", "total", t.trace)
+    expect(top["allocations"] == s["allocations"],
+           "%s: top counts %d allocations, summary %d" % (py, top["allocations"], s["allocations"]))
+
+
+OLD_PROG = PROG + """
+import gc
+gc.collect()
+"""
+
+
+def test_pymem_older_interpreters_allocations_and_collections():
+    # Before 3.9 refscope traces allocations (every domain) and, from 3.7,
+    # collections: the program runs as it would, and stderr says, in one line each, that
+    # Python stacks and snapshots are off. Nothing else.
+    olds = harness.older_interpreters()
+    if not olds:
+        raise harness.Skip("no CPython older than 3.9 found (pyenv's 3.6-3.8 would be used)")
+    script = harness.write_script(OLD_PROG)
+    for py in olds:
+        t = harness.run_traced([py.path, script, "alloc", "keep"], timeout=120)
+        expect(t.proc.returncode == 0, "%s: exit %d: %s" % (py, t.proc.returncode, t.proc.stderr))
+        s = harness.refscope_json("summary", t.trace)
+        expect(s["python_version"] == "%d.%d.%d" % py.version, "%s: python_version %s" % (py, s["python_version"]))
+        for d in ("raw", "mem", "obj"):
+            expect(s["domains"][d]["allocations"] > 0, "%s: domain %s empty: %s" % (py, d, s["domains"]))
+        expect(s["peak_bytes"] >= N * SIZE, "%s: peak %d < %d" % (py, s["peak_bytes"], N * SIZE))
+        lines = [ln for ln in t.proc.stderr.splitlines() if ln.startswith("refscope:") and "wrote" not in ln]
+        want = ["refscope: unknown CPython layout: Python stacks are off",
+                "refscope: snapshots are off on CPython %d.%d (3.9-3.13 have them)" % py.version[:2]]
+        expect(lines == want, "%s: stderr lines %s, expected %s" % (py, lines, want))
+        gen2 = harness.refscope_json("gc", t.trace)["generations"][2]
+        if py.version >= (3, 7, 0):  # 3.6 registers no gc callback: allocations only
+            expect(gen2["collections_traced"] >= 1, "%s: gc.collect() not seen: %s" % (py, gen2))
+        expect(gen2["promoted"] is None, "%s: promotions without a census: %s" % (py, gen2))

@@ -1,6 +1,7 @@
 /*
  * Live-heap replay (analyzer/heap.c): counts per domain, leaf vs arena,
  * realloc and failed-realloc (RESTORE) semantics, frees of unknown blocks,
+ * refscope's own blocks (RS_F_OWN),
  * the peak and its time, and a randomized comparison with a naive model.
  */
 #include <check.h>
@@ -66,6 +67,54 @@ START_TEST(realloc_and_restore)
 }
 END_TEST
 
+/* Blocks of refscope's own Python work (RS_F_OWN): counted apart, invisible
+ * to queries, and whoever frees them, never a free of an unknown block. */
+START_TEST(own_blocks)
+{
+    struct rs_heap *h = rs_heap_new();
+    const struct rs_heap_stats *st = rs_heap_stats(h);
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_OBJ, 0x1000, 100, 1);
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_OBJ | RS_F_OWN, 0x2000, 56, 2);
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_MEM | RS_F_OWN, 0x3000, 8, 3);
+    ck_assert_uint_eq(st->allocations[RS_DOMAIN_OBJ], 1);
+    ck_assert_uint_eq(st->allocations[RS_DOMAIN_MEM], 0);
+    ck_assert_uint_eq(st->peak_live_bytes, 100);
+    ck_assert_uint_eq(st->own.allocations, 2);
+    ck_assert_uint_eq(st->own.bytes, 64);
+    ck_assert_uint_eq(st->own.live_blocks, 2);
+    ck_assert_ptr_null(rs_heap_find(h, 0x2000));
+    /* the program frees one of ours (finalization): known, not the program's */
+    ck_assert_int_eq(apply(h, RS_EV_FREE, RS_DOMAIN_OBJ, 0x2000, 0, 4), 0);
+    ck_assert_uint_eq(st->unknown_frees, 0);
+    ck_assert_uint_eq(st->frees[RS_DOMAIN_OBJ], 0);
+    ck_assert_uint_eq(st->own.frees, 1);
+    ck_assert_uint_eq(st->own.live_bytes, 8);
+    /* our work drops the program's last reference: the program's block is gone */
+    ck_assert_int_eq(apply(h, RS_EV_FREE, RS_DOMAIN_OBJ | RS_F_OWN, 0x1000, 0, 5), 1);
+    ck_assert_uint_eq(st->frees[RS_DOMAIN_OBJ], 1);
+    ck_assert_uint_eq(st->live_bytes[RS_DOMAIN_OBJ], 0);
+    /* our realloc of a program block (a list we append to) makes it ours;
+     * a failed one gives it back to the program */
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_MEM, 0x4000, 32, 6);
+    apply(h, RS_EV_FREE, RS_DOMAIN_MEM | RS_F_REALLOC | RS_F_OWN, 0x4000, 0, 7);
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_MEM | RS_F_REALLOC | RS_F_RESTORE | RS_F_OWN, 0x4000, 0, 8);
+    ck_assert_ptr_nonnull(rs_heap_find(h, 0x4000));
+    ck_assert_uint_eq(st->live_bytes[RS_DOMAIN_MEM], 32);
+    apply(h, RS_EV_FREE, RS_DOMAIN_MEM | RS_F_REALLOC | RS_F_OWN, 0x4000, 0, 9);
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_MEM | RS_F_REALLOC | RS_F_OWN, 0x5000, 64, 10);
+    ck_assert_ptr_null(rs_heap_find(h, 0x5000));
+    ck_assert_uint_eq(st->live_bytes[RS_DOMAIN_MEM], 0);
+    ck_assert_uint_eq(st->own.live_bytes, 72);
+    /* an address reused by the program after an unseen free of ours */
+    apply(h, RS_EV_ALLOC, RS_DOMAIN_MEM, 0x3000, 16, 11);
+    ck_assert_uint_eq(st->own.live_blocks, 1);
+    ck_assert_uint_eq(st->own.live_bytes, 64);
+    ck_assert_int_eq(apply(h, RS_EV_FREE, RS_DOMAIN_MEM, 0x3000, 0, 12), 1);
+    ck_assert_uint_eq(st->unknown_frees, 0);
+    rs_heap_free(h);
+}
+END_TEST
+
 static int count_block(const struct rs_block *b, void *arg)
 {
     (void)b;
@@ -115,6 +164,7 @@ int main(void)
     const TTest *tests[] = {
         domains_and_peak,
         realloc_and_restore,
+        own_blocks,
         random_against_model,
     };
     return rs_check_run("heap", 120, tests, sizeof(tests) / sizeof(tests[0]));
