@@ -263,7 +263,14 @@ int rs_pyver_init(void)
         rc = -ENOTSUP;
     if (rc < 0) {
         rs_py.frames = RS_PYFRAMES_NONE;
-        rs_warn("unknown CPython layout: Python stacks are off");
+        if (rs_py.hex < 0x03090000) {
+            char line[96];
+            snprintf(line, sizeof(line), "Python stacks are off on CPython %u.%u (3.9 and later have them)",
+                     rs_py.hex >> 24, (rs_py.hex >> 16) & 0xff);
+            rs_warn(line);
+        } else {
+            rs_warn("unknown CPython layout: Python stacks are off");
+        }
     }
     raw_frames_init();
     return pyver_status = rc;
