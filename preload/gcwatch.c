@@ -1179,18 +1179,17 @@ out:
     return ret;
 }
 
+/* At the init safe point (pysafe.h: already refscope's own work). */
 static void gcwatch_at_init(void *arg)
 {
     if (!rs_emit_active())
         return;
-    int own = rs_guard_own_begin();
     if (st.off) {
         /* gc.callbacks stays as the program left it: CPython builds an info
          * dict for every callback call, which costs the program itself a few
          * percent when it collects often */
         rs_emit_note(RS_NOTE_GC_OFF, "gc events off (run --no-gc, REFSCOPE_GC=off): no collections, "
                                      "promotions or tenured garbage in this trace");
-        rs_guard_own_end(own);
         return;
     }
     if (!st.generational)
@@ -1211,7 +1210,6 @@ static void gcwatch_at_init(void *arg)
     else if (!st.census && st.generational)
         rs_emit_note(RS_NOTE_GC_CENSUS_OFF,
                   "gc census off (REFSCOPE_GC_CENSUS=off): promotions and tenured garbage unknown");
-    rs_guard_own_end(own);
 }
 
 static void gcwatch_start(void)

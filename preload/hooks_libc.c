@@ -109,14 +109,11 @@ int rs_libc_resolve(void)
  * which have no stack. */
 static inline void record_alloc(uint8_t flags, const void *p, size_t size)
 {
-    if (__builtin_expect(flags & RS_F_OWN, 0)) {
-        if (rs_emit_on)
-            rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, 0);
-        return;
-    }
+    int own = flags & RS_F_OWN;
     if (rs_emit_on)
-        rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, rs_stack_current(0));
-    rs_pysafe_poll();
+        rs_emit_alloc(RS_DOMAIN_LIBC | flags, (uint64_t)(uintptr_t)p, size, own ? 0 : rs_stack_current(0));
+    if (!own)
+        rs_pysafe_poll();
 }
 
 static inline void record_free(uint8_t flags, const void *p)

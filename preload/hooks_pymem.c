@@ -57,18 +57,16 @@ static char *(*real_setlocale)(int, const char *);
 #define GIL_HELD(c) ((c)->domain != RS_DOMAIN_RAW)
 
 /* A new block (malloc, calloc): its record, and for OBJ the block an object
- * created next may take its stack from (stack.h). `own` is
- * rs_guard_enter_hook's 0 or RS_F_OWN. */
+ * created next may take its stack from (stack.h). `flags` includes
+ * rs_guard_enter_hook's RS_F_OWN for refscope's own requests, which have no
+ * stack (and make no object the program sees). */
 __attribute__((always_inline))
-static inline void record_new_block(const struct mem_cell *c, int own, uint8_t flags, void *p, uint64_t size)
+static inline void record_new_block(const struct mem_cell *c, uint8_t flags, void *p, uint64_t size)
 {
-    if (__builtin_expect(own != 0, 0)) {
-        rs_emit_alloc(c->domain | flags | RS_F_OWN, (uint64_t)(uintptr_t)p, size, 0);
-        return;
-    }
-    uint32_t stack = rs_stack_current(GIL_HELD(c));
+    int own = flags & RS_F_OWN;
+    uint32_t stack = own ? 0 : rs_stack_current(GIL_HELD(c));
     rs_emit_alloc(c->domain | flags, (uint64_t)(uintptr_t)p, size, stack);
-    if (c->domain == RS_DOMAIN_OBJ)
+    if (c->domain == RS_DOMAIN_OBJ && !own)
         rs_stack_note_obj_block((uint64_t)(uintptr_t)p, size, stack);
 }
 
@@ -78,7 +76,7 @@ static void *wrap_malloc(void *ctx, size_t size)
     int rec = rs_guard_enter_hook();
     void *p = c->orig.malloc(c->orig.ctx, size);
     if (rec != RS_GUARD_PASS && p) {
-        record_new_block(c, rec, 0, p, size);
+        record_new_block(c, (uint8_t)rec, p, size);
         if (rec == 0)
             rs_pysafe_poll();
     }
@@ -92,7 +90,7 @@ static void *wrap_calloc(void *ctx, size_t nelem, size_t elsize)
     int rec = rs_guard_enter_hook();
     void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
     if (rec != RS_GUARD_PASS && p)
-        record_new_block(c, rec, RS_F_ZEROED, p, (uint64_t)nelem * elsize);
+        record_new_block(c, RS_F_ZEROED | rec, p, (uint64_t)nelem * elsize);
     rs_guard_leave();
     return p;
 }

@@ -28,6 +28,16 @@ void *rs_py_sym(const char *name) { return dlsym(py_handle, name); }
 
 static void *sym(const char *name) { return rs_py_sym(name); }
 
+/* One line on stderr: `what` is off on this CPython (X.Y), which versions
+ * `have` it. */
+static void warn_off(const char *what, const char *have)
+{
+    char line[128];
+    snprintf(line, sizeof(line), "%s off on CPython %u.%u (%s have them)", what, rs_py.hex >> 24,
+             (rs_py.hex >> 16) & 0xff, have);
+    rs_warn(line);
+}
+
 /* "3.10.13 (main, ...)" -> PY_VERSION_HEX-like value (final release assumed) */
 static uint32_t parse_version(const char *s)
 {
@@ -263,14 +273,10 @@ int rs_pyver_init(void)
         rc = -ENOTSUP;
     if (rc < 0) {
         rs_py.frames = RS_PYFRAMES_NONE;
-        if (rs_py.hex < 0x03090000) {
-            char line[96];
-            snprintf(line, sizeof(line), "Python stacks are off on CPython %u.%u (3.9 and later have them)",
-                     rs_py.hex >> 24, (rs_py.hex >> 16) & 0xff);
-            rs_warn(line);
-        } else {
+        if (rs_py.hex < 0x03090000)
+            warn_off("Python stacks are", "3.9 and later");
+        else
             rs_warn("unknown CPython layout: Python stacks are off");
-        }
     }
     raw_frames_init();
     return pyver_status = rc;
@@ -785,12 +791,8 @@ int rs_pyver_snap_supported(void)
                          snapapi.PyErr_Restore && snapapi.PyErr_Clear && snapapi.Py_DecRef &&
                          snapapi.Py_IncRef && snapapi.dict_type && snapapi.list_type && snapapi.tuple_type &&
                          (rs_py.free_threaded ? snapapi.VisitObjects != NULL : snapapi.PyInterpreterState_Get != NULL);
-        if (rs_py.is_python && !snapapi.usable) {
-            char line[96];
-            snprintf(line, sizeof(line), "snapshots are off on CPython %u.%u (3.9-3.13 have them)",
-                     rs_py.hex >> 24, (rs_py.hex >> 16) & 0xff);
-            rs_warn(line);
-        }
+        if (rs_py.is_python && !snapapi.usable)
+            warn_off("snapshots are", "3.9-3.13");
     }
     return snapapi.usable;
 }

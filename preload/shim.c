@@ -92,7 +92,7 @@ static void warn_failure(const char *what, int err)
  * (0 if not CPython) and RS_PROC_* flags. */
 static void config_python(void)
 {
-    if (rs_pyver_init() == -ENOENT || !rs_py.is_python)
+    if (rs_pyver_init() == -ENOENT)
         return;
     config.py_version = rs_py.hex;
     config.proc_flags |= RS_PROC_PYTHON;
