@@ -74,17 +74,6 @@
 
 typedef void pyobj;
 
-/* PyMethodDef, identical on every supported version. */
-struct py_methoddef {
-    const char *name;
-    void *meth;
-    int flags;
-    const char *doc;
-};
-#define METH_VARARGS 0x1
-#define METH_KEYWORDS 0x2
-#define METH_NOARGS 0x4
-
 static struct {
     pyobj *(*import)(const char *);
     pyobj *(*getattr)(pyobj *, const char *);
@@ -103,7 +92,7 @@ static struct {
     const char *(*utf8)(pyobj *);
     pyobj *(*str_from)(const char *);
     int (*is_true)(pyobj *);
-    pyobj *(*cfunc_new)(struct py_methoddef *, pyobj *, pyobj *);
+    pyobj *(*cfunc_new)(struct rs_py_methoddef *, pyobj *, pyobj *);
     void (*err_clear)(void);
     void (*incref)(pyobj *);
     void (*decref)(pyobj *);
@@ -920,12 +909,12 @@ static pyobj *gc_wrapper(pyobj *self, pyobj *args, pyobj *kwargs)
     return res;
 }
 
-static struct py_methoddef wrapper_defs[] = {
-    {"set_threshold", (void *)gc_wrapper, METH_VARARGS | METH_KEYWORDS, "gc.set_threshold (traced by refscope)"},
-    {"disable", (void *)gc_wrapper, METH_VARARGS | METH_KEYWORDS, "gc.disable (traced by refscope)"},
-    {"enable", (void *)gc_wrapper, METH_VARARGS | METH_KEYWORDS, "gc.enable (traced by refscope)"},
-    {"freeze", (void *)gc_wrapper, METH_VARARGS | METH_KEYWORDS, "gc.freeze (traced by refscope)"},
-    {"unfreeze", (void *)gc_wrapper, METH_VARARGS | METH_KEYWORDS, "gc.unfreeze (traced by refscope)"},
+static struct rs_py_methoddef wrapper_defs[] = {
+    {"set_threshold", (void *)gc_wrapper, RS_METH_VARARGS | RS_METH_KEYWORDS, "gc.set_threshold (traced by refscope)"},
+    {"disable", (void *)gc_wrapper, RS_METH_VARARGS | RS_METH_KEYWORDS, "gc.disable (traced by refscope)"},
+    {"enable", (void *)gc_wrapper, RS_METH_VARARGS | RS_METH_KEYWORDS, "gc.enable (traced by refscope)"},
+    {"freeze", (void *)gc_wrapper, RS_METH_VARARGS | RS_METH_KEYWORDS, "gc.freeze (traced by refscope)"},
+    {"unfreeze", (void *)gc_wrapper, RS_METH_VARARGS | RS_METH_KEYWORDS, "gc.unfreeze (traced by refscope)"},
 };
 
 static void wrap_gc_functions(pyobj *gc)
@@ -991,11 +980,11 @@ static pyobj *at_fork_child(pyobj *self, pyobj *unused)
     return api.none;
 }
 
-static struct py_methoddef fork_def = {"refscope_gc_at_fork_child", (void *)at_fork_child, METH_NOARGS,
+static struct rs_py_methoddef fork_def = {"refscope_gc_at_fork_child", (void *)at_fork_child, RS_METH_NOARGS,
                                        "refscope: starts the gc records of a fork child's trace"};
-static struct py_methoddef callback_def = {"refscope_gc_callback", (void *)gc_callback, METH_VARARGS,
+static struct rs_py_methoddef callback_def = {"refscope_gc_callback", (void *)gc_callback, RS_METH_VARARGS,
                                            "refscope: records gc collections"};
-static struct py_methoddef exit_def = {"refscope_gc_at_exit", (void *)at_exit, METH_NOARGS,
+static struct rs_py_methoddef exit_def = {"refscope_gc_at_exit", (void *)at_exit, RS_METH_NOARGS,
                                        "refscope: records the final gc configuration"};
 
 static void emit_baseline(void)

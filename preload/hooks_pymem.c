@@ -210,10 +210,87 @@ static void pymem_check(int reason)
     }
 }
 
-static void pymem_lazy_check(void *arg)
+/* ---- sys._debugmallocstats ------------------------------------------------ */
+/* CPython prints pymalloc's (or mimalloc's) statistics only when the OBJ
+ * domain's allocator is that allocator itself: _PyMem_PymallocEnabled
+ * compares function pointers, so with our wrapper on top the program's
+ * sys._debugmallocstats() would leave them out. At the init safe point it is
+ * replaced by a function that, for the call, puts back the allocator our
+ * wrapper replaced and re-installs the wrapper after it; the statistics code
+ * writes to stderr and makes no PyMem request, so nothing goes unrecorded.
+ * Only with the GIL keeping every other thread out of the OBJ domain: a GIL
+ * build with one interpreter (a 3.12+ interpreter with a GIL of its own
+ * would not be kept out). Otherwise, or when something else has stacked
+ * itself on our wrapper (tracemalloc), the call is the original's, as is. */
+static struct {
+    void *(*sys_get)(const char *); /* borrowed reference */
+    int (*sys_set)(const char *, void *);
+    void *(*cfunc_new)(struct rs_py_methoddef *, void *, void *);
+    void *(*str_new)(const char *);
+    void *(*call)(void *, void *);
+    void *(*interp_head)(void);
+    void *(*interp_next)(void *);
+    void (*decref)(void *);
+    void (*err_clear)(void);
+} statsapi;
+
+static void *debugmallocstats(void *orig, void *unused)
+{
+    (void)unused;
+    struct rs_pymem_allocator top;
+    rs_py.PyMem_GetAllocator(RS_PYMEM_OBJ, &top);
+    int swap = top.malloc == wrap_malloc && statsapi.interp_next(statsapi.interp_head()) == NULL;
+    if (swap)
+        rs_py.PyMem_SetAllocator(RS_PYMEM_OBJ, &((struct mem_cell *)top.ctx)->orig);
+    void *res = statsapi.call(orig, NULL);
+    if (swap)
+        rs_py.PyMem_SetAllocator(RS_PYMEM_OBJ, &top);
+    return res;
+}
+
+static struct rs_py_methoddef debugmallocstats_def = {
+    "_debugmallocstats", (void *)debugmallocstats, RS_METH_NOARGS,
+    "sys._debugmallocstats (pymalloc's statistics under refscope's allocator wrapper)"};
+
+/* Free-threaded builds always print mimalloc's statistics: nothing to do. */
+static void wrap_debugmallocstats(void)
+{
+    void *orig, *module = NULL, *fn = NULL;
+    statsapi.sys_get = (void *(*)(const char *))rs_py_sym("PySys_GetObject");
+    statsapi.sys_set = (int (*)(const char *, void *))rs_py_sym("PySys_SetObject");
+    statsapi.cfunc_new = (void *(*)(struct rs_py_methoddef *, void *, void *))rs_py_sym("PyCFunction_NewEx");
+    statsapi.str_new = (void *(*)(const char *))rs_py_sym("PyUnicode_FromString");
+    statsapi.call = (void *(*)(void *, void *))rs_py_sym("PyObject_CallObject");
+    statsapi.interp_head = (void *(*)(void))rs_py_sym("PyInterpreterState_Head");
+    statsapi.interp_next = (void *(*)(void *))rs_py_sym("PyInterpreterState_Next");
+    statsapi.decref = (void (*)(void *))rs_py_sym("Py_DecRef");
+    statsapi.err_clear = (void (*)(void))rs_py_sym("PyErr_Clear");
+    if (!statsapi.sys_get || !statsapi.sys_set || !statsapi.cfunc_new || !statsapi.str_new ||
+        !statsapi.call || !statsapi.interp_head || !statsapi.interp_next || !statsapi.decref ||
+        !statsapi.err_clear || rs_py.free_threaded)
+        return;
+    orig = statsapi.sys_get("_debugmallocstats");
+    if (!orig)
+        goto out;
+    module = statsapi.str_new("sys");
+    fn = module ? statsapi.cfunc_new(&debugmallocstats_def, orig, module) : NULL;
+    if (fn)
+        statsapi.sys_set("_debugmallocstats", fn);
+out:
+    if (fn)
+        statsapi.decref(fn);
+    if (module)
+        statsapi.decref(module);
+    statsapi.err_clear();
+}
+
+/* At the init safe point (pysafe.h: GIL held, refscope's own work). */
+static void pymem_at_init(void *arg)
 {
     (void)arg;
     pymem_check(WRAP_LAZY);
+    if (rs_emit_active())
+        wrap_debugmallocstats();
 }
 
 /* Interposed: CPython calls setlocale right after pre-initialization has
@@ -235,7 +312,7 @@ RS_EXPORT char *setlocale(int category, const char *locale)
 static void pymem_start(void)
 {
     pymem_check(rs_py.loaded_late ? WRAP_LOADED : WRAP_CTOR);
-    rs_pysafe_on_init(pymem_lazy_check, NULL);
+    rs_pysafe_on_init(pymem_at_init, NULL);
 }
 
 __attribute__((constructor(RS_CTOR_PYTHON))) static void pymem_ctor(void)

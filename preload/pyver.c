@@ -699,7 +699,6 @@ int rs_py_raw_match(struct rs_pyframe *inner, const struct rs_pyframe *expect, i
 #define SNAP_TPFLAGS_MANAGED_DICT    (1ul << 4)
 #define SNAP_TPFLAGS_UNICODE_SUB     (1ul << 28)
 #define SNAP_TPFLAGS_TYPE_SUB        (1ul << 31)
-#define SNAP_METH_NOARGS 0x0004
 
 static struct {
     int resolved, usable;
@@ -862,10 +861,10 @@ void rs_pyver_snap_typeinfo(const void *type, struct rs_pyver_typeinfo *out)
     if (d_type == snapapi.object_type)
         return;
     /* PyMethodDescrObject: PyDescrObject {head, d_type, d_name, d_qualname}, d_method */
-    const char *def = *(const char *const *)(descr + rs_py.ob_size + 3 * 8);
-    if (!def || !(*(const int *)(def + 16) & SNAP_METH_NOARGS))
+    const struct rs_py_methoddef *def = *(const struct rs_py_methoddef *const *)(descr + rs_py.ob_size + 3 * 8);
+    if (!def || !(def->flags & RS_METH_NOARGS))
         return;
-    out->sizeof_meth = *(void *(*const *)(void *, void *))(def + 8);
+    out->sizeof_meth = (void *(*)(void *, void *))def->meth;
 }
 
 uint32_t rs_pyver_snap_preheader(void *obj, const struct rs_pyver_typeinfo *ti)
@@ -1077,13 +1076,7 @@ void rs_pyver_snap_restore_error(void *saved[3])
     snapapi.PyErr_Restore(saved[0], saved[1], saved[2]);
 }
 
-/* PyMethodDef as CPython declares it. */
-static struct {
-    const char *ml_name;
-    void *(*ml_meth)(void *, void *);
-    int ml_flags;
-    const char *ml_doc;
-} snap_atexit_def;
+static struct rs_py_methoddef snap_atexit_def;
 static void (*snap_atexit_fn)(void);
 
 static void *snap_atexit_trampoline(void *self, void *unused)
@@ -1106,9 +1099,9 @@ int rs_pyver_snap_atexit(void (*fn)(void))
     void *saved[3];
     rs_pyver_snap_save_error(saved);
     snap_atexit_fn = fn;
-    snap_atexit_def.ml_name = "_refscope_snapshot_at_exit";
-    snap_atexit_def.ml_meth = snap_atexit_trampoline;
-    snap_atexit_def.ml_flags = SNAP_METH_NOARGS;
+    snap_atexit_def.name = "_refscope_snapshot_at_exit";
+    snap_atexit_def.meth = (void *)snap_atexit_trampoline;
+    snap_atexit_def.flags = RS_METH_NOARGS;
     atexit = snapapi.PyImport_ImportModule("atexit");
     if (!atexit)
         goto out;

@@ -40,6 +40,17 @@ struct rs_pyarena_allocator {
     void *(*alloc)(void *ctx, size_t size);
     void (*free)(void *ctx, void *ptr, size_t size);
 };
+/* PyMethodDef as CPython declares it (the same on every version): the C
+ * functions the shim hands to Python (gc wrappers and callbacks, at-exit
+ * hooks, sys._debugmallocstats) are described by one of these. */
+struct rs_py_methoddef {
+    const char *name;
+    void *meth;
+    int flags;
+    const char *doc;
+};
+enum { RS_METH_VARARGS = 0x1, RS_METH_KEYWORDS = 0x2, RS_METH_NOARGS = 0x4 };
+
 /* PyMemAllocatorDomain values */
 enum { RS_PYMEM_RAW = 0, RS_PYMEM_MEM = 1, RS_PYMEM_OBJ = 2 };
 

@@ -70,6 +70,36 @@ def test_pymem_domains_tagged(py):
         expect(s["domains"].get("arena", {}).get("allocations", 0) > 0, "%s: no arena blocks" % py)
 
 
+STATS_PROG = """
+import sys
+small = [{"i": i} for i in range(2000)]
+sys._debugmallocstats()
+keep = [(i, str(i)) for i in range(%d)]
+""" % (40 * N)
+STATS_FIRST_LINE = "Small block threshold"  # pymalloc's and mimalloc's section
+
+
+@per_interpreter
+def test_pymem_debugmallocstats_unchanged(py):
+    # CPython prints its allocator's statistics only when that allocator itself
+    # tops the OBJ domain; under refscope sys._debugmallocstats() prints them as
+    # it does untraced (also under the debug hooks), and the wrapper is back on
+    # top after the call: the objects made next are in the OBJ domain.
+    script = harness.write_script(STATS_PROG)
+    for env in (None, {"PYTHONMALLOC": "debug"}):
+        plain = harness.run([py.path, script], env=env, timeout=60)
+        expect(plain.returncode == 0, "%s %s: untraced exit %d: %s" % (py, env, plain.returncode, plain.stderr[-500:]))
+        t = harness.run_traced([py.path, script], env=env, timeout=120)
+        want, got = STATS_FIRST_LINE in plain.stderr, STATS_FIRST_LINE in t.proc.stderr
+        expect(want == got, "%s %s: allocator statistics untraced %s, traced %s" % (py, env, want, got))
+        expect(t.proc.stderr.count("free PyDictObjects") == plain.stderr.count("free PyDictObjects"),
+               "%s %s: type statistics differ" % (py, env))
+        s = harness.refscope_json("summary", t.trace)
+        expect(s["unknown_frees"] == 0, "%s %s: %d frees of blocks never seen" % (py, env, s["unknown_frees"]))
+        obj = s["domains"]["obj"]["allocations"]
+        expect(obj >= 2 * 40 * N, "%s %s: %d OBJ allocations, < %d after the call" % (py, env, obj, 2 * 40 * N))
+
+
 OWN_PROG = """
 import gc, sys
 keep = []
