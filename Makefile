@@ -17,7 +17,8 @@ CC       ?= cc
 PYTHON   ?= python3
 PKGS      = libunwind libdw jansson check libzstd zlib
 DEB_PKGS  = gcc make pkg-config libunwind-dev libdw-dev libelf-dev libjansson-dev \
-            check libzstd-dev zlib1g-dev python3 clang libclang-rt-14-dev
+            check libzstd-dev zlib1g-dev python3 clang libclang-rt-14-dev \
+            libpython3.11-testsuite
 
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
