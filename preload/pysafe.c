@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "guard.h"
 #include "pysafe.h"
@@ -17,6 +18,7 @@
 #define INIT_MAX   16
 #define CELLS      64
 #define POLL_EVERY 4096u
+#define POLL_SOON 16u    /* after an init safe point was put off (run_init) */
 
 struct safe_cell {
     rs_safe_fn fn;
@@ -27,7 +29,7 @@ struct safe_cell {
 static struct { rs_safe_fn fn; void *arg; } init_fns[INIT_MAX];
 static int init_count;
 int rs_pysafe_init_state;  /* 0 waiting, 1 queued, 2 done (read inline by pysafe.h) */
-static unsigned poll_ticks;
+static unsigned poll_ticks, poll_every = POLL_EVERY;
 static struct safe_cell cells[CELLS];
 
 int rs_pysafe_on_init(rs_safe_fn fn, void *arg)
@@ -40,9 +42,36 @@ int rs_pysafe_on_init(rs_safe_fn fn, void *arg)
     return 0;
 }
 
+/* Is the thread inside importlib's own code (its innermost Python frame in
+ * <frozen importlib._bootstrap> or _bootstrap_external)? */
+static int in_importlib(void)
+{
+    static const char prefix[] = "<frozen importlib._bootstrap";
+    struct rs_pyframe inner;
+    char name[sizeof prefix];
+    int truncated;
+    if (rs_py_frames(&inner, 1, &truncated, 1) != 1)
+        return 0;
+    int n = rs_py_str_utf8(rs_py_code_filename(inner.code), name, sizeof name);
+    return n >= (int)sizeof prefix - 1 && memcmp(name, prefix, sizeof prefix - 1) == 0;
+}
+
+/* The init work imports modules (gc, atexit, posix). A pending call runs at
+ * any bytecode boundary, also inside importlib's bookkeeping of an import in
+ * progress, where a nested import breaks it (3.11: the outer import fails
+ * with a KeyError in _ModuleLock.acquire, CPython gh-87712; seen as `site`
+ * failing to import). So the init safe point is put off while the innermost
+ * Python frame is importlib's: the allocation hooks ask again POLL_SOON
+ * calls later (a few bytecodes), so that it still comes before the
+ * program's first statement. */
 static int run_init(void *unused)
 {
     (void)unused;
+    if (in_importlib()) {
+        poll_every = POLL_SOON;
+        __atomic_store_n(&rs_pysafe_init_state, 0, __ATOMIC_RELEASE);
+        return 0;
+    }
     int own = rs_guard_own_begin();
     for (int i = 0; i < init_count; i++)
         init_fns[i].fn(init_fns[i].arg);
@@ -54,7 +83,7 @@ static int run_init(void *unused)
 void rs_pysafe_poll_slow(void)
 {
     /* racy counter on purpose: it only spaces out the checks */
-    if (++poll_ticks % POLL_EVERY != 0)
+    if (++poll_ticks % poll_every != 0)
         return;
     if (!rs_py.is_python || !rs_py.Py_AddPendingCall || !rs_py.Py_IsInitialized())
         return;
