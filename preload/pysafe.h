@@ -7,10 +7,10 @@
  * at a bytecode boundary, only once the interpreter is initialized. The first
  * one is requested by the allocation hooks as soon as Py_IsInitialized()
  * turns 1, and put off while the thread is inside importlib's own code (the
- * init work imports modules; pysafe.c). Features register what they want done there at constructor time.
- * Everything run there runs as refscope's own work (guard.h,
- * rs_guard_own_begin): the guard is held and what it allocates is recorded
- * flagged RS_F_OWN.
+ * init work imports modules; pysafe.c). Features register what they want
+ * done there at constructor time. Everything run there runs as refscope's
+ * own work (guard.h, rs_guard_own_begin): the guard is held and what it
+ * allocates is recorded flagged RS_F_OWN.
  */
 #ifndef REFSCOPE_PYSAFE_H
 #define REFSCOPE_PYSAFE_H

@@ -23,15 +23,14 @@ def _failed(proc):
     return set(FAILED.findall(out))
 
 
-def _test_dir(py):
+def _has_test_package(py):
     probe = harness.run([py.path, "-c", "import os, test; print(os.path.dirname(test.__file__))"], timeout=30)
-    path = probe.stdout.strip()
-    return path if probe.returncode == 0 and os.path.exists(os.path.join(path, "test_sys.py")) else None
+    return probe.returncode == 0 and os.path.exists(os.path.join(probe.stdout.strip(), "test_sys.py"))
 
 
 @per_interpreter
 def test_cpython_suite_unchanged_by_tracing(py):
-    if not _test_dir(py):
+    if not _has_test_package(py):
         raise harness.Skip("%s has no test package (Debian ships it in libpython3.x-testsuite)" % py)
     cmd = [py.path, "-m", "test", *TESTS]
     t = harness.run_traced(cmd, timeout=300, expect_status=None)
