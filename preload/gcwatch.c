@@ -57,12 +57,12 @@
  * work (guard.h, rs_guard_own_begin): its allocations are recorded flagged
  * RS_F_OWN, kept apart from the program's.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include "refscope/clock.h"
 #include "refscope/transport.h"
+#include "capi.h"
 #include "emit.h"
 #include "guard.h"
 #include "objtrace.h"
@@ -72,72 +72,23 @@
 #include "u64vec.h"
 #include "shim.h"
 
-typedef void pyobj;
-
-static struct {
-    pyobj *(*import)(const char *);
-    pyobj *(*getattr)(pyobj *, const char *);
-    int (*setattr)(pyobj *, const char *, pyobj *);
-    pyobj *(*call)(pyobj *, pyobj *, pyobj *);
-    int (*list_append)(pyobj *, pyobj *);
-    long (*list_size)(pyobj *);
-    pyobj *(*list_get)(pyobj *, long);
-    pyobj *(*tuple_new)(long);
-    long (*tuple_size)(pyobj *);
-    pyobj *(*tuple_get)(pyobj *, long);
-    int (*tuple_set)(pyobj *, long, pyobj *);
-    long long (*long_as)(pyobj *);
-    pyobj *(*dict_get_obj)(pyobj *, pyobj *);
-    pyobj *(*intern)(const char *);
-    const char *(*utf8)(pyobj *);
-    pyobj *(*str_from)(const char *);
-    int (*is_true)(pyobj *);
-    pyobj *(*cfunc_new)(struct rs_py_methoddef *, pyobj *, pyobj *);
-    void (*err_clear)(void);
-    void (*incref)(pyobj *);
-    void (*decref)(pyobj *);
-    pyobj *(*dict_new)(void);
-    int (*dict_set)(pyobj *, const char *, pyobj *);
-    pyobj *none;
-} api;
-
-struct api_entry {
-    const char *name;
-    void **slot;
-};
-
-static const struct api_entry api_entries[] = {
-    {"PyImport_ImportModule", (void **)&api.import},
-    {"PyObject_GetAttrString", (void **)&api.getattr},
-    {"PyObject_SetAttrString", (void **)&api.setattr},
-    {"PyObject_Call", (void **)&api.call},
-    {"PyList_Append", (void **)&api.list_append},
-    {"PyList_Size", (void **)&api.list_size},
-    {"PyList_GetItem", (void **)&api.list_get},
-    {"PyTuple_New", (void **)&api.tuple_new},
-    {"PyTuple_Size", (void **)&api.tuple_size},
-    {"PyTuple_GetItem", (void **)&api.tuple_get},
-    {"PyTuple_SetItem", (void **)&api.tuple_set},
-    {"PyLong_AsLongLong", (void **)&api.long_as},
-    {"PyDict_GetItem", (void **)&api.dict_get_obj},
-    {"PyUnicode_InternFromString", (void **)&api.intern},
-    {"PyDict_New", (void **)&api.dict_new},
-    {"PyDict_SetItemString", (void **)&api.dict_set},
-    {"PyUnicode_AsUTF8", (void **)&api.utf8},
-    {"PyUnicode_FromString", (void **)&api.str_from},
-    {"PyObject_IsTrue", (void **)&api.is_true},
-    {"PyCFunction_NewEx", (void **)&api.cfunc_new},
-    {"PyErr_Clear", (void **)&api.err_clear},
-    {"Py_IncRef", (void **)&api.incref},
-    {"Py_DecRef", (void **)&api.decref},
-    {"_Py_NoneStruct", (void **)&api.none},
+/* The C API entries this file calls (capi.h). */
+static const size_t gc_capi[] = {
+    RS_CAPI(PyImport_ImportModule), RS_CAPI(PyObject_GetAttrString),
+    RS_CAPI(PyObject_SetAttrString), RS_CAPI(PyObject_Call), RS_CAPI(PyList_Append),
+    RS_CAPI(PyList_Size), RS_CAPI(PyList_GetItem), RS_CAPI(PyTuple_New), RS_CAPI(PyTuple_Size),
+    RS_CAPI(PyTuple_GetItem), RS_CAPI(PyTuple_SetItem), RS_CAPI(PyLong_AsLongLong),
+    RS_CAPI(PyDict_GetItem), RS_CAPI(PyUnicode_InternFromString), RS_CAPI(PyDict_New),
+    RS_CAPI(PyDict_SetItemString), RS_CAPI(PyUnicode_AsUTF8), RS_CAPI(PyUnicode_FromString),
+    RS_CAPI(PyObject_IsTrue), RS_CAPI(PyCFunction_NewEx), RS_CAPI(PyErr_Clear), RS_CAPI(Py_IncRef),
+    RS_CAPI(Py_DecRef), RS_CAPI(_Py_NoneStruct),
 };
 
 /* gc module functions refscope calls (the originals, never our wrappers). */
 static struct {
-    pyobj *get_count, *get_threshold, *isenabled, *get_freeze_count, *get_stats;
-    pyobj *callbacks; /* the interpreter's gc.callbacks list */
-    pyobj *key_generation, *key_collections, *key_collected, *key_uncollectable; /* interned keys */
+    rs_pyobj *get_count, *get_threshold, *isenabled, *get_freeze_count, *get_stats;
+    rs_pyobj *callbacks; /* the interpreter's gc.callbacks list */
+    rs_pyobj *key_generation, *key_collections, *key_collected, *key_uncollectable; /* interned keys */
     int direct;       /* thresholds, counts and `enabled` read from the GC state
                          (pyver), checked against the gc module at registration */
 } gcf;
@@ -167,45 +118,45 @@ static void ensure_trace_start(void);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static pyobj *call0(pyobj *fn)
+static rs_pyobj *call0(rs_pyobj *fn)
 {
-    pyobj *args, *res;
+    rs_pyobj *args, *res;
     if (!fn)
         return NULL;
-    args = api.tuple_new(0);
+    args = rs_capi.PyTuple_New(0);
     if (!args)
         return NULL;
-    res = api.call(fn, args, NULL);
-    api.decref(args);
+    res = rs_capi.PyObject_Call(fn, args, NULL);
+    rs_capi.Py_DecRef(args);
     if (!res)
-        api.err_clear();
+        rs_capi.PyErr_Clear();
     return res;
 }
 
-static long long int_item(pyobj *tuple, long i)
+static long long int_item(rs_pyobj *tuple, long i)
 {
-    pyobj *it = api.tuple_get(tuple, i);
+    rs_pyobj *it = rs_capi.PyTuple_GetItem(tuple, i);
     long long v;
     if (!it) {
-        api.err_clear();
+        rs_capi.PyErr_Clear();
         return 0;
     }
-    v = api.long_as(it);
+    v = rs_capi.PyLong_AsLongLong(it);
     if (v == -1)
-        api.err_clear();
+        rs_capi.PyErr_Clear();
     return v;
 }
 
 /* info[key]; `key` an interned str (no object made per lookup) */
-static long long dict_int(pyobj *dict, pyobj *key)
+static long long dict_int(rs_pyobj *dict, rs_pyobj *key)
 {
-    pyobj *it = key ? api.dict_get_obj(dict, key) : NULL;
+    rs_pyobj *it = key ? rs_capi.PyDict_GetItem(dict, key) : NULL;
     long long v;
     if (!it)
         return 0;
-    v = api.long_as(it);
+    v = rs_capi.PyLong_AsLongLong(it);
     if (v == -1)
-        api.err_clear();
+        rs_capi.PyErr_Clear();
     return v;
 }
 
@@ -222,7 +173,7 @@ static uint32_t sat32(long long v)
  * kept. With gcf.direct, thresholds and `enabled` are two loads. */
 static int read_config(struct gc_config *c, int freeze)
 {
-    pyobj *t, *e, *f;
+    rs_pyobj *t, *e, *f;
     memset(c, 0, sizeof(*c));
     if (gcf.direct) {
         c->nthresh = 3;
@@ -233,14 +184,14 @@ static int read_config(struct gc_config *c, int freeze)
         t = call0(gcf.get_threshold);
         if (!t)
             return -EIO;
-        c->nthresh = (uint8_t)(api.tuple_size(t) > 3 ? 3 : api.tuple_size(t));
+        c->nthresh = (uint8_t)(rs_capi.PyTuple_Size(t) > 3 ? 3 : rs_capi.PyTuple_Size(t));
         for (int i = 0; i < c->nthresh; i++)
             c->thresh[i] = (uint64_t)int_item(t, i);
-        api.decref(t);
+        rs_capi.Py_DecRef(t);
         e = call0(gcf.isenabled);
         if (e) {
-            c->enabled = api.is_true(e) > 0;
-            api.decref(e);
+            c->enabled = rs_capi.PyObject_IsTrue(e) > 0;
+            rs_capi.Py_DecRef(e);
         }
     }
     if (!freeze && st.have_config) {
@@ -250,8 +201,8 @@ static int read_config(struct gc_config *c, int freeze)
     c->freeze_count = UINT64_MAX;
     f = call0(gcf.get_freeze_count);
     if (f) {
-        c->freeze_count = (uint64_t)api.long_as(f);
-        api.decref(f);
+        c->freeze_count = (uint64_t)rs_capi.PyLong_AsLongLong(f);
+        rs_capi.Py_DecRef(f);
     }
     return 0;
 }
@@ -321,8 +272,6 @@ static struct {
     size_t young_n;            /* g = 2: the first young_n keys are generations 0-1 */
     const void *mark;          /* see census_start                               */
     const void *permanent[2];  /* ends of the permanent generation at start      */
-    const void *weakref_types[3];
-    int (*is_subtype)(const void *, const void *);
 } cs = {.gen = -1};
 
 static inline uint64_t set_slot(uint64_t addr, unsigned bits)
@@ -556,8 +505,9 @@ static void emit_tenured(uint32_t seq)
  * not collecting? Only weakrefs with a callback (handle_weakrefs). */
 static uint32_t type_movable(const void *tp)
 {
-    return tp == cs.weakref_types[0] || tp == cs.weakref_types[1] || tp == cs.weakref_types[2] ||
-           (tp && cs.is_subtype(tp, cs.weakref_types[0]));
+    return tp == rs_capi._PyWeakref_RefType || tp == rs_capi._PyWeakref_ProxyType ||
+           tp == rs_capi._PyWeakref_CallableProxyType ||
+           (tp && rs_capi.PyType_IsSubtype(tp, rs_capi._PyWeakref_RefType));
 }
 
 /* type_movable of this object's type, remembered in `cache` for one walk. */
@@ -634,7 +584,7 @@ static void census_start(int g)
     /* Other gc callbacks run after this one may track new objects, which
      * the collector then examines too: only the full hash can leave them
      * out, and it must be taken now. */
-    if (api.list_size(gcf.callbacks) > 1) {
+    if (rs_capi.PyList_Size(gcf.callbacks) > 1) {
         cs.failed = set_build(cs.examined.n) != 0;
         cs.hashed = 1;
     }
@@ -790,26 +740,26 @@ static int census_setup(void)
     int r = rs_py_gc_lists_init();
     if (r != 0)
         return r;
-    cs.weakref_types[0] = rs_py_sym("_PyWeakref_RefType");
-    cs.weakref_types[1] = rs_py_sym("_PyWeakref_ProxyType");
-    cs.weakref_types[2] = rs_py_sym("_PyWeakref_CallableProxyType");
-    cs.is_subtype = (int (*)(const void *, const void *))rs_py_sym("PyType_IsSubtype");
-    if (!cs.weakref_types[0] || !cs.weakref_types[1] || !cs.weakref_types[2] || !cs.is_subtype)
+    static const size_t needs[] = {
+        RS_CAPI(_PyWeakref_RefType), RS_CAPI(_PyWeakref_ProxyType),
+        RS_CAPI(_PyWeakref_CallableProxyType), RS_CAPI(PyType_IsSubtype),
+    };
+    if (rs_capi_missing(needs, RS_CAPI_COUNT(needs)))
         return -ENOSYS;
     /* the lists found must be the ones the gc module describes: checked once,
      * by direct_state_agrees() (before, this compared thresholds with a
      * configuration not read yet at this point, which checked nothing) */
     if (!gcf.direct)
         return -ENOENT;
-    st.census_types = rs_py_sym("PyRefTracer_SetTracer") == NULL;
+    st.census_types = rs_capi.PyRefTracer_SetTracer == NULL;
     return 0;
 }
 
 /* ---- the gc.callbacks entry ---------------------------------------------------- */
 
-static void on_start(pyobj *info)
+static void on_start(rs_pyobj *info)
 {
-    pyobj *counts;
+    rs_pyobj *counts;
     struct rs_slot rec;
     long long c[3] = {0, 0, 0};
     int gen = (int)dict_int(info, gcf.key_generation);
@@ -820,9 +770,9 @@ static void on_start(pyobj *info)
         for (int i = 0; i < 3; i++)
             c[i] = rs_py_gc_count(i);
     } else if ((counts = call0(gcf.get_count))) {
-        for (long i = 0; i < 3 && i < api.tuple_size(counts); i++)
+        for (long i = 0; i < 3 && i < rs_capi.PyTuple_Size(counts); i++)
             c[i] = int_item(counts, i);
-        api.decref(counts);
+        rs_capi.Py_DecRef(counts);
     }
     st.start_flags = (uint8_t)(gen >= 0 && gen < 15 ? (unsigned)gen : RS_GC_GEN_MASK);
     if (rs_py.Py_IsInitialized && !rs_py.Py_IsInitialized())
@@ -842,7 +792,7 @@ static void on_start(pyobj *info)
     rs_emit_fixed(&rec);
 }
 
-static void on_stop(pyobj *info)
+static void on_stop(rs_pyobj *info)
 {
     uint64_t pause = rs_clock_mono_ns() - st.start_mono;
     struct rs_slot rec;
@@ -861,19 +811,19 @@ static void on_stop(pyobj *info)
         census_stop(st.seq);
 }
 
-static pyobj *gc_callback(pyobj *self, pyobj *args)
+static rs_pyobj *gc_callback(rs_pyobj *self, rs_pyobj *args)
 {
-    pyobj *phase, *info;
+    rs_pyobj *phase, *info;
     const char *p;
     int own = rs_guard_own_begin();
 
-    if (!rs_emit_active() || api.tuple_size(args) != 2)
+    if (!rs_emit_active() || rs_capi.PyTuple_Size(args) != 2)
         goto out;
-    phase = api.tuple_get(args, 0);
-    info = api.tuple_get(args, 1);
-    p = phase ? api.utf8(phase) : NULL;
+    phase = rs_capi.PyTuple_GetItem(args, 0);
+    info = rs_capi.PyTuple_GetItem(args, 1);
+    p = phase ? rs_capi.PyUnicode_AsUTF8(phase) : NULL;
     if (!p || !info) {
-        api.err_clear();
+        rs_capi.PyErr_Clear();
         goto out;
     }
     if (!strcmp(p, "start")) {
@@ -884,21 +834,21 @@ static pyobj *gc_callback(pyobj *self, pyobj *args)
         on_stop(info);
 out:
     rs_guard_own_end(own);
-    api.incref(api.none);
-    return api.none;
+    rs_capi.Py_IncRef(rs_capi._Py_NoneStruct);
+    return rs_capi._Py_NoneStruct;
 }
 
 /* ---- wrappers of the gc functions that change the configuration ------------- */
 
 /* self = (original function, name) */
-static pyobj *gc_wrapper(pyobj *self, pyobj *args, pyobj *kwargs)
+static rs_pyobj *gc_wrapper(rs_pyobj *self, rs_pyobj *args, rs_pyobj *kwargs)
 {
-    pyobj *orig = api.tuple_get(self, 0);
-    const char *name = api.utf8(api.tuple_get(self, 1));
+    rs_pyobj *orig = rs_capi.PyTuple_GetItem(self, 0);
+    const char *name = rs_capi.PyUnicode_AsUTF8(rs_capi.PyTuple_GetItem(self, 1));
     /* gc.unfreeze() appends the permanent generation to generation 2 */
     int unfreeze = st.census && name && !strcmp(name, "unfreeze");
     const void *gen2_tail = unfreeze ? rs_py_gc_prev(rs_py_gc_head(2)) : NULL;
-    pyobj *res = api.call(orig, args, kwargs);
+    rs_pyobj *res = rs_capi.PyObject_Call(orig, args, kwargs);
     if (res && rs_emit_active()) {
         int own = rs_guard_own_begin();
         check_config(RS_GC_CFG_CALL, name);
@@ -917,35 +867,35 @@ static struct rs_py_methoddef wrapper_defs[] = {
     {"unfreeze", (void *)gc_wrapper, RS_METH_VARARGS | RS_METH_KEYWORDS, "gc.unfreeze (traced by refscope)"},
 };
 
-static void wrap_gc_functions(pyobj *gc)
+static void wrap_gc_functions(rs_pyobj *gc)
 {
     for (size_t i = 0; i < sizeof(wrapper_defs) / sizeof(wrapper_defs[0]); i++) {
-        pyobj *orig = api.getattr(gc, wrapper_defs[i].name), *self, *name, *fn;
+        rs_pyobj *orig = rs_capi.PyObject_GetAttrString(gc, wrapper_defs[i].name), *self, *name, *fn;
         if (!orig) {
-            api.err_clear();
+            rs_capi.PyErr_Clear();
             continue;
         }
-        self = api.tuple_new(2);
-        name = api.str_from(wrapper_defs[i].name);
+        self = rs_capi.PyTuple_New(2);
+        name = rs_capi.PyUnicode_FromString(wrapper_defs[i].name);
         if (!self || !name) {
-            api.err_clear();
-            api.decref(orig);
+            rs_capi.PyErr_Clear();
+            rs_capi.Py_DecRef(orig);
             continue;
         }
-        api.tuple_set(self, 0, orig); /* steals */
-        api.tuple_set(self, 1, name);
-        fn = api.cfunc_new(&wrapper_defs[i], self, NULL);
-        api.decref(self);
-        if (!fn || api.setattr(gc, wrapper_defs[i].name, fn) != 0)
-            api.err_clear();
+        rs_capi.PyTuple_SetItem(self, 0, orig); /* steals */
+        rs_capi.PyTuple_SetItem(self, 1, name);
+        fn = rs_capi.PyCFunction_NewEx(&wrapper_defs[i], self, NULL);
+        rs_capi.Py_DecRef(self);
+        if (!fn || rs_capi.PyObject_SetAttrString(gc, wrapper_defs[i].name, fn) != 0)
+            rs_capi.PyErr_Clear();
         if (fn)
-            api.decref(fn);
+            rs_capi.Py_DecRef(fn);
     }
 }
 
 /* ---- registration ---------------------------------------------------------- */
 
-static pyobj *at_exit(pyobj *self, pyobj *unused)
+static rs_pyobj *at_exit(rs_pyobj *self, rs_pyobj *unused)
 {
     int own = rs_guard_own_begin();
     if (rs_emit_active()) {
@@ -953,8 +903,8 @@ static pyobj *at_exit(pyobj *self, pyobj *unused)
         check_config(RS_GC_CFG_EXIT, NULL);
     }
     rs_guard_own_end(own);
-    api.incref(api.none);
-    return api.none;
+    rs_capi.Py_IncRef(rs_capi._Py_NoneStruct);
+    return rs_capi._Py_NoneStruct;
 }
 
 static void emit_trace_start(void);
@@ -969,15 +919,15 @@ static void ensure_trace_start(void)
         emit_trace_start();
 }
 
-static pyobj *at_fork_child(pyobj *self, pyobj *unused)
+static rs_pyobj *at_fork_child(rs_pyobj *self, rs_pyobj *unused)
 {
     int own = rs_guard_own_begin();
     if (rs_emit_active())
         ensure_trace_start();
-    api.err_clear();
+    rs_capi.PyErr_Clear();
     rs_guard_own_end(own);
-    api.incref(api.none);
-    return api.none;
+    rs_capi.Py_IncRef(rs_capi._Py_NoneStruct);
+    return rs_capi._Py_NoneStruct;
 }
 
 static struct rs_py_methoddef fork_def = {"refscope_gc_at_fork_child", (void *)at_fork_child, RS_METH_NOARGS,
@@ -989,14 +939,14 @@ static struct rs_py_methoddef exit_def = {"refscope_gc_at_exit", (void *)at_exit
 
 static void emit_baseline(void)
 {
-    pyobj *stats = call0(gcf.get_stats);
+    rs_pyobj *stats = call0(gcf.get_stats);
     uint8_t data[8 + 3 * 24];
     struct rs_buf b = {data, 0, sizeof(data), 0};
     long n;
 
     if (!stats)
         return;
-    n = api.list_size(stats);
+    n = rs_capi.PyList_Size(stats);
     if (n > 3)
         n = 3;
     rs_buf_u8(&b, RS_GC_INFO_BASELINE);
@@ -1004,12 +954,12 @@ static void emit_baseline(void)
     rs_buf_u16(&b, 0);
     rs_buf_u32(&b, 0);
     for (long i = 0; i < n; i++) {
-        pyobj *d = api.list_get(stats, i);
+        rs_pyobj *d = rs_capi.PyList_GetItem(stats, i);
         rs_buf_u64(&b, (uint64_t)dict_int(d, gcf.key_collections));
         rs_buf_u64(&b, (uint64_t)dict_int(d, gcf.key_collected));
         rs_buf_u64(&b, (uint64_t)dict_int(d, gcf.key_uncollectable));
     }
-    api.decref(stats);
+    rs_capi.Py_DecRef(stats);
     rs_emit_var(RS_EV_GC_INFO, 0, 0, 0, data, b.len);
 }
 
@@ -1041,27 +991,27 @@ static void emit_trace_start(void)
  * would make that import, and every object it keeps, refscope's own. */
 static void register_at_fork_child(void)
 {
-    pyobj *os = api.import("posix");
-    pyobj *reg = os ? api.getattr(os, "register_at_fork") : NULL;
-    pyobj *fn = reg ? api.cfunc_new(&fork_def, NULL, NULL) : NULL;
-    pyobj *args = fn ? api.tuple_new(0) : NULL;
-    pyobj *kwargs = args ? api.dict_new() : NULL;
-    if (kwargs && api.dict_set(kwargs, "after_in_child", fn) == 0) {
-        pyobj *res = api.call(reg, args, kwargs);
+    rs_pyobj *os = rs_capi.PyImport_ImportModule("posix");
+    rs_pyobj *reg = os ? rs_capi.PyObject_GetAttrString(os, "register_at_fork") : NULL;
+    rs_pyobj *fn = reg ? rs_capi.PyCFunction_NewEx(&fork_def, NULL, NULL) : NULL;
+    rs_pyobj *args = fn ? rs_capi.PyTuple_New(0) : NULL;
+    rs_pyobj *kwargs = args ? rs_capi.PyDict_New() : NULL;
+    if (kwargs && rs_capi.PyDict_SetItemString(kwargs, "after_in_child", fn) == 0) {
+        rs_pyobj *res = rs_capi.PyObject_Call(reg, args, kwargs);
         if (res)
-            api.decref(res);
+            rs_capi.Py_DecRef(res);
     }
-    api.err_clear();
+    rs_capi.PyErr_Clear();
     if (kwargs)
-        api.decref(kwargs);
+        rs_capi.Py_DecRef(kwargs);
     if (args)
-        api.decref(args);
+        rs_capi.Py_DecRef(args);
     if (fn)
-        api.decref(fn);
+        rs_capi.Py_DecRef(fn);
     if (reg)
-        api.decref(reg);
+        rs_capi.Py_DecRef(reg);
     if (os)
-        api.decref(os);
+        rs_capi.Py_DecRef(os);
 }
 
 /* Can the configuration and counts be read from the GC state (pyver) rather
@@ -1069,13 +1019,13 @@ static void register_at_fork_child(void)
  * Only when pyver found the state and it agrees with the gc module now. */
 static int direct_state_agrees(void)
 {
-    pyobj *t, *n;
+    rs_pyobj *t, *n;
     int ok = 0;
     if (!st.generational || rs_py_gc_lists_init() != 0)
         return 0;
     t = call0(gcf.get_threshold);
     n = call0(gcf.get_count);
-    if (t && n && api.tuple_size(t) == 3 && api.tuple_size(n) == 3) {
+    if (t && n && rs_capi.PyTuple_Size(t) == 3 && rs_capi.PyTuple_Size(n) == 3) {
         ok = 1;
         for (int i = 0; i < 3; i++)
             ok &= int_item(t, i) == rs_py_gc_threshold(i);
@@ -1083,47 +1033,47 @@ static int direct_state_agrees(void)
         ok &= int_item(n, 1) == rs_py_gc_count(1) && int_item(n, 2) == rs_py_gc_count(2);
     }
     if (t)
-        api.decref(t);
+        rs_capi.Py_DecRef(t);
     if (n)
-        api.decref(n);
-    pyobj *e = call0(gcf.isenabled);
+        rs_capi.Py_DecRef(n);
+    rs_pyobj *e = call0(gcf.isenabled);
     if (e) {
-        ok &= (api.is_true(e) > 0) == (rs_py_gc_enabled() > 0);
-        api.decref(e);
+        ok &= (rs_capi.PyObject_IsTrue(e) > 0) == (rs_py_gc_enabled() > 0);
+        rs_capi.Py_DecRef(e);
     } else {
         ok = 0;
     }
-    api.err_clear();
+    rs_capi.PyErr_Clear();
     return ok;
 }
 
 static int register_callbacks(void)
 {
-    pyobj *gc = NULL, *callbacks = NULL, *cb = NULL, *atexit_mod = NULL, *reg = NULL, *fn = NULL, *res;
+    rs_pyobj *gc = NULL, *callbacks = NULL, *cb = NULL, *atexit_mod = NULL, *reg = NULL, *fn = NULL, *res;
     int ret = -EIO;
 
-    gc = api.import("gc");
+    gc = rs_capi.PyImport_ImportModule("gc");
     if (!gc)
         goto out;
-    gcf.get_count = api.getattr(gc, "get_count");
-    gcf.get_threshold = api.getattr(gc, "get_threshold");
-    gcf.isenabled = api.getattr(gc, "isenabled");
-    gcf.get_stats = api.getattr(gc, "get_stats");
-    gcf.get_freeze_count = api.getattr(gc, "get_freeze_count");
-    api.err_clear();
+    gcf.get_count = rs_capi.PyObject_GetAttrString(gc, "get_count");
+    gcf.get_threshold = rs_capi.PyObject_GetAttrString(gc, "get_threshold");
+    gcf.isenabled = rs_capi.PyObject_GetAttrString(gc, "isenabled");
+    gcf.get_stats = rs_capi.PyObject_GetAttrString(gc, "get_stats");
+    gcf.get_freeze_count = rs_capi.PyObject_GetAttrString(gc, "get_freeze_count");
+    rs_capi.PyErr_Clear();
     if (!gcf.get_count || !gcf.get_threshold || !gcf.isenabled)
         goto out;
-    callbacks = api.getattr(gc, "callbacks");
-    cb = callbacks ? api.cfunc_new(&callback_def, NULL, NULL) : NULL;
-    if (!cb || api.list_append(callbacks, cb) != 0)
+    callbacks = rs_capi.PyObject_GetAttrString(gc, "callbacks");
+    cb = callbacks ? rs_capi.PyCFunction_NewEx(&callback_def, NULL, NULL) : NULL;
+    if (!cb || rs_capi.PyList_Append(callbacks, cb) != 0)
         goto out;
-    api.incref(callbacks);
+    rs_capi.Py_IncRef(callbacks);
     gcf.callbacks = callbacks; /* kept: the census looks at its length */
-    gcf.key_generation = api.intern("generation");
-    gcf.key_collections = api.intern("collections");
-    gcf.key_collected = api.intern("collected");
-    gcf.key_uncollectable = api.intern("uncollectable");
-    api.err_clear();
+    gcf.key_generation = rs_capi.PyUnicode_InternFromString("generation");
+    gcf.key_collections = rs_capi.PyUnicode_InternFromString("collections");
+    gcf.key_collected = rs_capi.PyUnicode_InternFromString("collected");
+    gcf.key_uncollectable = rs_capi.PyUnicode_InternFromString("uncollectable");
+    rs_capi.PyErr_Clear();
     gcf.direct = direct_state_agrees();
 
     if (st.census && census_setup() != 0) {
@@ -1136,35 +1086,35 @@ static int register_callbacks(void)
 
     /* At exit (the last Python atexit handler, registered first): catches
      * configuration changes made without the wrappers. Optional. */
-    atexit_mod = api.import("atexit");
-    reg = atexit_mod ? api.getattr(atexit_mod, "register") : NULL;
-    fn = reg ? api.cfunc_new(&exit_def, NULL, NULL) : NULL;
+    atexit_mod = rs_capi.PyImport_ImportModule("atexit");
+    reg = atexit_mod ? rs_capi.PyObject_GetAttrString(atexit_mod, "register") : NULL;
+    fn = reg ? rs_capi.PyCFunction_NewEx(&exit_def, NULL, NULL) : NULL;
     if (fn) {
-        pyobj *args = api.tuple_new(1);
+        rs_pyobj *args = rs_capi.PyTuple_New(1);
         if (args) {
-            api.incref(fn);
-            api.tuple_set(args, 0, fn);
-            res = api.call(reg, args, NULL);
+            rs_capi.Py_IncRef(fn);
+            rs_capi.PyTuple_SetItem(args, 0, fn);
+            res = rs_capi.PyObject_Call(reg, args, NULL);
             if (res)
-                api.decref(res);
-            api.decref(args);
+                rs_capi.Py_DecRef(res);
+            rs_capi.Py_DecRef(args);
         }
     }
     ret = 0;
 out:
-    api.err_clear();
+    rs_capi.PyErr_Clear();
     if (fn)
-        api.decref(fn);
+        rs_capi.Py_DecRef(fn);
     if (reg)
-        api.decref(reg);
+        rs_capi.Py_DecRef(reg);
     if (atexit_mod)
-        api.decref(atexit_mod);
+        rs_capi.Py_DecRef(atexit_mod);
     if (cb)
-        api.decref(cb);
+        rs_capi.Py_DecRef(cb);
     if (callbacks)
-        api.decref(callbacks);
+        rs_capi.Py_DecRef(callbacks);
     if (gc)
-        api.decref(gc);
+        rs_capi.Py_DecRef(gc);
     return ret;
 }
 
@@ -1205,11 +1155,8 @@ static void gcwatch_start(void)
 {
     if (!rs_py.ob_size)
         return;
-    for (size_t i = 0; i < sizeof(api_entries) / sizeof(api_entries[0]); i++) {
-        *api_entries[i].slot = rs_py_sym(api_entries[i].name);
-        if (!*api_entries[i].slot)
-            return; /* not an interpreter this file can drive */
-    }
+    if (rs_capi_missing(gc_capi, RS_CAPI_COUNT(gc_capi)))
+        return; /* not an interpreter this file can drive */
     st.generational = !rs_py.free_threaded && !rs_py_gc_incremental();
     st.off = !rs_env_flag(RS_ENV_GC, 1);
     st.census = !st.off && rs_env_flag(RS_ENV_GC_CENSUS, 1) && st.generational;

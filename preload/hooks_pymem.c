@@ -23,6 +23,7 @@
 #include <locale.h>
 #include <stdint.h>
 
+#include "capi.h"
 #include "emit.h"
 #include "guard.h"
 #include "pysafe.h"
@@ -222,27 +223,15 @@ static void pymem_check(int reason)
  * build with one interpreter (a 3.12+ interpreter with a GIL of its own
  * would not be kept out). Otherwise, or when something else has stacked
  * itself on our wrapper (tracemalloc), the call is the original's, as is. */
-static struct {
-    void *(*sys_get)(const char *); /* borrowed reference */
-    int (*sys_set)(const char *, void *);
-    void *(*cfunc_new)(struct rs_py_methoddef *, void *, void *);
-    void *(*str_new)(const char *);
-    void *(*call)(void *, void *);
-    void *(*interp_head)(void);
-    void *(*interp_next)(void *);
-    void (*decref)(void *);
-    void (*err_clear)(void);
-} statsapi;
-
 static void *debugmallocstats(void *orig, void *unused)
 {
     (void)unused;
     struct rs_pymem_allocator top;
     rs_py.PyMem_GetAllocator(RS_PYMEM_OBJ, &top);
-    int swap = top.malloc == wrap_malloc && statsapi.interp_next(statsapi.interp_head()) == NULL;
+    int swap = top.malloc == wrap_malloc && rs_capi.PyInterpreterState_Next(rs_capi.PyInterpreterState_Head()) == NULL;
     if (swap)
         rs_py.PyMem_SetAllocator(RS_PYMEM_OBJ, &((struct mem_cell *)top.ctx)->orig);
-    void *res = statsapi.call(orig, NULL);
+    void *res = rs_capi.PyObject_CallObject(orig, NULL);
     if (swap)
         rs_py.PyMem_SetAllocator(RS_PYMEM_OBJ, &top);
     return res;
@@ -256,32 +245,26 @@ static struct rs_py_methoddef debugmallocstats_def = {
 static void wrap_debugmallocstats(void)
 {
     void *orig, *module = NULL, *fn = NULL;
-    statsapi.sys_get = (void *(*)(const char *))rs_py_sym("PySys_GetObject");
-    statsapi.sys_set = (int (*)(const char *, void *))rs_py_sym("PySys_SetObject");
-    statsapi.cfunc_new = (void *(*)(struct rs_py_methoddef *, void *, void *))rs_py_sym("PyCFunction_NewEx");
-    statsapi.str_new = (void *(*)(const char *))rs_py_sym("PyUnicode_FromString");
-    statsapi.call = (void *(*)(void *, void *))rs_py_sym("PyObject_CallObject");
-    statsapi.interp_head = (void *(*)(void))rs_py_sym("PyInterpreterState_Head");
-    statsapi.interp_next = (void *(*)(void *))rs_py_sym("PyInterpreterState_Next");
-    statsapi.decref = (void (*)(void *))rs_py_sym("Py_DecRef");
-    statsapi.err_clear = (void (*)(void))rs_py_sym("PyErr_Clear");
-    if (!statsapi.sys_get || !statsapi.sys_set || !statsapi.cfunc_new || !statsapi.str_new ||
-        !statsapi.call || !statsapi.interp_head || !statsapi.interp_next || !statsapi.decref ||
-        !statsapi.err_clear || rs_py.free_threaded)
+    static const size_t needs[] = {
+        RS_CAPI(PySys_GetObject), RS_CAPI(PySys_SetObject), RS_CAPI(PyCFunction_NewEx),
+        RS_CAPI(PyUnicode_FromString), RS_CAPI(PyObject_CallObject), RS_CAPI(PyInterpreterState_Head),
+        RS_CAPI(PyInterpreterState_Next), RS_CAPI(Py_DecRef), RS_CAPI(PyErr_Clear),
+    };
+    if (rs_py.free_threaded || rs_capi_missing(needs, RS_CAPI_COUNT(needs)))
         return;
-    orig = statsapi.sys_get("_debugmallocstats");
+    orig = rs_capi.PySys_GetObject("_debugmallocstats");
     if (!orig)
         goto out;
-    module = statsapi.str_new("sys");
-    fn = module ? statsapi.cfunc_new(&debugmallocstats_def, orig, module) : NULL;
+    module = rs_capi.PyUnicode_FromString("sys");
+    fn = module ? rs_capi.PyCFunction_NewEx(&debugmallocstats_def, orig, module) : NULL;
     if (fn)
-        statsapi.sys_set("_debugmallocstats", fn);
+        rs_capi.PySys_SetObject("_debugmallocstats", fn);
 out:
     if (fn)
-        statsapi.decref(fn);
+        rs_capi.Py_DecRef(fn);
     if (module)
-        statsapi.decref(module);
-    statsapi.err_clear();
+        rs_capi.Py_DecRef(module);
+    rs_capi.PyErr_Clear();
 }
 
 /* At the init safe point (pysafe.h: GIL held, refscope's own work). */

@@ -16,9 +16,9 @@
  * recursion guard is held are refscope's own (census lists at safe points)
  * and are not recorded.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
+#include "capi.h"
 #include "emit.h"
 #include "guard.h"
 #include "objtrace.h"
@@ -30,10 +30,6 @@
 
 enum { REFTRACER_CREATE = 0, REFTRACER_DESTROY = 1 };
 
-typedef int (*reftracer_fn)(void *obj, int event, void *data);
-
-static int (*api_set_tracer)(reftracer_fn fn, void *data);
-static reftracer_fn (*api_get_tracer)(void **data);
 static int installed;   /* we set the tracer at least once                  */
 static int lost;        /* another tool holds the slot (note emitted)       */
 
@@ -59,14 +55,15 @@ static int reftracer(void *obj, int event, void *data)
 
 static int take_slot(void)
 {
-    return api_set_tracer(reftracer, NULL);
+    return rs_capi.PyRefTracer_SetTracer(reftracer, NULL);
 }
 
 static void objtrace_at_init(void *arg)
 {
     if (!rs_emit_active())
         return;
-    if (!api_set_tracer || !api_get_tracer) {
+    static const size_t needs[] = { RS_CAPI(PyRefTracer_SetTracer), RS_CAPI(PyRefTracer_GetTracer) };
+    if (rs_capi_missing(needs, RS_CAPI_COUNT(needs))) {
         rs_emit_note(RS_NOTE_NO_REFTRACER,
                   "no PyRefTracer before CPython 3.13: object lifetimes are PyObject-domain block "
                   "lifetimes; types come from the gc census");
@@ -87,11 +84,11 @@ static void objtrace_at_init(void *arg)
 void rs_objtrace_check(void)
 {
     void *data = NULL;
-    reftracer_fn cur;
+    rs_py_reftracer cur;
 
     if (!installed || !rs_emit_active())
         return;
-    cur = api_get_tracer(&data);
+    cur = rs_capi.PyRefTracer_GetTracer(&data);
     if (cur == reftracer)
         return;
     if (cur == NULL) {
@@ -114,8 +111,6 @@ static void objtrace_start(void)
 {
     if (!rs_py.ob_size)
         return;
-    api_set_tracer = (int (*)(reftracer_fn, void *))rs_py_sym("PyRefTracer_SetTracer");
-    api_get_tracer = (reftracer_fn(*)(void **))rs_py_sym("PyRefTracer_GetTracer");
     if (rs_pysafe_on_init(objtrace_at_init, NULL) != 0)
         rs_warn("object events: no safe point slot left; object events are off");
 }

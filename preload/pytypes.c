@@ -13,10 +13,10 @@
  * When rs_emit_epoch() changes (a fork child starts its own trace) the table
  * is cleared, so each trace defines every id it uses.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 #include "backoff.h"
+#include "capi.h"
 #include "emit.h"
 #include "pytypes.h"
 #include "pyver.h"
@@ -46,23 +46,12 @@ uint32_t rs_pytype_peek_below;
 const void *rs_pytype_metas[RS_TYPE_METAS];
 uint64_t rs_pytype_meta_bits;
 
-/* C API used only by rs_pytype_id_safe (safe points). */
-static void *(*api_getattr)(void *, const char *);
-static const char *(*api_as_utf8)(void *, long *);
-static void (*api_err_clear)(void);
-static void (*api_decref)(void *);
-
 static void pytypes_start(void)
 {
-    const void *type_type = rs_py_sym("PyType_Type");
-    if (rs_pyver_init() == 0 && rs_py.ob_size && type_type &&
+    if (rs_pyver_init() == 0 && rs_py.ob_size && rs_capi.PyType_Type &&
         (rs_py.free_threaded ? 0 : 16) + rs_py.ob_type == RS_TYPE_PEEK_AT) {
-        rs_pytype_metas[0] = type_type; /* type deaths can be seen */
+        rs_pytype_metas[0] = rs_capi.PyType_Type; /* type deaths can be seen */
     }
-    api_getattr = (void *(*)(void *, const char *))rs_py_sym("PyObject_GetAttrString");
-    api_as_utf8 = (const char *(*)(void *, long *))rs_py_sym("PyUnicode_AsUTF8AndSize");
-    api_err_clear = (void (*)(void))rs_py_sym("PyErr_Clear");
-    api_decref = (void (*)(void *))rs_py_sym("Py_DecRef");
 }
 
 __attribute__((constructor(RS_CTOR_FEATURE)))
@@ -326,7 +315,11 @@ uint32_t rs_pytype_id_safe(const void *type)
     struct type_slot *s = lookup(type, &inserted);
     void *mod;
     const char *utf8;
-    long len = 0;
+    ssize_t len = 0;
+    static const size_t needs[] = {
+        RS_CAPI(PyObject_GetAttrString), RS_CAPI(PyUnicode_AsUTF8AndSize), RS_CAPI(PyErr_Clear),
+        RS_CAPI(Py_DecRef),
+    };
 
     if (!s)
         return 0;
@@ -335,22 +328,22 @@ uint32_t rs_pytype_id_safe(const void *type)
             emit_definition(type, s->id, rs_py_type_name(type), NULL, 0);
         return s->id;
     }
-    if (!api_getattr || !api_as_utf8 || !api_err_clear || !api_decref)
+    if (rs_capi_missing(needs, RS_CAPI_COUNT(needs)))
         goto plain;
-    mod = api_getattr((void *)type, "__module__");
+    mod = rs_capi.PyObject_GetAttrString((void *)type, "__module__");
     if (!mod) {
-        api_err_clear();
+        rs_capi.PyErr_Clear();
         goto plain;
     }
-    utf8 = api_as_utf8(mod, &len);
+    utf8 = rs_capi.PyUnicode_AsUTF8AndSize(mod, &len);
     if (!utf8) {
-        api_err_clear();
-        api_decref(mod);
+        rs_capi.PyErr_Clear();
+        rs_capi.Py_DecRef(mod);
         goto plain;
     }
     __atomic_store_n(&s->module_done, 1, __ATOMIC_RELEASE);
     emit_definition(type, s->id, rs_py_type_name(type), utf8, (uint32_t)len);
-    api_decref(mod);
+    rs_capi.Py_DecRef(mod);
     return s->id;
 plain:
     if (inserted)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "capi.h"
 #include "pysafe.h"
 #include "pyver.h"
 #include "shim.h"
@@ -208,6 +209,7 @@ int rs_pyver_init(void)
     if (!rs_py.Py_IsInitialized || !rs_py.PyMem_GetAllocator || !rs_py.PyMem_SetAllocator)
         return pyver_status = -ENOENT;
     rs_py.is_python = 1;
+    rs_capi_resolve();
 
     Dl_info info;
     if (dladdr((void *)rs_py.Py_IsInitialized, &info) && info.dli_fname && strstr(info.dli_fname, "libpython"))
@@ -700,40 +702,15 @@ int rs_py_raw_match(struct rs_pyframe *inner, const struct rs_pyframe *expect, i
 #define SNAP_TPFLAGS_UNICODE_SUB     (1ul << 28)
 #define SNAP_TPFLAGS_TYPE_SUB        (1ul << 31)
 
+/* What snapshots found about this interpreter (the C API they call is rs_capi's). */
 static struct {
-    int resolved, usable;
+    int checked, usable;
     char *gen0;
-    void *(*PyInterpreterState_Get)(void);
-    void (*VisitObjects)(int (*cb)(void *, void *), void *);
-    int (*IS_GC)(void *);
-    int (*GC_IsTracked)(void *);
-    int (*PyGC_IsEnabled)(void);
-    int (*PyDict_Next)(void *, int64_t *, void **, void **);
-    const char *(*PyModule_GetName)(void *);
-    void (*PyErr_Fetch)(void **, void **, void **);
-    void (*PyErr_Restore)(void *, void *, void *);
-    void (*PyErr_Clear)(void);
-    void *(*PyErr_Occurred)(void);
-    void *(*PyType_Lookup)(const void *, void *);
-    void *(*PyUnicode_InternFromString)(const char *);
-    int64_t (*PyLong_AsSsize_t)(void *);
-    void (*Py_IncRef)(void *);
-    void (*Py_DecRef)(void *);
-    void *(*PySys_GetObject)(const char *);
-    void *(*PyDict_GetItemString)(void *, const char *);
-    void *(*PyObject_GetAttrString)(void *, const char *);
-    int64_t (*PyList_Size)(void *);
-    void *(*PyList_GetItem)(void *, int64_t);
-    void *(*PyImport_ImportModule)(const char *);
-    void *(*PyCFunction_NewEx)(void *, void *, void *);
-    void *(*PyObject_CallFunctionObjArgs)(void *, ...);
-    const void *dict_type, *list_type, *tuple_type, *module_type, *descr_type, *object_type, *none;
-    const void *bytearray_type;
-} snapapi;
+} snap;
 
 static char *snap_find_gen0(void)
 {
-    char *interp = snapapi.PyInterpreterState_Get ? snapapi.PyInterpreterState_Get() : NULL;
+    char *interp = rs_capi.PyInterpreterState_Get ? rs_capi.PyInterpreterState_Get() : NULL;
     if (!interp)
         return NULL;
     for (uint32_t k = SNAP_GEN0_SELF + 24; k < (1u << 16); k += 8) {
@@ -751,59 +728,31 @@ static char *snap_find_gen0(void)
 
 int rs_pyver_snap_supported(void)
 {
-    if (!snapapi.resolved) {
-        snapapi.resolved = 1;
-        snapapi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
-        snapapi.VisitObjects = (void (*)(int (*)(void *, void *), void *))sym("PyUnstable_GC_VisitObjects");
-        snapapi.IS_GC = (int (*)(void *))sym("PyObject_IS_GC");
-        snapapi.GC_IsTracked = (int (*)(void *))sym("PyObject_GC_IsTracked");
-        snapapi.PyGC_IsEnabled = (int (*)(void))sym("PyGC_IsEnabled");
-        snapapi.PyDict_Next = (int (*)(void *, int64_t *, void **, void **))sym("PyDict_Next");
-        snapapi.PyModule_GetName = (const char *(*)(void *))sym("PyModule_GetName");
-        snapapi.PyErr_Fetch = (void (*)(void **, void **, void **))sym("PyErr_Fetch");
-        snapapi.PyErr_Restore = (void (*)(void *, void *, void *))sym("PyErr_Restore");
-        snapapi.PyErr_Clear = (void (*)(void))sym("PyErr_Clear");
-        snapapi.PyErr_Occurred = (void *(*)(void))sym("PyErr_Occurred");
-        snapapi.PyType_Lookup = (void *(*)(const void *, void *))sym("_PyType_Lookup");
-        snapapi.PyUnicode_InternFromString = (void *(*)(const char *))sym("PyUnicode_InternFromString");
-        snapapi.PyLong_AsSsize_t = (int64_t (*)(void *))sym("PyLong_AsSsize_t");
-        snapapi.Py_IncRef = (void (*)(void *))sym("Py_IncRef");
-        snapapi.Py_DecRef = (void (*)(void *))sym("Py_DecRef");
-        snapapi.PySys_GetObject = (void *(*)(const char *))sym("PySys_GetObject");
-        snapapi.PyDict_GetItemString = (void *(*)(void *, const char *))sym("PyDict_GetItemString");
-        snapapi.PyObject_GetAttrString = (void *(*)(void *, const char *))sym("PyObject_GetAttrString");
-        snapapi.PyList_Size = (int64_t (*)(void *))sym("PyList_Size");
-        snapapi.PyList_GetItem = (void *(*)(void *, int64_t))sym("PyList_GetItem");
-        snapapi.PyImport_ImportModule = (void *(*)(const char *))sym("PyImport_ImportModule");
-        snapapi.PyCFunction_NewEx = (void *(*)(void *, void *, void *))sym("PyCFunction_NewEx");
-        snapapi.PyObject_CallFunctionObjArgs = (void *(*)(void *, ...))sym("PyObject_CallFunctionObjArgs");
-        snapapi.dict_type = sym("PyDict_Type");
-        snapapi.list_type = sym("PyList_Type");
-        snapapi.tuple_type = sym("PyTuple_Type");
-        snapapi.module_type = sym("PyModule_Type");
-        snapapi.descr_type = sym("PyMethodDescr_Type");
-        snapapi.object_type = sym("PyBaseObject_Type");
-        snapapi.none = sym("_Py_NoneStruct");
-        snapapi.bytearray_type = sym("PyByteArray_Type");
-        snapapi.usable = rs_py.is_python && rs_py.ob_size && rs_py.hex >= 0x03090000 && rs_py.hex < 0x030e0000 &&
-                         snapapi.IS_GC && snapapi.GC_IsTracked && snapapi.PyDict_Next && snapapi.PyErr_Fetch &&
-                         snapapi.PyErr_Restore && snapapi.PyErr_Clear && snapapi.Py_DecRef &&
-                         snapapi.Py_IncRef && snapapi.dict_type && snapapi.list_type && snapapi.tuple_type &&
-                         (rs_py.free_threaded ? snapapi.VisitObjects != NULL : snapapi.PyInterpreterState_Get != NULL);
-        if (rs_py.is_python && !snapapi.usable)
+    if (!snap.checked) {
+        snap.checked = 1;
+        static const size_t needs[] = {
+            RS_CAPI(PyObject_IS_GC), RS_CAPI(PyObject_GC_IsTracked), RS_CAPI(PyDict_Next),
+            RS_CAPI(PyErr_Fetch), RS_CAPI(PyErr_Restore), RS_CAPI(PyErr_Clear), RS_CAPI(Py_DecRef),
+            RS_CAPI(Py_IncRef), RS_CAPI(PyDict_Type), RS_CAPI(PyList_Type), RS_CAPI(PyTuple_Type),
+        };
+        snap.usable = rs_py.is_python && rs_py.ob_size && rs_py.hex >= 0x03090000 && rs_py.hex < 0x030e0000 &&
+                      !rs_capi_missing(needs, RS_CAPI_COUNT(needs)) &&
+                      (rs_py.free_threaded ? rs_capi.PyUnstable_GC_VisitObjects != NULL
+                                           : rs_capi.PyInterpreterState_Get != NULL);
+        if (rs_py.is_python && !snap.usable)
             warn_off("snapshots are", "3.9-3.13");
     }
-    return snapapi.usable;
+    return snap.usable;
 }
 
 int rs_pyver_snap_ready(void)
 {
     if (!rs_pyver_snap_supported() || !rs_py.Py_IsInitialized || !rs_py.Py_IsInitialized())
         return 0;
-    if (!rs_py.free_threaded && !snapapi.gen0) {
-        snapapi.gen0 = snap_find_gen0();
-        if (!snapapi.gen0) {
-            snapapi.usable = 0;
+    if (!rs_py.free_threaded && !snap.gen0) {
+        snap.gen0 = snap_find_gen0();
+        if (!snap.gen0) {
+            snap.usable = 0;
             rs_warn("snapshots: cannot find the GC lists of this CPython; snapshots are off");
             return 0;
         }
@@ -828,13 +777,13 @@ void rs_pyver_snap_typeinfo(const void *type, struct rs_pyver_typeinfo *out)
     else if (rs_py.minor >= 12)
         out->preheader_extra =
             (out->tp_flags & (SNAP_TPFLAGS_MANAGED_DICT | SNAP_TPFLAGS_MANAGED_WEAKREF)) ? 16 : 0;
-    if (type == snapapi.dict_type)
+    if (type == rs_capi.PyDict_Type)
         out->kind = RS_PYKIND_DICT;
-    else if (type == snapapi.list_type)
+    else if (type == rs_capi.PyList_Type)
         out->kind = RS_PYKIND_LIST;
-    else if (type == snapapi.tuple_type)
+    else if (type == rs_capi.PyTuple_Type)
         out->kind = RS_PYKIND_TUPLE;
-    else if (type == snapapi.module_type)
+    else if (type == rs_capi.PyModule_Type)
         out->kind = RS_PYKIND_MODULE;
     else if (type == rs_py.code_type)
         out->kind = RS_PYKIND_CODE;
@@ -846,19 +795,19 @@ void rs_pyver_snap_typeinfo(const void *type, struct rs_pyver_typeinfo *out)
     /* A C __sizeof__ (method descriptor) other than object.__sizeof__. The
      * name is interned already (every type dict has it); our reference is
      * dropped right away so its refcount is unchanged afterwards. */
-    if (!snapapi.PyType_Lookup || !snapapi.PyUnicode_InternFromString || !snapapi.descr_type)
+    if (!rs_capi._PyType_Lookup || !rs_capi.PyUnicode_InternFromString || !rs_capi.PyMethodDescr_Type)
         return;
-    void *name = snapapi.PyUnicode_InternFromString("__sizeof__");
+    void *name = rs_capi.PyUnicode_InternFromString("__sizeof__");
     if (!name) {
-        snapapi.PyErr_Clear();
+        rs_capi.PyErr_Clear();
         return;
     }
-    const char *descr = snapapi.PyType_Lookup(type, name);
-    snapapi.Py_DecRef(name);
-    if (!descr || rs_py_type(descr) != snapapi.descr_type)
+    const char *descr = rs_capi._PyType_Lookup(type, name);
+    rs_capi.Py_DecRef(name);
+    if (!descr || rs_py_type(descr) != rs_capi.PyMethodDescr_Type)
         return;
     const void *d_type = *(const void *const *)(descr + rs_py.ob_size); /* PyDescrObject.d_type */
-    if (d_type == snapapi.object_type)
+    if (d_type == rs_capi.PyBaseObject_Type)
         return;
     /* PyMethodDescrObject: PyDescrObject {head, d_type, d_name, d_qualname}, d_method */
     const struct rs_py_methoddef *def = *(const struct rs_py_methoddef *const *)(descr + rs_py.ob_size + 3 * 8);
@@ -869,7 +818,7 @@ void rs_pyver_snap_typeinfo(const void *type, struct rs_pyver_typeinfo *out)
 
 uint32_t rs_pyver_snap_preheader(void *obj, const struct rs_pyver_typeinfo *ti)
 {
-    uint32_t gc = !rs_py.free_threaded && snapapi.IS_GC(obj) ? 16 : 0;
+    uint32_t gc = !rs_py.free_threaded && rs_capi.PyObject_IS_GC(obj) ? 16 : 0;
     return gc + ti->preheader_extra;
 }
 
@@ -881,18 +830,18 @@ static int obj_type_is(const void *obj, const void *type)
 uint64_t rs_pyver_snap_sizeof(void *obj, const struct rs_pyver_typeinfo *ti, int may_call)
 {
     int64_t size = -1;
-    if (may_call && ti->sizeof_meth && snapapi.PyLong_AsSsize_t) {
+    if (may_call && ti->sizeof_meth && rs_capi.PyLong_AsSsize_t) {
         void *res = ti->sizeof_meth(obj, NULL);
         if (res) {
-            size = snapapi.PyLong_AsSsize_t(res);
-            snapapi.Py_DecRef(res);
+            size = rs_capi.PyLong_AsSsize_t(res);
+            rs_capi.Py_DecRef(res);
         }
         if (size < 0) {
-            snapapi.PyErr_Clear();
+            rs_capi.PyErr_Clear();
             size = -1;
         }
     }
-    if (size < 0 && (ti->kind == RS_PYKIND_LIST || obj_type_is(obj, snapapi.bytearray_type))) {
+    if (size < 0 && (ti->kind == RS_PYKIND_LIST || obj_type_is(obj, rs_capi.PyByteArray_Type))) {
         /* what list.__sizeof__ / bytearray.__sizeof__ compute, without calling
          * them (free-threaded builds: no allocation while the world is stopped) */
         int64_t allocated = *(const int64_t *)((const char *)obj + rs_py.ob_size + (ti->kind == RS_PYKIND_LIST ? 16 : 8));
@@ -917,7 +866,7 @@ int rs_pyver_snap_refs(void *obj, const struct rs_pyver_typeinfo *ti, rs_py_visi
     case RS_PYKIND_DICT: {
         int64_t pos = 0;
         void *key, *value;
-        while (snapapi.PyDict_Next(obj, &pos, &key, &value))
+        while (rs_capi.PyDict_Next(obj, &pos, &key, &value))
             if (visit_item(key, value, arg) < 0)
                 break;
         return 0;
@@ -939,7 +888,7 @@ int rs_pyver_snap_refs(void *obj, const struct rs_pyver_typeinfo *ti, rs_py_visi
         return 0;
     }
     default:
-        if (!ti->traverse || !snapapi.IS_GC(obj))
+        if (!ti->traverse || !rs_capi.PyObject_IS_GC(obj))
             return 0;
         ti->traverse(obj, visit, arg);
         return 0;
@@ -948,7 +897,7 @@ int rs_pyver_snap_refs(void *obj, const struct rs_pyver_typeinfo *ti, rs_py_visi
 
 int rs_pyver_snap_is_tracked(void *obj)
 {
-    return snapapi.IS_GC(obj) && snapapi.GC_IsTracked(obj);
+    return rs_capi.PyObject_IS_GC(obj) && rs_capi.PyObject_GC_IsTracked(obj);
 }
 
 int rs_pyver_snap_is_str(void *obj)
@@ -974,11 +923,11 @@ int rs_pyver_snap_name(void *obj, const struct rs_pyver_typeinfo *ti, char *buf,
         s = rs_py_type_name(obj);
         break;
     case RS_PYKIND_MODULE:
-        if (!snapapi.PyModule_GetName)
+        if (!rs_capi.PyModule_GetName)
             return -1;
-        s = snapapi.PyModule_GetName(obj);
+        s = rs_capi.PyModule_GetName(obj);
         if (!s)
-            snapapi.PyErr_Clear();
+            rs_capi.PyErr_Clear();
         break;
     default:
         return -1;
@@ -1007,12 +956,12 @@ int rs_pyver_snap_foreach_tracked(int (*fn)(void *obj, int generation, void *arg
 {
     if (rs_py.free_threaded) {
         struct snap_visit_ctx c = {fn, arg, 0};
-        if (!snapapi.VisitObjects)
+        if (!rs_capi.PyUnstable_GC_VisitObjects)
             return -ENOTSUP;
-        snapapi.VisitObjects(snap_visit_ft, &c);
+        rs_capi.PyUnstable_GC_VisitObjects(snap_visit_ft, &c);
         return c.rc < 0 ? c.rc : 0;
     }
-    char *gen0 = snapapi.gen0;
+    char *gen0 = snap.gen0;
     if (!gen0)
         return -ENOTSUP;
     int *enabled = (int *)(gen0 - SNAP_GC_ENABLED);
@@ -1032,48 +981,48 @@ int rs_pyver_snap_foreach_tracked(int (*fn)(void *obj, int generation, void *arg
 
 int rs_pyver_snap_foreach_garbage(int (*fn)(void *obj, void *arg), void *arg)
 {
-    if (!snapapi.PySys_GetObject || !snapapi.PyDict_GetItemString || !snapapi.PyObject_GetAttrString ||
-        !snapapi.PyList_Size || !snapapi.PyList_GetItem)
+    if (!rs_capi.PySys_GetObject || !rs_capi.PyDict_GetItemString || !rs_capi.PyObject_GetAttrString ||
+        !rs_capi.PyList_Size || !rs_capi.PyList_GetItem)
         return -ENOTSUP;
-    void *modules = snapapi.PySys_GetObject("modules");              /* borrowed */
-    void *gc = modules ? snapapi.PyDict_GetItemString(modules, "gc") : NULL; /* borrowed */
+    void *modules = rs_capi.PySys_GetObject("modules");              /* borrowed */
+    void *gc = modules ? rs_capi.PyDict_GetItemString(modules, "gc") : NULL; /* borrowed */
     if (!gc) {
-        snapapi.PyErr_Clear();
+        rs_capi.PyErr_Clear();
         return 0; /* gc never imported: gc.garbage cannot have been filled by the program */
     }
-    void *garbage = snapapi.PyObject_GetAttrString(gc, "garbage");
+    void *garbage = rs_capi.PyObject_GetAttrString(gc, "garbage");
     if (!garbage) {
-        snapapi.PyErr_Clear();
+        rs_capi.PyErr_Clear();
         return -ENOENT;
     }
-    int64_t n = snapapi.PyList_Size(garbage);
+    int64_t n = rs_capi.PyList_Size(garbage);
     for (int64_t i = 0; i < n; i++) {
-        void *item = snapapi.PyList_GetItem(garbage, i);
+        void *item = rs_capi.PyList_GetItem(garbage, i);
         if (item && fn(item, arg) < 0)
             break;
     }
-    snapapi.PyErr_Clear();
-    snapapi.Py_DecRef(garbage);
+    rs_capi.PyErr_Clear();
+    rs_capi.Py_DecRef(garbage);
     return 0;
 }
 
 int rs_pyver_snap_gc_enabled(void)
 {
-    if (snapapi.gen0)
+    if (snap.gen0)
         return rs_py_gc_enabled();
-    return snapapi.PyGC_IsEnabled ? snapapi.PyGC_IsEnabled() != 0 : 255;
+    return rs_capi.PyGC_IsEnabled ? rs_capi.PyGC_IsEnabled() != 0 : 255;
 }
 
 void rs_pyver_snap_save_error(void *saved[3])
 {
     saved[0] = saved[1] = saved[2] = NULL;
-    snapapi.PyErr_Fetch(&saved[0], &saved[1], &saved[2]);
+    rs_capi.PyErr_Fetch(&saved[0], &saved[1], &saved[2]);
 }
 
 void rs_pyver_snap_restore_error(void *saved[3])
 {
-    snapapi.PyErr_Clear();
-    snapapi.PyErr_Restore(saved[0], saved[1], saved[2]);
+    rs_capi.PyErr_Clear();
+    rs_capi.PyErr_Restore(saved[0], saved[1], saved[2]);
 }
 
 static struct rs_py_methoddef snap_atexit_def;
@@ -1085,16 +1034,16 @@ static void *snap_atexit_trampoline(void *self, void *unused)
     (void)unused;
     if (snap_atexit_fn)
         snap_atexit_fn();
-    snapapi.Py_IncRef((void *)snapapi.none);
-    return (void *)snapapi.none;
+    rs_capi.Py_IncRef((void *)rs_capi._Py_NoneStruct);
+    return (void *)rs_capi._Py_NoneStruct;
 }
 
 int rs_pyver_snap_atexit(void (*fn)(void))
 {
     int rc = -EIO;
     void *atexit = NULL, *reg = NULL, *func = NULL, *res = NULL;
-    if (!rs_pyver_snap_ready() || !snapapi.PyImport_ImportModule || !snapapi.PyCFunction_NewEx ||
-        !snapapi.PyObject_CallFunctionObjArgs || !snapapi.none)
+    if (!rs_pyver_snap_ready() || !rs_capi.PyImport_ImportModule || !rs_capi.PyCFunction_NewEx ||
+        !rs_capi.PyObject_CallFunctionObjArgs || !rs_capi._Py_NoneStruct)
         return -EIO;
     void *saved[3];
     rs_pyver_snap_save_error(saved);
@@ -1102,27 +1051,27 @@ int rs_pyver_snap_atexit(void (*fn)(void))
     snap_atexit_def.name = "_refscope_snapshot_at_exit";
     snap_atexit_def.meth = (void *)snap_atexit_trampoline;
     snap_atexit_def.flags = RS_METH_NOARGS;
-    atexit = snapapi.PyImport_ImportModule("atexit");
+    atexit = rs_capi.PyImport_ImportModule("atexit");
     if (!atexit)
         goto out;
-    reg = snapapi.PyObject_GetAttrString(atexit, "register");
+    reg = rs_capi.PyObject_GetAttrString(atexit, "register");
     if (!reg)
         goto out;
-    func = snapapi.PyCFunction_NewEx(&snap_atexit_def, NULL, NULL);
+    func = rs_capi.PyCFunction_NewEx(&snap_atexit_def, NULL, NULL);
     if (!func)
         goto out;
-    res = snapapi.PyObject_CallFunctionObjArgs(reg, func, NULL);
+    res = rs_capi.PyObject_CallFunctionObjArgs(reg, func, NULL);
     if (res)
         rc = 0;
 out:
     if (res)
-        snapapi.Py_DecRef(res);
+        rs_capi.Py_DecRef(res);
     if (func)
-        snapapi.Py_DecRef(func);
+        rs_capi.Py_DecRef(func);
     if (reg)
-        snapapi.Py_DecRef(reg);
+        rs_capi.Py_DecRef(reg);
     if (atexit)
-        snapapi.Py_DecRef(atexit);
+        rs_capi.Py_DecRef(atexit);
     rs_pyver_snap_restore_error(saved);
     return rc;
 }
@@ -1130,42 +1079,42 @@ out:
 /* ---- gc census (issue 4) ---- */
 /* The census walks the same lists as snapshots, found once by whichever
  * asks first (snap_find_gen0 above: the GC state's self-pointer signature)
- * and kept in snapapi.gen0. */
+ * and kept in snap.gen0. */
 int rs_py_gc_lists_init(void)
 {
     if (!rs_py.is_python || rs_py.free_threaded || rs_py.hex < 0x03090000u || rs_py.hex >= 0x030e0000u)
         return -ENOTSUP;
-    if (snapapi.gen0)
+    if (snap.gen0)
         return 0;
-    if (!snapapi.PyInterpreterState_Get)
-        snapapi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
-    snapapi.gen0 = snap_find_gen0();
-    return snapapi.gen0 ? 0 : -ENOENT;
+    if (!rs_capi.PyInterpreterState_Get)
+        rs_capi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
+    snap.gen0 = snap_find_gen0();
+    return snap.gen0 ? 0 : -ENOENT;
 }
 
 const void *rs_py_gc_head(int generation)
 {
-    if (!snapapi.gen0 || generation < 0 || generation > RS_PYVER_GEN_PERMANENT)
+    if (!snap.gen0 || generation < 0 || generation > RS_PYVER_GEN_PERMANENT)
         return NULL;
-    return generation == RS_PYVER_GEN_PERMANENT ? snapapi.gen0 + SNAP_GEN_PERMANENT
-                                                : snapapi.gen0 + generation * SNAP_GEN_STRIDE;
+    return generation == RS_PYVER_GEN_PERMANENT ? snap.gen0 + SNAP_GEN_PERMANENT
+                                                : snap.gen0 + generation * SNAP_GEN_STRIDE;
 }
 
 int rs_py_gc_threshold(int generation)
 {
-    if (!snapapi.gen0 || generation < 0 || generation > 2)
+    if (!snap.gen0 || generation < 0 || generation > 2)
         return -1;
-    return *(const int *)(snapapi.gen0 + generation * SNAP_GEN_STRIDE + 16);
+    return *(const int *)(snap.gen0 + generation * SNAP_GEN_STRIDE + 16);
 }
 
 int rs_py_gc_count(int generation)
 {
-    if (!snapapi.gen0 || generation < 0 || generation > 2)
+    if (!snap.gen0 || generation < 0 || generation > 2)
         return -1;
-    return *(const int *)(snapapi.gen0 + generation * SNAP_GEN_STRIDE + 20);
+    return *(const int *)(snap.gen0 + generation * SNAP_GEN_STRIDE + 20);
 }
 
 int rs_py_gc_enabled(void)
 {
-    return snapapi.gen0 ? *(const int *)(snapapi.gen0 - SNAP_GC_ENABLED) != 0 : -1;
+    return snap.gen0 ? *(const int *)(snap.gen0 - SNAP_GC_ENABLED) != 0 : -1;
 }

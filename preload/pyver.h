@@ -2,14 +2,16 @@
  * The CPython version layer: the one place in the shim that knows how
  * CPython's structures and C API differ between versions. Everything else
  * (PyMem wrappers, stacks, gc, object events) reads interpreter state through
- * `rs_py` and the accessors below.
+ * `rs_py` and the accessors below, and calls the C API through rs_capi
+ * (capi.h, filled when the interpreter is found).
  *
  * Model. At constructor time rs_pyver_init() looks the C API up with
  * dlsym(RTLD_DEFAULT) (finds Debian's static python3.11 executable and
  * pyenv's shared libpython alike; a libpython loaded later is found by
  * rs_pyver_late, below, and looked up through its own handle), reads the
- * version (Py_Version on 3.11+, Py_GetVersion() before), and fills `rs_py`: function pointers for the C API
- * the shim uses and the offsets of the fields it reads. 3.9-3.12 offsets come
+ * version (Py_Version on 3.11+, Py_GetVersion() before), and fills `rs_py`:
+ * function pointers for the C API the allocator hooks and stack walks use
+ * and the offsets of the fields they read. 3.9-3.12 offsets come
  * from built-in tables; 3.13+ offsets come from the interpreter's own
  * _Py_DebugOffsets at the start of _PyRuntime (cookie "xdebugpy"), so later
  * versions work without a new table.
@@ -131,7 +133,8 @@ extern struct rs_pyver rs_py;
 int rs_pyver_init(void);
 
 /* A symbol of the interpreter's C API (dlsym where rs_pyver_init looked),
- * or NULL. */
+ * or NULL. The C API that features call is looked up once, in capi.h's
+ * table, which this fills. */
 void *rs_py_sym(const char *name);
 
 /* A libpython loaded with dlopen after start-up (embedding programs,
@@ -330,7 +333,7 @@ struct rs_pyver_typeinfo {
 
 #define RS_PYVER_GEN_PERMANENT 3
 
-/* Resolves what snapshots need (first call only; says in one line on stderr
+/* Checks what snapshots need (first call only; says in one line on stderr
  * when this CPython cannot have them). 1 when it can, else 0. */
 int rs_pyver_snap_supported(void);
 
