@@ -58,6 +58,7 @@
  * RS_F_OWN, kept apart from the program's.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "refscope/clock.h"
@@ -1155,8 +1156,13 @@ static void gcwatch_start(void)
 {
     if (!rs_py.ob_size)
         return;
-    if (rs_capi_missing(gc_capi, RS_CAPI_COUNT(gc_capi)))
-        return; /* not an interpreter this file can drive */
+    const char *missing = rs_capi_missing(gc_capi, RS_CAPI_COUNT(gc_capi));
+    if (missing) {
+        char line[160];
+        snprintf(line, sizeof(line), "gc events are off: this CPython has no %s", missing);
+        rs_warn(line);
+        return;
+    }
     st.generational = !rs_py.free_threaded && !rs_py_gc_incremental();
     st.off = !rs_env_flag(RS_ENV_GC, 1);
     st.census = !st.off && rs_env_flag(RS_ENV_GC_CENSUS, 1) && st.generational;
