@@ -2,10 +2,12 @@
 PyInstaller's bootloader, uwsgi, mod_wsgi): the shim finds it when CPython
 pre-initializes, wraps its allocators, and the trace is that interpreter's,
 with Python stacks, on every interpreter that has a shared libpython."""
+import json
 import os
 
 import harness
 from harness import Skip, expect, per_interpreter
+from test_gc import STATS_PROG
 
 N, SIZE = 5000, 1000
 CODE = "keep = [bytearray(%d) for _ in range(%d)]" % (SIZE, N)
@@ -82,6 +84,22 @@ def test_embedded_fork_child_is_python(py):
     child = harness.refscope_json("summary", traces[1])
     want = "%d.%d.%d" % py.version
     expect(child["python_version"] == want, "%s: fork child python_version %r" % (py, child["python_version"]))
+
+
+@per_interpreter
+def test_embedded_libpython_gc_events(py):
+    # RTLD_LOCAL: the C API the gc watcher calls is looked up through the
+    # libpython's own handle, not the global scope; its collections are the
+    # interpreter's own count (the ground-truth program of test_gc)
+    t, _ = _embedded(py, "local", code=STATS_PROG)
+    line = [l for l in t.proc.stdout.splitlines() if l.startswith("STATS ")]
+    expect(line, "%s: the embedded code printed no STATS line: %s" % (py, t.proc.stderr[-500:]))
+    truth = json.loads(line[0][len("STATS "):])
+    gens = harness.refscope_json("gc", t.trace)["generations"]
+    got = [(g["collections"], g["collected"]) for g in gens][:len(truth)]
+    want = [(st["collections"], st["collected"]) for st in truth]
+    expect(sum(c for c, _ in want) > 5 and got == want,
+           "%s: gc report %r, the embedded interpreter's gc.get_stats() %r" % (py, got, want))
 
 
 def test_embedded_not_python_stays_libc_only():
