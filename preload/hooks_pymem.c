@@ -228,7 +228,8 @@ static void *debugmallocstats(void *orig, void *unused)
     (void)unused;
     struct rs_pymem_allocator top;
     rs_py.PyMem_GetAllocator(RS_PYMEM_OBJ, &top);
-    int swap = top.malloc == wrap_malloc && rs_capi.PyInterpreterState_Next(rs_capi.PyInterpreterState_Head()) == NULL;
+    int swap = top.malloc == wrap_malloc &&
+               rs_capi.PyInterpreterState_Next(rs_capi.PyInterpreterState_Head()) == NULL;
     if (swap)
         rs_py.PyMem_SetAllocator(RS_PYMEM_OBJ, &((struct mem_cell *)top.ctx)->orig);
     void *res = rs_capi.PyObject_CallObject(orig, NULL);

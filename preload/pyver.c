@@ -795,7 +795,10 @@ void rs_pyver_snap_typeinfo(const void *type, struct rs_pyver_typeinfo *out)
     /* A C __sizeof__ (method descriptor) other than object.__sizeof__. The
      * name is interned already (every type dict has it); our reference is
      * dropped right away so its refcount is unchanged afterwards. */
-    if (!rs_capi._PyType_Lookup || !rs_capi.PyUnicode_InternFromString || !rs_capi.PyMethodDescr_Type)
+    static const size_t needs[] = {
+        RS_CAPI(_PyType_Lookup), RS_CAPI(PyUnicode_InternFromString), RS_CAPI(PyMethodDescr_Type),
+    };
+    if (rs_capi_missing(needs, RS_CAPI_COUNT(needs)))
         return;
     void *name = rs_capi.PyUnicode_InternFromString("__sizeof__");
     if (!name) {
@@ -981,8 +984,11 @@ int rs_pyver_snap_foreach_tracked(int (*fn)(void *obj, int generation, void *arg
 
 int rs_pyver_snap_foreach_garbage(int (*fn)(void *obj, void *arg), void *arg)
 {
-    if (!rs_capi.PySys_GetObject || !rs_capi.PyDict_GetItemString || !rs_capi.PyObject_GetAttrString ||
-        !rs_capi.PyList_Size || !rs_capi.PyList_GetItem)
+    static const size_t needs[] = {
+        RS_CAPI(PySys_GetObject), RS_CAPI(PyDict_GetItemString), RS_CAPI(PyObject_GetAttrString),
+        RS_CAPI(PyList_Size), RS_CAPI(PyList_GetItem),
+    };
+    if (rs_capi_missing(needs, RS_CAPI_COUNT(needs)))
         return -ENOTSUP;
     void *modules = rs_capi.PySys_GetObject("modules");              /* borrowed */
     void *gc = modules ? rs_capi.PyDict_GetItemString(modules, "gc") : NULL; /* borrowed */
@@ -1042,8 +1048,11 @@ int rs_pyver_snap_atexit(void (*fn)(void))
 {
     int rc = -EIO;
     void *atexit = NULL, *reg = NULL, *func = NULL, *res = NULL;
-    if (!rs_pyver_snap_ready() || !rs_capi.PyImport_ImportModule || !rs_capi.PyCFunction_NewEx ||
-        !rs_capi.PyObject_CallFunctionObjArgs || !rs_capi._Py_NoneStruct)
+    static const size_t needs[] = {
+        RS_CAPI(PyImport_ImportModule), RS_CAPI(PyCFunction_NewEx), RS_CAPI(PyObject_CallFunctionObjArgs),
+        RS_CAPI(_Py_NoneStruct),
+    };
+    if (!rs_pyver_snap_ready() || rs_capi_missing(needs, RS_CAPI_COUNT(needs)))
         return -EIO;
     void *saved[3];
     rs_pyver_snap_save_error(saved);
@@ -1086,8 +1095,6 @@ int rs_py_gc_lists_init(void)
         return -ENOTSUP;
     if (snap.gen0)
         return 0;
-    if (!rs_capi.PyInterpreterState_Get)
-        rs_capi.PyInterpreterState_Get = (void *(*)(void))sym("PyInterpreterState_Get");
     snap.gen0 = snap_find_gen0();
     return snap.gen0 ? 0 : -ENOENT;
 }
