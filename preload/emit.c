@@ -34,12 +34,12 @@
 #include "guard.h"
 
 int rs_emit_on;
-_Alignas(64) struct rs_emit_hot rs_emit_hot;
+_Alignas(64) struct rs_emit_hot rs_emit_hot = { .solo = RS_EMIT_SOLO_NONE };
 __thread struct rs_emit_tls rs_emit_tls __attribute__((tls_model("initial-exec")));
 
 static uint64_t emit_lost_reported; /* lossy mode: dropped count already in LOST records */
 
-/* rs_emit_hot.solo besides 0 and a thread value: */
+/* rs_emit_hot.solo besides RS_EMIT_SOLO_NONE and a thread value: */
 #define SOLO_OPEN   0xfffffffeu /* no thread has reserved yet: the first one claims it */
 #define SOLO_ENDING 0xffffffffu /* another thread is waiting for the solo thread to leave */
 static int solo_ok;             /* membarrier is registered for this process      */
@@ -62,13 +62,14 @@ static void solo_wait(unsigned *step)
 }
 
 /* The calling thread (value `thread`, 0 when it has no index) is about to
- * reserve with the CAS: afterwards rs_emit_hot.solo is 0 or `thread`. */
+ * reserve with the CAS: afterwards rs_emit_hot.solo is RS_EMIT_SOLO_NONE or
+ * `thread`. */
 void rs_emit_solo_settle(uint32_t thread)
 {
     unsigned step = 0;
     for (;;) {
         uint32_t solo = __atomic_load_n(&rs_emit_hot.solo, __ATOMIC_ACQUIRE);
-        if (solo == 0 || solo == thread)
+        if (solo == RS_EMIT_SOLO_NONE || solo == thread)
             return;
         if (solo == SOLO_ENDING) {
             solo_wait(&step);
@@ -76,7 +77,7 @@ void rs_emit_solo_settle(uint32_t thread)
         }
         if (solo == SOLO_OPEN) {
             /* claim it; RS_THREAD_NONE + 1 is shared by every thread without an index */
-            uint32_t claim = thread >= 1 && thread <= RS_THREAD_NONE ? thread : 0;
+            uint32_t claim = thread >= 1 && thread <= RS_THREAD_NONE ? thread : RS_EMIT_SOLO_NONE;
             __atomic_compare_exchange_n(&rs_emit_hot.solo, &solo, claim, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_ACQUIRE);
             continue;
@@ -92,9 +93,17 @@ void rs_emit_solo_settle(uint32_t thread)
         }
         while (__atomic_load_n(&rs_emit_hot.solo_busy, __ATOMIC_ACQUIRE) != 0)
             solo_wait(&step);
-        __atomic_store_n(&rs_emit_hot.solo, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&rs_emit_hot.solo, RS_EMIT_SOLO_NONE, __ATOMIC_RELEASE);
         return;
     }
+}
+
+/* Tracing stops: no thread may take the solo lane any more (rs_emit_event
+ * looks at nothing else). Another solo thread leaves its reservation first. */
+static void solo_end(void)
+{
+    rs_emit_solo_settle(rs_emit_tls.thread);
+    __atomic_store_n(&rs_emit_hot.solo, RS_EMIT_SOLO_NONE, __ATOMIC_RELEASE);
 }
 
 /* Thread indices: bit set = index in use. RS_THREAD_NONE is never handed out. */
@@ -116,10 +125,17 @@ uint64_t rs_emit_now(void)
     return t->ticks;
 }
 
-/* rs_emit_clock found the cached reading used up or older than the
- * recorder's latest `now`: read the clock. */
-uint64_t rs_emit_clock_read(struct rs_emit_tls *t, uint64_t now_word)
+/* This thread's clock reading for a hot-path record: the cached one, unless
+ * it has stamped RS_EMIT_CLOCK_RECORDS records already or the recorder has
+ * stored a new `now` since it was taken (then a fresh reading, which the
+ * solo lane uses for the next RS_EMIT_CLOCK_RECORDS - 1 records). */
+static uint64_t emit_clock(struct rs_emit_tls *t)
 {
+    uint64_t now_word = __atomic_load_n(&rs_emit_hot.ring.hdr->now, __ATOMIC_RELAXED);
+    if (now_word == t->seen && t->left > 0) {
+        t->left--;
+        return t->ticks;
+    }
     t->seen = now_word;
     t->left = RS_EMIT_CLOCK_RECORDS - 1;
     t->ticks = rs_clock_ticks(rs_emit_hot.clock_kind);
@@ -217,7 +233,8 @@ static void thread_key_destructor(void *value)
     }
     /* the solo thread leaves solo mode (it is not inside a reservation) */
     uint32_t mine = t;
-    __atomic_compare_exchange_n(&rs_emit_hot.solo, &mine, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    __atomic_compare_exchange_n(&rs_emit_hot.solo, &mine, RS_EMIT_SOLO_NONE, 0, __ATOMIC_SEQ_CST,
+                                __ATOMIC_RELAXED);
     rs_emit_tls.thread = RS_THREAD_NONE + 1;
     if (rs_emit_active()) {
         struct rs_slot rec = { .kind = RS_EV_THREAD_EXIT, .thread = (uint16_t)(t - 1),
@@ -244,7 +261,7 @@ void rs_emit_start(const struct rs_ring *ring, uint32_t clock_kind)
     rs_emit_hot.clock_kind = clock_kind;
     rs_emit_hot.lossy = (ring->hdr->flags & RS_RING_LOSSY) != 0;
     rs_emit_hot.solo_busy = 0;
-    rs_emit_hot.solo = solo_ok ? SOLO_OPEN : 0;
+    rs_emit_hot.solo = solo_ok ? SOLO_OPEN : RS_EMIT_SOLO_NONE;
     emit_lost_reported = 0;
     __atomic_store_n(&rs_emit_on, 1, __ATOMIC_RELEASE);
 }
@@ -252,24 +269,26 @@ void rs_emit_start(const struct rs_ring *ring, uint32_t clock_kind)
 void rs_emit_stop(void)
 {
     __atomic_store_n(&rs_emit_on, 0, __ATOMIC_RELEASE);
+    solo_end();
 }
 
 void rs_emit_fork_child(void)
 {
-    rs_emit_stop();
+    /* the parent's solo thread may not exist here (and left its count as it
+     * was): no waiting for it, as rs_emit_stop would */
+    rs_emit_hot.solo = RS_EMIT_SOLO_NONE;
+    rs_emit_hot.solo_busy = 0;
+    __atomic_store_n(&rs_emit_on, 0, __ATOMIC_RELEASE);
     memset(thread_used, 0, sizeof(thread_used));
     thread_hint = 0;
     rs_emit_tls.thread = 0;
     rs_emit_tls.left = 0; /* the child's first record reads the clock */
-    /* the parent's solo thread may not exist here (and left its count as it was) */
-    rs_emit_hot.solo = 0;
-    rs_emit_hot.solo_busy = 0;
     solo_ok = solo_ok && solo_register();
     __atomic_fetch_add(&rs_emit_hot.epoch, 1, __ATOMIC_ACQ_REL);
 }
 
 /* Lossy mode: turn drops counted by the ring into RS_EV_LOST records. */
-void rs_emit_report_lost(uint16_t thread)
+static void report_lost(uint16_t thread)
 {
     uint64_t dropped = __atomic_load_n(&rs_emit_hot.ring.hdr->dropped, __ATOMIC_RELAXED);
     uint64_t seen = __atomic_load_n(&emit_lost_reported, __ATOMIC_RELAXED);
@@ -286,27 +305,29 @@ void rs_emit_report_lost(uint16_t thread)
 static inline void emit_one(uint8_t kind, uint8_t flags, uint16_t thread, uint32_t stack,
                             uint64_t time, uint64_t addr, uint64_t size)
 {
-    uint64_t index = rs_emit_reserve1(rs_emit_tls.thread);
+    rs_emit_claim();
+    uint64_t index = rs_ring_reserve(&rs_emit_hot.ring, 1);
     if (__builtin_expect(index == UINT64_MAX, 0))
         return;
-    struct rs_slot *slot = rs_ring_slot(&rs_emit_hot.ring, index);
-    slot->flags = flags;
-    slot->thread = thread;
-    slot->stack = stack;
-    slot->time = time;
-    slot->addr = addr;
-    slot->size = size;
-    rs_ring_commit(&rs_emit_hot.ring, index, kind);
+    rs_emit_write(index, kind, flags, (uint32_t)thread + 1, stack, time, addr, size);
     if (__builtin_expect(rs_emit_hot.lossy, 0))
-        rs_emit_report_lost(thread);
+        report_lost(thread);
 }
 
-/* rs_emit_event on a thread's first record: bind an index (RS_EV_THREAD),
- * then write the record with a fresh clock reading. */
-void rs_emit_event_first(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size, uint32_t stack)
+/* rs_emit_event off the solo lane: tracing off, the thread's first record
+ * (bind an index, RS_EV_THREAD, a fresh clock reading), other threads
+ * reserving too, a full ring, lossy mode's drops. */
+void rs_emit_event_shared(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size, uint32_t stack)
 {
-    uint16_t thread = thread_current();
-    emit_one(kind, flags, thread, stack, rs_emit_now(), addr, size);
+    if (!rs_emit_active())
+        return;
+    struct rs_emit_tls *t = &rs_emit_tls;
+    if (t->thread == 0) {
+        uint16_t thread = thread_current();
+        emit_one(kind, flags, thread, stack, rs_emit_now(), addr, size);
+        return;
+    }
+    emit_one(kind, flags, (uint16_t)(t->thread - 1), stack, emit_clock(t), addr, size);
 }
 
 void rs_emit_fixed(struct rs_slot *rec)

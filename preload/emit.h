@@ -32,7 +32,10 @@ uint64_t rs_emit_now(void);
 /* Any fixed record on the hot path (allocations, frees, object events),
  * stamped with this thread's cached clock reading: see "Resolution" in
  * include/refscope/clock.h. Inline, below: always inlined, because the hooks
- * are the callers and a call would cost about as much as the record. */
+ * are the callers and a call would cost about as much as the record. Only
+ * the solo thread's lane (rs_emit_lane, about 30 instructions) is inline;
+ * everything else (other threads, the first record, a clock reading, a full
+ * ring) is rs_emit_event_shared. */
 __attribute__((always_inline))
 static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
                                  uint32_t stack);
@@ -112,17 +115,22 @@ struct rs_emit_hot {
     int lossy;             /* RS_RING_LOSSY: drops are reported as RS_EV_LOST     */
     uint32_t clock_kind;   /* enum rs_clock_kind                                 */
     uint32_t solo;         /* solo mode (emit.c): the thread value (index + 1) that
-                              may reserve without a locked instruction; 0 = none */
+                              may reserve without a locked instruction, or one of
+                              the RS_EMIT_SOLO_* values, never a thread's. Only
+                              while tracing is on: rs_emit_stop ends solo mode */
     uint32_t solo_busy;    /* nonzero while that thread is inside such a reservation */
     struct rs_ring ring;   /* this process's ring while rs_emit_on              */
     uint32_t epoch;        /* rs_emit_epoch()                                    */
 };
 extern struct rs_emit_hot rs_emit_hot;
 
+/* rs_emit_hot.solo when no thread is in solo mode (none may claim it). */
+#define RS_EMIT_SOLO_NONE 0xfffffffdu
+
 /* Per-thread state (initial-exec TLS: no allocation on first touch). */
 struct rs_emit_tls {
     uint32_t thread;       /* thread index + 1; 0 = none assigned yet            */
-    uint32_t left;         /* records the cached reading may still stamp         */
+    int32_t left;          /* records the cached reading may still stamp         */
     uint64_t ticks;        /* cached event-clock reading                          */
     uint64_t seen;         /* the ring's `now` word when `ticks` was read        */
 };
@@ -134,46 +142,19 @@ extern __thread struct rs_emit_tls rs_emit_tls __attribute__((tls_model("initial
 #define RS_EMIT_CLOCK_RECORDS 64u
 
 /* Out-of-line parts of rs_emit_event (emit.c). */
-void rs_emit_event_first(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size, uint32_t stack);
-void rs_emit_report_lost(uint16_t thread);
-uint64_t rs_emit_clock_read(struct rs_emit_tls *t, uint64_t now_word);
+void rs_emit_event_shared(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size, uint32_t stack);
 void rs_emit_solo_settle(uint32_t thread);
 
 /* Make the calling thread's next locked reservation safe: it claims solo
  * mode when nobody has, or ends another thread's (emit.c). Every ring
- * reservation of the shim goes through here or rs_emit_reserve1. */
+ * reservation of the shim goes through here, or is the solo lane's
+ * (rs_emit_event). */
 static inline void rs_emit_claim(void)
 {
     uint32_t me = rs_emit_tls.thread;
     uint32_t solo = __atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED);
-    if (__builtin_expect(solo != 0 && solo != me, 0))
+    if (__builtin_expect(solo != RS_EMIT_SOLO_NONE && solo != me, 0))
         rs_emit_solo_settle(me);
-}
-
-/* One slot for the calling thread, whose thread value (index + 1, or 0 when
- * it has none) is `thread`: unlocked in solo mode, else rs_ring_reserve's CAS. The busy
- * count brackets the unlocked reservation; the fences there are compiler
- * fences only, the CPU half is the membarrier of whoever ends solo mode. */
-__attribute__((always_inline))
-static inline uint64_t rs_emit_reserve1(uint32_t thread)
-{
-    struct rs_ring *ring = &rs_emit_hot.ring;
-    uint32_t solo = __atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED);
-    if (__builtin_expect(solo == thread && thread != 0, 1)) {
-        uint64_t index = RS_RING_RESERVE_RETRY;
-        uint32_t busy = __atomic_load_n(&rs_emit_hot.solo_busy, __ATOMIC_RELAXED);
-        __atomic_store_n(&rs_emit_hot.solo_busy, busy + 1, __ATOMIC_RELAXED);
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED) == thread)
-            index = rs_ring_reserve_solo(ring, 1);
-        /* restores (not decrements): a signal handler in between left it as it found it */
-        __atomic_store_n(&rs_emit_hot.solo_busy, busy, __ATOMIC_RELEASE);
-        if (__builtin_expect(index != RS_RING_RESERVE_RETRY, 1))
-            return index;
-    } else if (__builtin_expect(solo != 0, 0)) {
-        rs_emit_solo_settle(thread);
-    }
-    return rs_ring_reserve(ring, 1);
 }
 
 static inline uint32_t rs_emit_epoch(void)
@@ -181,38 +162,12 @@ static inline uint32_t rs_emit_epoch(void)
     return __atomic_load_n(&rs_emit_hot.epoch, __ATOMIC_ACQUIRE);
 }
 
-/* This thread's clock reading for a hot-path record: the cached one, unless
- * it has stamped RS_EMIT_CLOCK_RECORDS records already or the recorder has
- * stored a new `now` since it was taken (then a fresh reading). */
-static inline uint64_t rs_emit_clock(struct rs_emit_tls *t, const struct rs_ring_header *hdr)
-{
-    uint64_t now_word = __atomic_load_n(&hdr->now, __ATOMIC_RELAXED);
-    uint32_t left = t->left;
-    if (__builtin_expect(now_word == t->seen && left != 0, 1)) {
-        t->left = left - 1;
-        return t->ticks;
-    }
-    return rs_emit_clock_read(t, now_word);
-}
-
+/* Write a fixed record into the reserved slot `index` and commit it. */
 __attribute__((always_inline))
-static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
-                                 uint32_t stack)
+static inline void rs_emit_write(uint64_t index, uint8_t kind, uint8_t flags, uint32_t thread,
+                                 uint32_t stack, uint64_t time, uint64_t addr, uint64_t size)
 {
-    if (__builtin_expect(!__atomic_load_n(&rs_emit_on, __ATOMIC_ACQUIRE), 0))
-        return;
-    struct rs_emit_tls *t = &rs_emit_tls;
-    uint32_t thread = t->thread;
-    if (__builtin_expect(thread == 0, 0)) {
-        rs_emit_event_first(kind, flags, addr, size, stack);
-        return;
-    }
-    struct rs_ring *ring = &rs_emit_hot.ring;
-    uint64_t time = rs_emit_clock(t, ring->hdr);
-    uint64_t index = rs_emit_reserve1(thread);
-    if (__builtin_expect(index == UINT64_MAX, 0))
-        return;
-    struct rs_slot *slot = rs_ring_slot(ring, index);
+    struct rs_slot *slot = rs_ring_slot(&rs_emit_hot.ring, index);
     slot->flags = flags;
     slot->thread = (uint16_t)(thread - 1);
     slot->stack = stack;
@@ -220,8 +175,55 @@ static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uin
     slot->addr = addr;
     slot->size = size;
     rs_ring_commit_slot(slot, kind);
-    if (__builtin_expect(rs_emit_hot.lossy, 0))
-        rs_emit_report_lost((uint16_t)(thread - 1));
+}
+
+/* The solo thread's lane: writes the record and returns 1, or declines
+ * (returns 0, nothing written) and the caller takes rs_emit_event_shared.
+ * A leaf: no call on any path, so that a hook calling it needs no stack
+ * frame of its own. The thread's value in rs_emit_hot.solo says at once that
+ * tracing is on (rs_emit_stop ends solo mode), that the thread has its index
+ * and that no other thread reserves. It declines when the cached clock
+ * reading is used up or stale (the shared path reads the clock) and when
+ * the ring looks full (drops, in lossy mode, happen only on the shared path,
+ * which reports them). The ring is never closed in solo mode: closing it
+ * ends solo mode first (shim.c). */
+__attribute__((always_inline))
+static inline int rs_emit_lane(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
+                               uint32_t stack)
+{
+    struct rs_emit_tls *t = &rs_emit_tls;
+    uint32_t thread = t->thread;
+    if (__builtin_expect(__atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED) != thread, 0))
+        return 0;
+    struct rs_ring *ring = &rs_emit_hot.ring;
+    int32_t left = t->left;
+    if (__builtin_expect(__atomic_load_n(&ring->hdr->now, __ATOMIC_RELAXED) != t->seen || left <= 0, 0))
+        return 0;
+    /* The busy count brackets the unlocked reservation; the fences are
+     * compiler fences only, the CPU half is the membarrier of whoever ends
+     * solo mode (emit.c). */
+    uint64_t index;
+    int got = 0;
+    uint32_t busy = __atomic_load_n(&rs_emit_hot.solo_busy, __ATOMIC_RELAXED);
+    __atomic_store_n(&rs_emit_hot.solo_busy, busy + 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (__builtin_expect(__atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED) == thread, 1))
+        got = rs_ring_reserve_solo(ring, 1, &index);
+    /* restores (not decrements): a signal handler in between left it as it found it */
+    __atomic_store_n(&rs_emit_hot.solo_busy, busy, __ATOMIC_RELEASE);
+    if (__builtin_expect(!got, 0))
+        return 0;
+    t->left = left - 1;
+    rs_emit_write(index, kind, flags, thread, stack, t->ticks, addr, size);
+    return 1;
+}
+
+__attribute__((always_inline))
+static inline void rs_emit_event(uint8_t kind, uint8_t flags, uint64_t addr, uint64_t size,
+                                 uint32_t stack)
+{
+    if (__builtin_expect(!rs_emit_lane(kind, flags, addr, size, stack), 0))
+        rs_emit_event_shared(kind, flags, addr, size, stack);
 }
 
 #endif

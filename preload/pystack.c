@@ -615,5 +615,5 @@ static void pystack_start(void)
     rs_stack_capturing = 1;
     rs_stack_code_type = rs_py.code_type;
     rs_stack_peek_at = code_block_delta + rs_py.ob_type;
-    rs_stack_peek_below = rs_py_peek_below(rs_stack_peek_at);
+    rs_stack_peek_below = rs_py_peek_start(rs_stack_peek_at);
 }

@@ -165,7 +165,7 @@ static struct type_slot *define_slot(struct type_slot *s, const void *type, uint
     /* only heap types die: frees are peeked at once the table has one */
     if (watching && (tp_flags & RS_PY_TPFLAGS_HEAPTYPE) &&
         !__atomic_load_n(&rs_pytype_peek_below, __ATOMIC_RELAXED))
-        __atomic_store_n(&rs_pytype_peek_below, rs_py_peek_below(RS_TYPE_PEEK_AT),
+        __atomic_store_n(&rs_pytype_peek_below, rs_py_peek_start(RS_TYPE_PEEK_AT),
                          __ATOMIC_RELAXED);
     s->name_ptr = name_ptr;
     s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);

@@ -18,6 +18,7 @@
 #include "refscope/events.h"
 
 struct rs_pyver rs_py;
+uint32_t rs_py_peeking;
 static int pyver_done;
 static int pyver_status;
 

@@ -157,10 +157,15 @@ int rs_pyver_late(const void *caller);
 
 /* A block about to be freed may be peeked at for the word `at` bytes into it
  * (a would-be ob_type: compared, never followed) when its offset in its page
- * is below rs_py_peek_below(at): the word then ends in the block's page, which
- * is mapped whatever the block's size. */
-static inline uint32_t rs_py_peek_below(uint32_t at)
+ * is below rs_py_peek_start(at): the word then ends in the block's page, which
+ * is mapped whatever the block's size. A layer that peeks at freed OBJ
+ * blocks (stack.h, pytypes.h) gets its bound there, which also sets
+ * rs_py_peeking: until some layer does, the OBJ free wrapper looks at none
+ * of them (one load per free instead of a test per layer). */
+extern uint32_t rs_py_peeking;
+static inline uint32_t rs_py_peek_start(uint32_t at)
 {
+    __atomic_store_n(&rs_py_peeking, 1, __ATOMIC_RELAXED);
     return 4096 - at - 8 + 1;
 }
 

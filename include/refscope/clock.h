@@ -9,7 +9,7 @@
  * Resolution. Even rdtsc costs 12-20 ns in our VMs, more than the rest of an
  * allocation record, so the hot-path records (RS_EV_ALLOC, RS_EV_FREE,
  * RS_EV_OBJ_CREATE, RS_EV_OBJ_DESTROY) carry the recording thread's cached
- * reading of the clock (preload/emit.h, rs_emit_clock). A thread reads the
+ * reading of the clock (preload/emit.h, rs_emit_lane). A thread reads the
  * clock afresh
  *   - for its first record,
  *   - after its cached reading has stamped 64 records (RS_EMIT_CLOCK_RECORDS),

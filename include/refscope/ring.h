@@ -167,34 +167,35 @@ static inline uint64_t rs_ring_reserve(struct rs_ring *ring, uint32_t n)
     return rs_ring_reserve_slow(ring, n);
 }
 
-/* rs_ring_reserve_solo's "use rs_ring_reserve instead". */
-#define RS_RING_RESERVE_RETRY (UINT64_MAX - 1)
-
 /* Reserve n slots without a locked instruction, for a producer that has made
  * sure no other thread reserves in this ring meanwhile (preload/emit.c, "solo
  * mode", ensures that with membarrier). The head is advanced by an unlocked
  * compare-and-exchange: one instruction, so it is atomic against a signal
  * handler that reserves on the same thread, though not against other CPUs.
  * The order of records is the order of head increments, as with the CAS.
- * Returns the first slot index, or RS_RING_RESERVE_RETRY when the ring looks
- * full or closed, a nested handler reserved first, or the CPU has no such
- * instruction: the caller then takes rs_ring_reserve. */
-static inline uint64_t rs_ring_reserve_solo(struct rs_ring *ring, uint32_t n)
+ * Returns 1 with the first slot index in *index, or 0 when the ring looks
+ * full, n is 0 or more than the ring holds, a nested handler reserved first,
+ * or the CPU has no such instruction: the caller then takes rs_ring_reserve.
+ * `closed` is not looked at: whoever closes the ring must first make sure no
+ * producer is inside this (emit.c ends solo mode before shim.c closes). */
+static inline int rs_ring_reserve_solo(struct rs_ring *ring, uint32_t n, uint64_t *index)
 {
 #if defined(__x86_64__)
     struct rs_ring_header *hdr = ring->hdr;
     uint64_t head = __atomic_load_n(&hdr->head, __ATOMIC_RELAXED);
     uint64_t tail = __atomic_load_n(&ring->tail_cache, __ATOMIC_ACQUIRE);
-    if (__builtin_expect(n == 0 || head + n - tail > ring->mask + 1 ||
-                         __atomic_load_n(&hdr->closed, __ATOMIC_RELAXED), 0))
-        return RS_RING_RESERVE_RETRY;
+    /* head + n - tail > capacity, written so that n = 1 compares with mask */
+    if (__builtin_expect(n == 0 || n - 1 > ring->mask || head - tail > ring->mask - (n - 1), 0))
+        return 0;
     uint64_t seen = head;
     __asm__ __volatile__("cmpxchgq %2, %1" : "+a"(seen), "+m"(hdr->head) : "r"(head + n) : "cc", "memory");
-    return seen == head ? head : RS_RING_RESERVE_RETRY;
+    *index = head;
+    return seen == head;
 #else
     (void)ring;
     (void)n;
-    return RS_RING_RESERVE_RETRY;
+    (void)index;
+    return 0;
 #endif
 }
 
