@@ -196,8 +196,10 @@ static inline int rs_emit_lane(uint8_t kind, uint8_t flags, uint64_t addr, uint6
     if (__builtin_expect(__atomic_load_n(&rs_emit_hot.solo, __ATOMIC_RELAXED) != thread, 0))
         return 0;
     struct rs_ring *ring = &rs_emit_hot.ring;
-    int32_t left = t->left;
-    if (__builtin_expect(__atomic_load_n(&ring->hdr->now, __ATOMIC_RELAXED) != t->seen || left <= 0, 0))
+    /* the cached reading: counted down here even when the lane then declines
+     * (the shared path reads the clock afresh once the count is used up) */
+    if (__builtin_expect(__atomic_load_n(&ring->hdr->now, __ATOMIC_RELAXED) != t->seen, 0) ||
+        __builtin_expect(--t->left < 0, 0))
         return 0;
     /* The busy count brackets the unlocked reservation; the fences are
      * compiler fences only, the CPU half is the membarrier of whoever ends
@@ -213,7 +215,6 @@ static inline int rs_emit_lane(uint8_t kind, uint8_t flags, uint64_t addr, uint6
     __atomic_store_n(&rs_emit_hot.solo_busy, busy, __ATOMIC_RELEASE);
     if (__builtin_expect(!got, 0))
         return 0;
-    t->left = left - 1;
     rs_emit_write(index, kind, flags, thread, stack, t->ticks, addr, size);
     return 1;
 }
