@@ -208,6 +208,13 @@ def refscope_json(*args, timeout=DEFAULT_TIMEOUT):
         raise AssertionError("refscope %s printed invalid JSON: %s\n%s" % (" ".join(args), e, proc.stdout[:2000]))
 
 
+def dump_records(trace, *options):
+    """The trace's records, one dict each, as `refscope dump --json [options]` prints them."""
+    proc = refscope("dump", "--json", *options, trace, timeout=60)
+    expect(proc.returncode == 0, "refscope dump %s failed: %s" % (trace, proc.stderr.strip()))
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
 def expect(cond, msg):
     if not cond:
         raise AssertionError(msg)

@@ -3,7 +3,6 @@
 `refscope run` and in the direct LD_PRELOAD form, the fork child's own trace
 naming its parent, a SIGKILLed target, and a set-up failure that leaves the
 program running untraced with one line on stderr."""
-import json
 import os
 import shutil
 import subprocess
@@ -21,10 +20,7 @@ PARENT_ALLOCS = {(7001, 0): 10, (7002, 0x20): 5, (7003, 0): 1, (7005, 0): 1, (70
 CHILD_ALLOCS = {(7030, 0): 100}
 
 
-def records(trace):
-    proc = harness.refscope("dump", "--json", trace, timeout=60)
-    expect(proc.returncode == 0, "refscope dump %s failed: %s" % (trace, proc.stderr.strip()))
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+records = harness.dump_records
 
 
 def marker_counts(recs):
