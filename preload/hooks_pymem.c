@@ -51,9 +51,11 @@ static int arena_used;
 static char *(*real_setlocale)(int, const char *);
 
 /* ---- wrappers ---------------------------------------------------------------- */
-/* Written once, for a `domain` that is a constant: each domain gets its own
- * four (DOMAIN_WRAPPERS below), so that nothing about the domain is loaded
- * or tested per event. */
+/* Each domain has its own four hooks (DOMAIN_WRAPPERS below), which take the
+ * common case themselves, with the domain a constant, and leave everything
+ * else (nested and refscope's own requests, stack capture, peeking at freed
+ * blocks, a record the solo lane declines, realloc) to the general wrappers
+ * here, which take the domain as an argument. */
 
 /* MEM and OBJ calls hold the GIL (the C API's contract; free-threaded builds
  * have per-thread states anyway); RAW calls may not. */
