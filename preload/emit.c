@@ -309,7 +309,7 @@ static inline void emit_one(uint8_t kind, uint8_t flags, uint16_t thread, uint32
     uint64_t index = rs_ring_reserve(&rs_emit_hot.ring, 1);
     if (__builtin_expect(index == UINT64_MAX, 0))
         return;
-    rs_emit_write(index, kind, flags, (uint32_t)thread + 1, stack, time, addr, size);
+    rs_emit_write(index, kind, flags, thread, stack, time, addr, size);
     if (__builtin_expect(rs_emit_hot.lossy, 0))
         report_lost(thread);
 }

@@ -162,14 +162,15 @@ static inline uint32_t rs_emit_epoch(void)
     return __atomic_load_n(&rs_emit_hot.epoch, __ATOMIC_ACQUIRE);
 }
 
-/* Write a fixed record into the reserved slot `index` and commit it. */
+/* Write a fixed record of thread index `thread` into the reserved slot
+ * `index` and commit it. */
 __attribute__((always_inline))
-static inline void rs_emit_write(uint64_t index, uint8_t kind, uint8_t flags, uint32_t thread,
+static inline void rs_emit_write(uint64_t index, uint8_t kind, uint8_t flags, uint16_t thread,
                                  uint32_t stack, uint64_t time, uint64_t addr, uint64_t size)
 {
     struct rs_slot *slot = rs_ring_slot(&rs_emit_hot.ring, index);
     slot->flags = flags;
-    slot->thread = (uint16_t)(thread - 1);
+    slot->thread = thread;
     slot->stack = stack;
     slot->time = time;
     slot->addr = addr;
@@ -215,7 +216,7 @@ static inline int rs_emit_lane(uint8_t kind, uint8_t flags, uint64_t addr, uint6
     __atomic_store_n(&rs_emit_hot.solo_busy, busy, __ATOMIC_RELEASE);
     if (__builtin_expect(!got, 0))
         return 0;
-    rs_emit_write(index, kind, flags, thread, stack, t->ticks, addr, size);
+    rs_emit_write(index, kind, flags, (uint16_t)(thread - 1), stack, t->ticks, addr, size);
     return 1;
 }
 

@@ -149,7 +149,7 @@ __attribute__((always_inline))
 static inline int plain_alloc(void)
 {
     return __builtin_expect(rs_guard_depth == 0, 1) && __builtin_expect(!rs_stack_capturing, 1) &&
-           __builtin_expect(__atomic_load_n(&rs_pysafe_init_state, __ATOMIC_RELAXED) != 0, 1);
+           __builtin_expect(rs_pysafe_init_asked(), 1);
 }
 
 __attribute__((always_inline))
@@ -166,8 +166,8 @@ static inline void *plain_malloc(void *ctx, size_t size, uint8_t domain)
     rs_guard_depth = 1;
     void *p = c->orig.malloc(c->orig.ctx, size);
     rs_guard_depth = 0;
-    if (p && __builtin_expect(!rs_emit_lane(RS_EV_ALLOC, domain, (uint64_t)(uintptr_t)p, size, 0), 0))
-        rs_emit_event_shared(RS_EV_ALLOC, domain, (uint64_t)(uintptr_t)p, size, 0);
+    if (p)
+        rs_emit_alloc(domain, (uint64_t)(uintptr_t)p, size, 0);
     return p;
 }
 
@@ -178,10 +178,8 @@ static inline void *plain_calloc(void *ctx, size_t nelem, size_t elsize, uint8_t
     rs_guard_depth = 1;
     void *p = c->orig.calloc(c->orig.ctx, nelem, elsize);
     rs_guard_depth = 0;
-    uint8_t flags = domain | RS_F_ZEROED;
-    if (p && __builtin_expect(!rs_emit_lane(RS_EV_ALLOC, flags, (uint64_t)(uintptr_t)p,
-                                            (uint64_t)nelem * elsize, 0), 0))
-        rs_emit_event_shared(RS_EV_ALLOC, flags, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize, 0);
+    if (p)
+        rs_emit_alloc(domain | RS_F_ZEROED, (uint64_t)(uintptr_t)p, (uint64_t)nelem * elsize, 0);
     return p;
 }
 

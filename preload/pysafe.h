@@ -34,9 +34,17 @@ int rs_pysafe_schedule(rs_safe_fn fn, void *arg);
  * Py_IsInitialized at most every few thousand calls. */
 extern int rs_pysafe_init_state; /* 0 waiting, 1 queued, 2 done (pysafe.c) */
 void rs_pysafe_poll_slow(void);
+
+/* Nonzero once the init safe point is queued or done: rs_pysafe_poll has
+ * nothing left to do (a hook that knows this may skip it). */
+static inline int rs_pysafe_init_asked(void)
+{
+    return __atomic_load_n(&rs_pysafe_init_state, __ATOMIC_RELAXED) != 0;
+}
+
 static inline void rs_pysafe_poll(void)
 {
-    if (__builtin_expect(__atomic_load_n(&rs_pysafe_init_state, __ATOMIC_RELAXED) == 0, 0))
+    if (__builtin_expect(!rs_pysafe_init_asked(), 0))
         rs_pysafe_poll_slow();
 }
 

@@ -1032,7 +1032,6 @@ void rs_pyver_snap_restore_error(void *saved[3])
     rs_capi.PyErr_Restore(saved[0], saved[1], saved[2]);
 }
 
-static struct rs_py_methoddef snap_atexit_def;
 static void (*snap_atexit_fn)(void);
 
 static void *snap_atexit_trampoline(void *self, void *unused)
@@ -1044,6 +1043,9 @@ static void *snap_atexit_trampoline(void *self, void *unused)
     rs_capi.Py_IncRef((void *)rs_capi._Py_NoneStruct);
     return (void *)rs_capi._Py_NoneStruct;
 }
+
+static struct rs_py_methoddef snap_atexit_def = {
+    "_refscope_snapshot_at_exit", (void *)snap_atexit_trampoline, RS_METH_NOARGS, NULL};
 
 int rs_pyver_snap_atexit(void (*fn)(void))
 {
@@ -1058,9 +1060,6 @@ int rs_pyver_snap_atexit(void (*fn)(void))
     void *saved[3];
     rs_pyver_snap_save_error(saved);
     snap_atexit_fn = fn;
-    snap_atexit_def.name = "_refscope_snapshot_at_exit";
-    snap_atexit_def.meth = (void *)snap_atexit_trampoline;
-    snap_atexit_def.flags = RS_METH_NOARGS;
     atexit = rs_capi.PyImport_ImportModule("atexit");
     if (!atexit)
         goto out;
